@@ -1,0 +1,334 @@
+"""Archive: store, get, find, delete, verify, compact; the engine's one entry point.
+
+An archive is a folder::
+
+    ARCHIVE/segments/0000000001.seg   append-only records (engine.storage)
+    ARCHIVE/index/                    LMDB (engine.index)
+
+Nothing taken from a dataset ever becomes part of a path: segment names are
+numbers the index allocates.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from engine import maintenance, search
+from engine.config import Config, load_config
+from engine.errors import (
+    ArchiveClosedError,
+    CorruptRecordError,
+    DuplicateInstanceError,
+    InvalidInstanceError,
+    NotFoundError,
+    StorageIOError,
+)
+from engine.index.catalog import ApplyResult, Catalog
+from engine.index.env import IndexEnv
+from engine.index.keys import Location
+from engine.ingest import prepare, tombstone
+from engine.part10 import PREAMBLE, assemble
+from engine.storage.segment import SegmentReader, StoredRecord
+from engine.writer import WritePath, _Pending
+
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | Dataset
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """What a store did: the instance's UIDs, whether it replaced one, its record size."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax: str
+    duplicate: bool
+    stored_bytes: int
+
+
+class Archive:
+    """A DICOM archive in one folder: segment files plus an LMDB index.
+
+    Thread-safe: concurrent stores share fsyncs (group commit). Open one
+    Archive per process; several processes may open the same folder.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], config: Config | None = None) -> None:
+        self.path = Path(path)
+        self.config = config or Config()
+        self.segments_dir = self.path / "segments"
+        self.segments_dir.mkdir(parents=True, exist_ok=True)
+        self.env = IndexEnv(
+            self.path / "index", self.config.index_map_bytes, sync=self.config.durability == "fsync"
+        )
+        self.catalog = Catalog(self.env)
+        self.reader = SegmentReader(self.segments_dir)
+        self.writes = WritePath(self.segments_dir, self.catalog, self.config, self._index_batch)
+        self._closed = False
+        self._maintenance_lock = threading.Lock()
+        self.recovery = maintenance.recover(self)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush and seal the active segment, then close files and the index."""
+        if self._closed:
+            return
+        self.writes.close()
+        self.reader.close()
+        self.env.close()
+        self._closed = True
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ArchiveClosedError("the archive is closed")
+
+    # -- store ---------------------------------------------------------------------
+
+    def store(
+        self,
+        source: Source,
+        *,
+        transfer_syntax: str | None = None,
+        source_ae: str | None = None,
+    ) -> StoreResult:
+        """Store one instance durably; return once it is on disk and indexed.
+
+        Parameters
+        ----------
+        source
+            A Part 10 file (path or bytes), a bare dataset's bytes with
+            `transfer_syntax`, or a pydicom Dataset.
+        transfer_syntax
+            The transfer syntax of a bare dataset (as negotiated in a
+            presentation context); ignored when the bytes carry File Meta.
+        source_ae
+            Calling AE title, recorded in the File Meta Information we write.
+
+        Raises
+        ------
+        engine.errors.InvalidInstanceError
+            The bytes are not storable (not DICOM, malformed, a bad or missing
+            UID, an unknown transfer syntax); nothing was written.
+        engine.errors.StorageIOError
+            The disk failed or is full; the instance was not acknowledged.
+        """
+        return self.wait(self.submit(source, transfer_syntax=transfer_syntax, source_ae=source_ae))
+
+    def submit(
+        self, source: Source, *, transfer_syntax: str | None = None, source_ae: str | None = None
+    ) -> _Pending:
+        """Append without waiting: the first half of :meth:`store`, for pipelined callers."""
+        self._check_open()
+        data = _load(source)
+        prepared = prepare(data, self.config, transfer_syntax, source_ae)
+        if self.config.duplicate_policy == "reject":
+            with self.env.read() as txn:
+                if self.catalog.location(txn, prepared.entry.sop_uid) is not None:
+                    raise DuplicateInstanceError(
+                        f"SOPInstanceUID {prepared.entry.sop_uid} is stored already"
+                    )
+        return self.writes.submit(prepared)
+
+    def wait(self, pending: _Pending) -> StoreResult:
+        """Wait until a submitted instance is durable and indexed: the second half of store."""
+        self.writes.wait(pending)
+        e = pending.entry
+        assert e is not None  # only instance records are waited on here
+        return StoreResult(
+            e.sop_uid, e.series_uid, e.study_uid, str(e.attrs["TransferSyntaxUID"]),
+            pending.duplicate, e.loc.total,
+        )  # fmt: skip
+
+    def _index_batch(self, txn: Any, items: list[_Pending], result: ApplyResult) -> None:
+        for p in items:
+            if p.entry is not None:
+                self.catalog.put(txn, p.entry, result)
+            elif p.tombstone is not None:
+                uid, stamp = p.tombstone
+                loc = self.catalog.location(txn, uid)
+                if loc is not None and loc.stored_at_ns < stamp:
+                    self.catalog.delete(txn, uid, result)
+
+    # -- read ----------------------------------------------------------------------
+
+    def _locate(self, sop_instance_uid: str) -> Location:
+        with self.env.read() as txn:
+            loc = self.catalog.location(txn, sop_instance_uid)
+        if loc is None:
+            raise NotFoundError(f"no instance with SOPInstanceUID {sop_instance_uid}")
+        return loc
+
+    def _read(self, sop_instance_uid: str, *, with_pixel: bool) -> StoredRecord:
+        self._check_open()
+        loc = self._locate(sop_instance_uid)
+        length = loc.total if with_pixel else loc.meta_span
+        try:
+            rec = self.reader.read_record(loc.segment_id, loc.offset, length, with_pixel=with_pixel)
+        except (StorageIOError, CorruptRecordError):
+            again = self._locate(sop_instance_uid)  # compaction may have moved it
+            if again == loc:
+                raise
+            loc, length = again, again.total if with_pixel else again.meta_span
+            rec = self.reader.read_record(loc.segment_id, loc.offset, length, with_pixel=with_pixel)
+        if rec.uid != sop_instance_uid:
+            raise CorruptRecordError(
+                str(loc.segment_id), loc.offset, f"record holds {rec.uid}, index says {sop_instance_uid}"
+            )
+        return rec
+
+    def get(self, sop_instance_uid: str) -> bytes:
+        """The stored instance as a Part 10 file, in the transfer syntax it was received in."""
+        rec = self._read(sop_instance_uid, with_pixel=True)
+        return assemble(rec.meta, rec.pixel, rec.header.pixel_at)
+
+    def get_metadata(self, sop_instance_uid: str) -> Dataset:
+        """The stored instance without Pixel Data, read from the metadata part alone."""
+        rec = self._read(sop_instance_uid, with_pixel=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a stored odd value is not the caller's problem
+            return pydicom.dcmread(io.BytesIO(PREAMBLE + bytes(rec.meta)), stop_before_pixels=True)
+
+    def find(
+        self,
+        level: str,
+        query: Mapping[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Iterator[Dataset]:
+        """Yield one Dataset per match at `level`, holding exactly the requested keys.
+
+        `query` maps keywords to DICOM query strings (PS3.4 C.2.2.2: single
+        value, ``*``/``?`` wildcards, ``lo-hi`` ranges, backslash UID lists,
+        ``""`` to return a key without matching on it). The unique key of the
+        level is always returned.
+        """
+        self._check_open()
+        yield from search.find(self, level, dict(query or {}), limit=limit, offset=offset)
+
+    def instances_of(
+        self,
+        *,
+        patient_id: str | None = None,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[str]:
+        """SOP Instance UIDs under one patient, study, series or instance (for retrieve and delete)."""
+        self._check_open()
+        return search.instances_of(
+            self, patient_id, study_instance_uid, series_instance_uid, sop_instance_uid
+        )
+
+    # -- delete and maintenance -----------------------------------------------------
+
+    def delete(
+        self,
+        *,
+        patient_id: str | None = None,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> int:
+        """Delete every instance under the given identifier; return how many.
+
+        Each deletion appends a durable tombstone before the index forgets the
+        instance, so a reindex never brings it back.
+        """
+        uids = self.instances_of(
+            patient_id=patient_id, study_instance_uid=study_instance_uid,
+            series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
+        )  # fmt: skip
+        pendings = []
+        for uid in uids:
+            parts, total, stamp = tombstone(uid)
+            pendings.append(self.writes.submit_tombstone(parts, total, uid, stamp))
+        for p in pendings:
+            self.writes.wait(p)
+        return len(pendings)
+
+    def verify(self) -> maintenance.VerifyReport:
+        """Re-read every record, check every checksum, and check the index against them."""
+        self._check_open()
+        return maintenance.verify(self)
+
+    def compact(self, *, max_segments: int | None = None) -> maintenance.CompactReport:
+        """Rewrite sealed segments without dead records, recompressed for the cold tier."""
+        self._check_open()
+        with self._maintenance_lock:
+            self.writes.close()  # seal our active segment so that it can be compacted too
+            return maintenance.compact(self, max_segments=max_segments)
+
+    def reindex(self) -> maintenance.ReindexReport:
+        """Rebuild the whole index from the segments."""
+        self._check_open()
+        with self._maintenance_lock:
+            return maintenance.reindex(self)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts of patients, studies, series, instances, duplicates, bytes and segments."""
+        self._check_open()
+        return maintenance.stats(self)
+
+
+def _load(source: Source) -> bytes | bytearray | memoryview:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return source
+    if isinstance(source, Dataset):
+        return _encode_dataset(source)
+    if isinstance(source, str | os.PathLike):
+        try:
+            with open(source, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise InvalidInstanceError(f"cannot read {os.fspath(source)}: {exc.strerror}") from exc
+    raise TypeError(f"cannot store a {type(source).__name__}; give a path, bytes or a Dataset")
+
+
+def _encode_dataset(ds: Dataset) -> bytes:
+    """Encode a pydicom Dataset as a Part 10 file (Explicit VR Little Endian unless it says otherwise)."""
+    ds = ds.copy()
+    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for key, source_key in (("MediaStorageSOPClassUID", "SOPClassUID"), ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+        if key not in meta and source_key in ds:
+            setattr(meta, key, ds[source_key].value)
+    ds.file_meta = meta
+    buf = io.BytesIO()
+    try:
+        ds.save_as(buf, enforce_file_format=True)
+    except (AttributeError, ValueError, TypeError) as exc:
+        raise InvalidInstanceError(f"cannot encode the dataset: {exc}") from exc
+    return buf.getvalue()
+
+
+def open_archive(path: str | os.PathLike[str], config: Config | str | os.PathLike[str] | None = None, **settings: Any) -> Archive:
+    """Open (or create) the archive in folder `path`.
+
+    `config` is a :class:`Config`, or the path of a TOML file; keyword
+    `settings` override single fields (``durability="none"``).
+    """
+    if config is None or isinstance(config, str | os.PathLike):
+        cfg = load_config(config, **settings)
+    else:
+        cfg = config.updated(**settings)
+    return Archive(path, cfg)

@@ -1,0 +1,103 @@
+"""The LMDB environment: opening it, growing its map, retrying a full transaction.
+
+Caveats
+-------
+- Open the environment in the process that uses it, after any fork (lmdb.h:
+  "Use an MDB_env* in the process which opened it, not after fork()").
+  ``pacs serve`` workers each open their own.
+- LMDB allows one write transaction at a time across every process: keep
+  write transactions short and batched (the group commit does).
+- The map grows by itself: a write that hits MDB_MAP_FULL is retried after
+  doubling the map; a process that sees MDB_MAP_RESIZED adopts the new size.
+- Durability: the segments are the log. The index is synced with
+  ``metasync=False``: a crash may lose the last committed transaction but
+  never the integrity of the file, and the replay of the segment tails on
+  open restores what was lost.
+- Stale reader slots of killed processes are cleared on open (``reader_check``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from engine.errors import IndexFailureError, StorageFullError
+
+T = TypeVar("T")
+
+MAP_SIZE_INITIAL_BYTES = 64 << 20
+MAP_SIZE_MAX_BYTES = 1 << 40
+MAX_READERS = 1024
+DB_NAMES = (
+    b"meta",
+    b"segments",
+    b"instances",
+    b"series",
+    b"studies",
+    b"patients",
+    b"study_series",
+    b"series_instances",
+    b"patient_studies",
+    b"ix_study",
+)
+
+
+class IndexEnv:
+    """An open LMDB environment with its named databases."""
+
+    def __init__(self, path: Path, map_size: int = MAP_SIZE_INITIAL_BYTES, sync: bool = True) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                str(path),
+                map_size=map_size,
+                max_dbs=len(DB_NAMES) + 2,
+                max_readers=MAX_READERS,
+                sync=sync,
+                metasync=False,
+                readahead=False,
+                lock=True,
+            )
+            self.env.reader_check()
+            self.db: dict[str, Any] = {n.decode(): self.env.open_db(n) for n in DB_NAMES}
+        except lmdb.Error as exc:
+            raise IndexFailureError(f"cannot open the index in {path}: {exc}") from exc
+        self._grow_lock = threading.Lock()
+
+    def read(self) -> Any:
+        """A read-only transaction (a context manager)."""
+        try:
+            return self.env.begin(buffers=False)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)  # another process grew the map: adopt its size
+            return self.env.begin(buffers=False)
+
+    def write(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(txn)` in one write transaction, growing the map and retrying if it is full."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                raise IndexFailureError(f"index write failed: {exc}") from exc
+
+    def _grow(self) -> None:
+        with self._grow_lock:
+            size = self.env.info()["map_size"]
+            if size >= MAP_SIZE_MAX_BYTES:
+                raise StorageFullError(28, f"index map is at its {size >> 30} GiB limit")
+            self.env.set_mapsize(min(size * 2, MAP_SIZE_MAX_BYTES))
+
+    def sync(self) -> None:
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,414 @@
+"""Recovery on open, verify, compact, reindex and stats: the archive's housekeeping.
+
+The segments are the log and the index is derived from them, so every
+procedure here comes down to replaying records into the index in the one
+order-independent way: for each SOP Instance UID the newest record wins,
+unless a newer tombstone says it was deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine import codec
+from engine.errors import ArchiveLockedError, CorruptRecordError, EngineError
+from engine.index import keys as K
+from engine.index.catalog import ApplyResult, Catalog
+from engine.index.env import IndexEnv
+from engine.ingest import entry_from_meta
+from engine.storage.format import (
+    CODEC_RAW,
+    CODEC_ZSTD,
+    KIND_TOMBSTONE,
+    RecordHeader,
+    crc32c,
+    pack_record_header,
+)
+from engine.storage.segment import (
+    RecoveredRecord,
+    SegmentWriter,
+    fsync_dir,
+    list_segment_ids,
+    recover_segment,
+    segment_path,
+    try_lock,
+)
+
+if TYPE_CHECKING:
+    from engine.archive import Archive
+
+log = logging.getLogger("engine.maintenance")
+REPLAY_BATCH = 1000
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    """What opening the archive found and repaired."""
+
+    segments_replayed: int = 0
+    records_replayed: int = 0
+    truncated: list[tuple[int, int]] = field(default_factory=list)  # (segment, offset)
+    corruptions: list[str] = field(default_factory=list)
+    removed_segments: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    records: int = 0
+    instances: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(slots=True)
+class CompactReport:
+    segments: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    records_kept: int = 0
+
+
+@dataclass(slots=True)
+class ReindexReport:
+    segments: int = 0
+    records: int = 0
+    instances: int = 0
+    corruptions: list[str] = field(default_factory=list)
+
+
+# -- replay ---------------------------------------------------------------------
+
+
+def replay(catalog: Catalog, segment_id: int, records: Iterable[RecoveredRecord],
+           tombs: dict[str, int], report: list[str]) -> int:  # fmt: skip
+    """Index recovered records in batches; return how many were applied."""
+    batch: list[RecoveredRecord] = []
+    count = 0
+
+    def flush() -> None:
+        def apply(txn: Any) -> None:
+            result = ApplyResult()
+            for rec in batch:
+                _apply_one(catalog, txn, segment_id, rec, tombs, result, report)
+        catalog.env.write(apply)
+        batch.clear()
+
+    for rec in records:
+        batch.append(rec)
+        count += 1
+        if len(batch) >= REPLAY_BATCH:
+            flush()
+    if batch:
+        flush()
+    return count
+
+
+def _apply_one(catalog: Catalog, txn: Any, seg_id: int, rec: RecoveredRecord,
+               tombs: dict[str, int], result: ApplyResult, report: list[str]) -> None:  # fmt: skip
+    h = rec.header
+    if h.kind == KIND_TOMBSTONE:
+        tombs[rec.uid] = max(tombs.get(rec.uid, 0), h.stored_at_ns)
+        loc = catalog.location(txn, rec.uid)
+        if loc is not None and loc.stored_at_ns < h.stored_at_ns:
+            catalog.delete(txn, rec.uid, result)
+        return
+    if tombs.get(rec.uid, 0) > h.stored_at_ns:
+        return  # deleted after this record was written
+    loc = K.Location(seg_id, rec.offset, h.total, h.meta_span, h.stored_at_ns)
+    try:
+        entry = entry_from_meta(rec.meta, loc, h.flags)
+    except (EngineError, KeyError) as exc:
+        report.append(f"segment {seg_id} @ {rec.offset}: cannot index record: {exc}")
+        return
+    catalog.put(txn, entry, result)
+
+
+def recover(archive: Archive) -> RecoveryReport:
+    """Bring the index up to date with every segment no live writer owns."""
+    t0 = time.perf_counter()
+    rep = RecoveryReport()
+    root, catalog = archive.segments_dir, archive.catalog
+    states = catalog.segments()
+    files = list_segment_ids(root)
+    tombs: dict[str, int] = {}
+    for seg_id in sorted(set(files) | set(states)):
+        st = states.get(seg_id)
+        path = segment_path(root, seg_id)
+        if seg_id not in files:
+            if st is not None and st.state in (K.SEG_RETIRED, K.SEG_COMPACTING):
+                catalog.env.write(lambda txn, s=seg_id: catalog.delete_segment(txn, s))
+            continue
+        lock = try_lock(path)
+        if lock is None:
+            continue  # a live writer (or compaction) in another process owns it
+        try:
+            if st is not None and st.state in (K.SEG_RETIRED, K.SEG_COMPACTING):
+                path.unlink()  # moved away, or a compaction that never committed
+                fsync_dir(root)
+                catalog.env.write(lambda txn, s=seg_id: catalog.delete_segment(txn, s))
+                rep.removed_segments.append(seg_id)
+                continue
+            sealed = st is not None and st.state == K.SEG_SEALED
+            start = st.indexed_upto if st is not None else 0
+            if sealed and start >= os.path.getsize(path):
+                continue
+            found = recover_segment(root, seg_id, start, truncate=not sealed)
+            if found.truncated_at is not None:
+                log.warning("segment %d: torn tail cut off at byte %d", seg_id, found.truncated_at)
+                rep.truncated.append((seg_id, found.truncated_at))
+            for exc in found.corruptions:
+                log.error("corruption: %s", exc)
+                rep.corruptions.append(str(exc))
+            rep.records_replayed += replay(catalog, seg_id, found.records, tombs, rep.corruptions)
+            rep.segments_replayed += 1
+            new_state = K.SegmentState(K.SEG_SEALED, found.end)
+            if st is not None:
+                new_state = K.SegmentState(K.SEG_SEALED, found.end, st.live_bytes, st.dead_bytes, st.flags)
+            catalog.env.write(lambda txn, s=seg_id, n=new_state: _seal(catalog, txn, s, n))
+        finally:
+            os.close(lock)
+    if files:
+        catalog.env.write(lambda txn: _bump_next_id(catalog, txn, max(files) + 1))
+    rep.seconds = time.perf_counter() - t0
+    if rep.records_replayed or rep.truncated:
+        log.info("recovery: replayed %d records from %d segments in %.3f s",
+                 rep.records_replayed, rep.segments_replayed, rep.seconds)  # fmt: skip
+    return rep
+
+
+def _seal(catalog: Catalog, txn: Any, seg_id: int, state: K.SegmentState) -> None:
+    current = catalog.get_segment(txn, seg_id)
+    if current is not None:  # replay updated the byte counts meanwhile
+        state.live_bytes, state.dead_bytes = current.live_bytes, current.dead_bytes
+    catalog.put_segment(txn, seg_id, state)
+
+
+def _bump_next_id(catalog: Catalog, txn: Any, at_least: int) -> None:
+    # The allocation of a segment id can be lost with the last transaction
+    # (metasync off); never hand out an id whose file exists.
+    raw = txn.get(b"next_segment_id", db=catalog.db["meta"])
+    if not raw or int(raw) < at_least:
+        txn.put(b"next_segment_id", str(at_least).encode(), db=catalog.db["meta"])
+
+
+# -- verify ---------------------------------------------------------------------
+
+
+def verify(archive: Archive) -> VerifyReport:
+    """Check every record's checksums, and that the index points at intact records."""
+    rep = VerifyReport()
+    root = archive.segments_dir
+    found: dict[tuple[int, int], str] = {}
+    for seg_id in list_segment_ids(root):
+        try:
+            scanned = recover_segment(root, seg_id, 0, truncate=False)
+        except (CorruptRecordError, OSError) as exc:
+            rep.problems.append(f"segment {seg_id}: {exc}")
+            continue
+        rep.records += len(scanned.records)
+        rep.problems.extend(str(c) for c in scanned.corruptions)
+        for rec in scanned.records:
+            found[(seg_id, rec.offset)] = rec.uid
+    with archive.env.read() as txn:
+        for uid, loc, _ in archive.catalog.all_instances(txn):
+            rep.instances += 1
+            at = found.get((loc.segment_id, loc.offset))
+            if at != uid:
+                what = "no intact record" if at is None else f"a record of {at}"
+                rep.problems.append(
+                    f"index: {uid} points at segment {loc.segment_id} @ {loc.offset}, {what} there"
+                )
+    return rep
+
+
+# -- compact --------------------------------------------------------------------
+
+
+def _recode(rec_meta: bytes | memoryview, rec_pixel: bytes | memoryview, h: RecordHeader,
+            uid: str, compress_pixel: bool, level: int) -> tuple[list[bytes | memoryview], RecordHeader]:  # fmt: skip
+    meta = codec.encode(rec_meta, CODEC_ZSTD, level) if rec_meta else b""
+    meta_codec = CODEC_ZSTD if rec_meta else CODEC_RAW
+    pixel: bytes | memoryview = rec_pixel
+    pixel_codec = CODEC_RAW
+    if compress_pixel and rec_pixel:
+        pixel, pixel_codec = codec.encode(rec_pixel, CODEC_ZSTD, level), CODEC_ZSTD
+    if len(pixel) >= len(rec_pixel):
+        pixel, pixel_codec = rec_pixel, CODEC_RAW  # zstd did not pay
+    new = RecordHeader(
+        h.kind, meta_codec, pixel_codec, h.uid_len, h.flags, len(meta), len(rec_meta),
+        len(pixel), len(rec_pixel), h.fmi_len, h.pixel_at, h.stored_at_ns,
+        crc32c(meta), crc32c(pixel),
+    )  # fmt: skip
+    parts: list[bytes | memoryview] = [pack_record_header(new, uid.encode())]
+    if meta:
+        parts.append(meta)
+    if pixel:
+        parts.append(pixel)
+    return parts, new
+
+
+def compact(archive: Archive, *, max_segments: int | None = None) -> CompactReport:
+    """Rewrite sealed segments: drop dead records, recompress for the cold tier."""
+    rep = CompactReport()
+    catalog = archive.catalog
+    for seg_id, st in sorted(catalog.segments().items()):
+        if max_segments is not None and rep.segments >= max_segments:
+            break
+        if st.state != K.SEG_SEALED or (st.flags & K.SEG_FLAG_COLD and st.dead_bytes == 0):
+            continue
+        path = segment_path(archive.segments_dir, seg_id)
+        lock = try_lock(path)
+        if lock is None:
+            continue
+        try:
+            _compact_one(archive, seg_id, rep)
+        finally:
+            os.close(lock)
+    return rep
+
+
+def _compact_one(archive: Archive, seg_id: int, rep: CompactReport) -> None:
+    root, catalog, level = archive.segments_dir, archive.catalog, archive.config.cold_zstd_level
+    old_path = segment_path(root, seg_id)
+    rep.bytes_before += os.path.getsize(old_path)
+    new_id = catalog.env.write(lambda txn: catalog.allocate_segment(txn, K.SEG_COMPACTING))
+    writer = SegmentWriter(root, new_id, max_bytes=1 << 62)
+    moves: list[tuple[str, K.Location, K.Location]] = []
+    try:
+        scanned = recover_segment(root, seg_id, 0, truncate=False)
+        for rec in scanned.records:
+            h = rec.header
+            if h.kind == KIND_TOMBSTONE:
+                parts, _ = _recode(b"", b"", h, rec.uid, False, level)
+                writer.append(parts)  # tombstones outlive the records they delete
+                continue
+            with archive.env.read() as txn:
+                found = catalog.lookup(txn, rec.uid)
+            if found is None or (found[0].segment_id, found[0].offset) != (seg_id, rec.offset):
+                continue  # dead: deleted or superseded
+            loc, doc = found
+            full = archive.reader.read_record(seg_id, rec.offset, h.total)
+            compressible = codec.pixels_compressible(str(doc["a"].get("TransferSyntaxUID", "")))
+            parts, nh = _recode(full.meta, full.pixel, h, rec.uid, compressible, level)
+            offset = writer.append(parts)
+            new_loc = K.Location(new_id, offset, nh.total, nh.meta_span, h.stored_at_ns)
+            moves.append((rec.uid, loc, new_loc))
+        writer.sync()
+        fsync_dir(root)
+        end = writer.end
+    finally:
+        writer.close()
+
+    def commit(txn: Any) -> None:
+        live = 0
+        for uid, old_loc, new_loc in moves:
+            if catalog.relocate(txn, uid, old_loc, new_loc):
+                live += new_loc.total
+        catalog.put_segment(txn, new_id, K.SegmentState(K.SEG_SEALED, end, live, 0, K.SEG_FLAG_COLD))
+        old = catalog.get_segment(txn, seg_id) or K.SegmentState(K.SEG_RETIRED, 0)
+        old.state = K.SEG_RETIRED
+        catalog.put_segment(txn, seg_id, old)
+
+    catalog.env.write(commit)
+    archive.reader.forget(seg_id)
+    old_path.unlink()
+    fsync_dir(root)
+    catalog.env.write(lambda txn: catalog.delete_segment(txn, seg_id))
+    rep.segments += 1
+    rep.records_kept += len(moves)
+    rep.bytes_after += end
+
+
+# -- reindex --------------------------------------------------------------------
+
+
+def reindex(archive: Archive) -> ReindexReport:
+    """Rebuild the index from the segments into a new LMDB, then swap it in."""
+    rep = ReindexReport()
+    root = archive.segments_dir
+    archive.writes.close()  # seal our active segment: every segment is now complete
+    ids = list_segment_ids(root)
+    locks = []
+    try:
+        for seg_id in ids:
+            fd = try_lock(segment_path(root, seg_id))
+            if fd is None:
+                raise ArchiveLockedError(
+                    f"segment {seg_id} is being written by another process; stop the server first"
+                )
+            locks.append(fd)
+        old_states = archive.catalog.segments()
+        tmp = archive.path / "index.rebuild"
+        shutil.rmtree(tmp, ignore_errors=True)
+        env = IndexEnv(tmp, archive.config.index_map_bytes, sync=False)
+        catalog = Catalog(env)
+        tombs: dict[str, int] = {}
+        for seg_id in ids:
+            found = recover_segment(root, seg_id, 0, truncate=False)
+            rep.corruptions.extend(str(c) for c in found.corruptions)
+            env.write(lambda txn, s=seg_id, e=found.end: catalog.put_segment(
+                txn, s, K.SegmentState(K.SEG_SEALED, e, 0, 0,
+                                       old_states[s].flags if s in old_states else 0)))  # fmt: skip
+            rep.records += replay(catalog, seg_id, found.records, tombs, rep.corruptions)
+            rep.segments += 1
+        if ids:
+            env.write(lambda txn: _bump_next_id(catalog, txn, max(ids) + 1))
+        rep.instances = catalog.counters().get("instances", 0)
+        env.sync()
+        env.close()
+        _swap_index(archive, tmp)
+    finally:
+        for fd in locks:
+            os.close(fd)
+    return rep
+
+
+def _swap_index(archive: Archive, rebuilt: Any) -> None:
+    current = archive.path / "index"
+    old = archive.path / "index.old"
+    archive.env.close()
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(current, old)
+    os.rename(rebuilt, current)
+    fsync_dir(archive.path)
+    shutil.rmtree(old)
+    env = IndexEnv(current, archive.config.index_map_bytes, sync=archive.config.durability == "fsync")
+    archive.env = env
+    archive.catalog = Catalog(env)
+    archive.writes.catalog = archive.catalog
+
+
+# -- stats ----------------------------------------------------------------------
+
+
+def stats(archive: Archive) -> dict[str, Any]:
+    counters = archive.catalog.counters()
+    segs = archive.catalog.segments()
+    disk = sum(
+        os.path.getsize(segment_path(archive.segments_dir, s))
+        for s in list_segment_ids(archive.segments_dir)
+    )
+    with archive.env.read() as txn:
+        patients = txn.stat(archive.catalog.db["patients"])["entries"]
+    return {
+        "patients": patients,
+        "studies": counters.get("studies", 0),
+        "series": counters.get("series", 0),
+        "instances": counters.get("instances", 0),
+        "duplicates": counters.get("duplicates", 0),
+        "stored_bytes": counters.get("bytes", 0),
+        "disk_bytes": disk,
+        "segments": len(segs),
+        "cold_segments": sum(1 for s in segs.values() if s.flags & K.SEG_FLAG_COLD),
+        "dead_bytes": sum(s.dead_bytes for s in segs.values()),
+    }

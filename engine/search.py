@@ -1,0 +1,220 @@
+"""find: walk the hierarchy from the best index, match, and build the requested keys.
+
+Candidates come from the most selective secondary index (engine.query.plan)
+or from the parent's child list, and are matched level by level, so a query
+with a higher-level key (a SERIES query with StudyDate) joins upwards once
+per parent, not once per record. Results are built in pages, each in its own
+short read transaction, so a caller that stores while iterating never holds a
+reader open across a write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+
+from engine.attributes import COMPUTED, UNIQUE_KEY, level_of, vr_of
+from engine.index import keys as K
+from engine.index.catalog import Catalog
+from engine.query import compile_query
+from engine.query.compiled import Query
+from engine.query.plan import EXACT, PREFIX, choose_index
+
+if TYPE_CHECKING:
+    from engine.archive import Archive
+
+PAGE = 256
+STUDY_INDEXES = ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "AccessionNumber",
+                 "ModalitiesInStudy")  # fmt: skip
+_PARENT = {"IMAGE": "SERIES", "SERIES": "STUDY", "STUDY": "PATIENT"}
+_DB = {"PATIENT": "patients", "STUDY": "studies", "SERIES": "series", "IMAGE": "instances"}
+
+
+def _level_keys(q: Query, level: str) -> bool:
+    return bool(q.matchers_at(level))
+
+
+def _uids(q: Query, keyword: str) -> list[str] | None:
+    m = q.matchers.get(keyword)
+    if m is None or m.kind not in ("single", "uid_list"):
+        return None
+    return sorted(m.uids) if m.uids else [str(v) for v in m.values]
+
+
+def _study_candidates(cat: Catalog, txn: Any, q: Query) -> list[str]:
+    uids = _uids(q, "StudyInstanceUID")
+    if uids is not None:
+        return uids
+    choice = choose_index(q, STUDY_INDEXES[1:])
+    if choice is None:
+        return list(cat.all_keys(txn, "studies"))
+    if choice.kind == EXACT:
+        assert choice.keys is not None
+        out: list[str] = []
+        for key in choice.keys:
+            out.extend(cat.ix_range(txn, choice.index, key, key))
+    elif choice.kind == PREFIX:
+        assert choice.prefix is not None
+        out = list(cat.ix_range(txn, choice.index, choice.prefix, None))
+    else:
+        out = list(cat.ix_range(txn, choice.index, choice.lo or "", choice.hi or "\U0010ffff"))
+    return sorted(set(out))
+
+
+def _candidates(cat: Catalog, txn: Any, q: Query, level: str) -> list[str]:
+    """Keys at `level` that may match; never excludes a match."""
+    if level == "PATIENT":
+        ids = _uids_or_single(q, "PatientID")
+        if ids is not None:
+            return [K.patient_key(i) for i in ids]
+        return list(cat.all_keys(txn, "patients"))
+    if level == "STUDY":
+        return _study_candidates(cat, txn, q)
+    own = _uids(q, UNIQUE_KEY[level])
+    if own is not None:
+        return own
+    parent = _PARENT[level]
+    if _uids(q, UNIQUE_KEY[parent]) is None and not any(
+        _level_keys(q, lvl) for lvl in ("PATIENT", "STUDY", "SERIES") if lvl != level
+    ):
+        return list(cat.all_keys(txn, _DB[level]))  # nothing above narrows it
+    child_db = "study_series" if level == "SERIES" else "series_instances"
+    out: list[str] = []
+    for parent_key in _candidates(cat, txn, q, parent):
+        out.extend(cat.children(txn, child_db, parent_key))
+    return out
+
+
+def _uids_or_single(q: Query, keyword: str) -> list[str] | None:
+    m = q.matchers.get(keyword)
+    if m is None or m.kind != "single":
+        return None
+    return [str(v) for v in m.values]
+
+
+def _record(cat: Catalog, txn: Any, level: str, key: str, cache: dict[str, Any]) -> dict[str, Any] | None:
+    """Merged attributes of one record and its parents, computed keys included."""
+    if level == "IMAGE":
+        found = cat.lookup(txn, key)
+        if found is None:
+            return None
+        doc = found[1]
+        attrs = dict(doc["a"])
+        parent = _cached(cat, txn, "SERIES", doc["series"], cache)
+    else:
+        raw = cat.doc(txn, _DB[level], key)
+        if raw is None:
+            return None
+        attrs = _computed(level, raw)
+        parent_key = {"SERIES": "study", "STUDY": "patient"}.get(level)
+        parent = {}
+        if parent_key == "patient":
+            parent = _cached(cat, txn, "PATIENT", K.patient_key(raw["patient"]), cache)
+        elif parent_key:
+            parent = _cached(cat, txn, _PARENT[level], raw[parent_key], cache)
+    if level == "PATIENT":
+        attrs.setdefault("PatientID", K.patient_id_of(key))
+    if parent:
+        merged = dict(parent)
+        merged.update(attrs)
+        attrs = merged
+    if level != "PATIENT":
+        attrs[UNIQUE_KEY[level]] = attrs.get(UNIQUE_KEY[level], key)
+    return attrs
+
+
+def _cached(cat: Catalog, txn: Any, level: str, key: str, cache: dict[str, Any]) -> dict[str, Any]:
+    ck = level + ":" + key
+    if ck not in cache:
+        cache[ck] = _record(cat, txn, level, key, cache) or {}
+    result: dict[str, Any] = cache[ck]
+    return result
+
+
+def _computed(level: str, doc: dict[str, Any]) -> dict[str, Any]:
+    attrs = dict(doc["a"])
+    if level == "SERIES":
+        attrs["NumberOfSeriesRelatedInstances"] = doc["n"]
+    elif level == "STUDY":
+        attrs["NumberOfStudyRelatedSeries"] = doc["n_series"]
+        attrs["NumberOfStudyRelatedInstances"] = doc["n"]
+        attrs["ModalitiesInStudy"] = "\\".join(sorted(doc["mods"]))
+        attrs["SOPClassesInStudy"] = "\\".join(sorted(doc["classes"]))
+    elif level == "PATIENT":
+        attrs["NumberOfPatientRelatedStudies"] = doc["n_studies"]
+        attrs["NumberOfPatientRelatedSeries"] = doc["n_series"]
+        attrs["NumberOfPatientRelatedInstances"] = doc["n"]
+    return attrs
+
+
+def _dataset(q: Query, attrs: dict[str, Any]) -> Dataset:
+    ds = Dataset()
+    keys = list(dict.fromkeys([*q.requested, UNIQUE_KEY[q.level]]))
+    non_ascii = False
+    for keyword in keys:
+        if keyword == "QueryRetrieveLevel":
+            ds.QueryRetrieveLevel = q.level
+            continue
+        if keyword == "SpecificCharacterSet":
+            continue
+        value = attrs.get(keyword)
+        if keyword in COMPUTED or level_of(keyword):
+            vr = vr_of(keyword)
+        else:
+            vr = dictionary_VR(keyword)
+        if isinstance(value, str) and not value.isascii():
+            non_ascii = True
+        ds.add_new(tag_for_keyword(keyword), vr, "" if value is None else value)
+    if non_ascii:
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    return ds
+
+
+def find(archive: Archive, level: str, query: dict[str, Any], *, limit: int | None, offset: int) -> Iterator[Dataset]:
+    q = compile_query(level, query, case_sensitive_pn=archive.config.case_sensitive_pn)
+    cat = archive.catalog
+    with archive.env.read() as txn:
+        candidates = _candidates(cat, txn, q, q.level)
+    skipped = emitted = 0
+    for start in range(0, len(candidates), PAGE):
+        page: list[Dataset] = []
+        with archive.env.read() as txn:
+            cache: dict[str, Any] = {}
+            for key in candidates[start : start + PAGE]:
+                attrs = _record(cat, txn, q.level, key, cache)
+                if attrs is None or not q.matches(attrs):
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                page.append(_dataset(q, attrs))
+                emitted += 1
+                if limit is not None and emitted >= limit:
+                    break
+        yield from page
+        if limit is not None and emitted >= limit:
+            return
+
+
+def instances_of(archive: Archive, patient_id: str | None, study: str | None, series: str | None,
+                 sop: str | None) -> list[str]:  # fmt: skip
+    cat = archive.catalog
+    with archive.env.read() as txn:
+        if sop is not None:
+            return [sop] if cat.location(txn, sop) is not None else []
+        if series is not None:
+            return list(cat.children(txn, "series_instances", series))
+        if study is not None:
+            studies = [study]
+        elif patient_id is not None:
+            studies = list(cat.children(txn, "patient_studies", K.patient_key(patient_id)))
+        else:
+            raise ValueError("name a patient, study, series or instance")
+        out = []
+        for st in studies:
+            for se in cat.children(txn, "study_series", st):
+                out.extend(cat.children(txn, "series_instances", se))
+        return out

@@ -1,0 +1,194 @@
+"""The write path: appends to the active segment, group commit, rotation.
+
+Concurrent stores append under one lock (appends never wait for disk), then
+wait for their turn to be durable. The first waiter to find no flush under
+way becomes the leader: it takes every record appended so far, fsyncs each
+segment they are in once, indexes them all in one LMDB transaction, and
+wakes everyone it covered. So N concurrent stores share one fsync and one
+index commit (group commit, as in LevelDB's write queue).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config
+from engine.errors import EngineError
+from engine.index import keys as K
+from engine.index.catalog import ApplyResult, Catalog, IndexEntry
+from engine.ingest import Prepared
+from engine.storage.segment import SegmentWriter
+
+
+@dataclass(slots=True)
+class _Pending:
+    seq: int
+    writer: SegmentWriter
+    end: int  # offset one past the record
+    entry: IndexEntry | None  # None for a tombstone
+    tombstone: tuple[str, int] | None = None  # (sop_uid, stamp)
+    error: BaseException | None = None
+    duplicate: bool = False
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one leader made durable and indexed."""
+
+    items: list[_Pending]
+    result: ApplyResult = field(default_factory=ApplyResult)
+
+
+class WritePath:
+    """Owns this process's active segment and the group commit onto it and the index."""
+
+    def __init__(
+        self,
+        root: Path,
+        catalog: Catalog,
+        config: Config,
+        apply: Callable[[Any, list[_Pending], ApplyResult], None],
+    ) -> None:
+        self.root = root
+        self.catalog = catalog
+        self.config = config
+        self._apply = apply  # indexes a batch inside the leader's transaction
+        self._append_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._writer: SegmentWriter | None = None
+        self._retiring: list[SegmentWriter] = []
+        self._pending: list[_Pending] = []
+        self._seq = 0
+        self._done = 0
+        self._flushing = False
+        self.last_write_ns = 0
+
+    # -- appending ----------------------------------------------------------------
+
+    def _active(self) -> SegmentWriter:
+        w = self._writer
+        if w is not None and not w.full:
+            return w
+        seg_id = self.catalog.env.write(lambda txn: self.catalog.allocate_segment(txn))
+        new = SegmentWriter(self.root, seg_id, self.config.segment_max_bytes)
+        if w is not None:
+            self._retiring.append(w)
+        self._writer = new
+        return new
+
+    def submit(self, prepared: Prepared) -> _Pending:
+        """Append a prepared instance record; the caller then waits on it."""
+        with self._append_lock:
+            w = self._active()
+            offset = w.append(prepared.parts)
+            e = prepared.entry
+            e.loc = K.Location(w.segment_id, offset, prepared.total, e.loc.meta_span, e.loc.stored_at_ns)
+            return self._enqueue(w, offset + prepared.total, e, None)
+
+    def submit_tombstone(self, parts: list[bytes | memoryview], total: int, uid: str, stamp: int) -> _Pending:
+        with self._append_lock:
+            w = self._active()
+            offset = w.append(parts)
+            return self._enqueue(w, offset + total, None, (uid, stamp))
+
+    def _enqueue(self, w: SegmentWriter, end: int, e: IndexEntry | None, tomb: tuple[str, int] | None) -> _Pending:
+        with self._cond:
+            self._seq += 1
+            p = _Pending(self._seq, w, end, e, tomb)
+            self._pending.append(p)
+            return p
+
+    # -- group commit ---------------------------------------------------------------
+
+    def wait(self, p: _Pending) -> _Pending:
+        """Block until `p` is durable and indexed; raise its error if it failed."""
+        with self._cond:
+            while self._done < p.seq:
+                if self._flushing:
+                    self._cond.wait()
+                    continue
+                self._flushing = True
+                batch, self._pending = self._pending, []
+                self._cond.release()
+                try:
+                    self._flush(batch)
+                finally:
+                    self._cond.acquire()
+                    self._flushing = False
+                    self._done = max(self._done, batch[-1].seq) if batch else self._done
+                    self._cond.notify_all()
+        if p.error is not None:
+            raise p.error
+        return p
+
+    def _flush(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        writers = {id(p.writer): p.writer for p in batch}
+        failed: dict[int, BaseException] = {}
+        if self.config.durability == "fsync":
+            for key, w in writers.items():
+                try:
+                    w.sync()
+                except EngineError as exc:
+                    failed[key] = exc
+        for p in batch:
+            if id(p.writer) in failed:
+                p.error = failed[id(p.writer)]
+        ok = [p for p in batch if p.error is None]
+        result = ApplyResult()
+
+        def index(txn: Any) -> None:
+            marks: dict[int, int] = {}
+            for p in ok:
+                marks[p.writer.segment_id] = max(marks.get(p.writer.segment_id, 0), p.end)
+            self._apply(txn, ok, result)
+            for seg_id, upto in marks.items():
+                self.catalog.mark_indexed(txn, seg_id, upto)
+            self._seal_retired(txn)
+
+        try:
+            if ok:
+                self.catalog.env.write(index)
+        except EngineError as exc:
+            for p in ok:
+                p.error = exc
+        dup = set(result.duplicate_uids)
+        for p in ok:
+            if p.entry is not None and p.entry.sop_uid in dup:
+                p.duplicate = True
+
+    def _seal_retired(self, txn: Any) -> None:
+        """Mark segments that rotated out and have nothing left in flight as sealed."""
+        for w in list(self._retiring):
+            if any(p.writer is w for p in self._pending):
+                continue
+            st = self.catalog.get_segment(txn, w.segment_id) or K.SegmentState(K.SEG_ACTIVE, 0)
+            st.state = K.SEG_SEALED
+            self.catalog.put_segment(txn, w.segment_id, st)
+            w.close()
+            self._retiring.remove(w)
+
+    @property
+    def active_segment_id(self) -> int | None:
+        return self._writer.segment_id if self._writer else None
+
+    def close(self) -> None:
+        """Flush what is pending, seal the active segment, release it."""
+        with self._append_lock:
+            if self._writer is not None:
+                self._retiring.append(self._writer)
+                self._writer = None
+            with self._cond:
+                last = self._pending[-1] if self._pending else None
+            if last is not None:
+                try:
+                    self.wait(last)
+                except EngineError:
+                    pass  # each waiter got its own error
+            if self._retiring:
+                self.catalog.env.write(self._seal_retired)
