@@ -190,7 +190,9 @@ class Archive:
             rec = self.reader.read_record(loc.segment_id, loc.offset, length, with_pixel=with_pixel)
         if rec.uid != sop_instance_uid:
             raise CorruptRecordError(
-                str(loc.segment_id), loc.offset, f"record holds {rec.uid}, index says {sop_instance_uid}"
+                str(loc.segment_id),
+                loc.offset,
+                f"record holds {rec.uid}, index says {sop_instance_uid}",
             )
         return rec
 
@@ -232,7 +234,7 @@ class Archive:
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> list[str]:
-        """SOP Instance UIDs under one patient, study, series or instance (for retrieve and delete)."""
+        """SOP Instance UIDs under one patient, study, series or instance."""
         self._check_open()
         return search.instances_of(
             self, patient_id, study_instance_uid, series_instance_uid, sop_instance_uid
@@ -304,12 +306,15 @@ def _load(source: Source) -> bytes | bytearray | memoryview:
 
 
 def _encode_dataset(ds: Dataset) -> bytes:
-    """Encode a pydicom Dataset as a Part 10 file (Explicit VR Little Endian unless it says otherwise)."""
+    """Encode a pydicom Dataset as a Part 10 file (Explicit VR Little Endian by default)."""
     ds = ds.copy()
     meta = getattr(ds, "file_meta", None) or FileMetaDataset()
     if "TransferSyntaxUID" not in meta:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    for key, source_key in (("MediaStorageSOPClassUID", "SOPClassUID"), ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+    for key, source_key in (
+        ("MediaStorageSOPClassUID", "SOPClassUID"),
+        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    ):
         if key not in meta and source_key in ds:
             setattr(meta, key, ds[source_key].value)
     ds.file_meta = meta
@@ -321,14 +326,18 @@ def _encode_dataset(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def open_archive(path: str | os.PathLike[str], config: Config | str | os.PathLike[str] | None = None, **settings: Any) -> Archive:
+def open_archive(
+    path: str | os.PathLike[str],
+    config: Config | str | os.PathLike[str] | None = None,
+    **settings: Any,
+) -> Archive:
     """Open (or create) the archive in folder `path`.
 
     `config` is a :class:`Config`, or the path of a TOML file; keyword
     `settings` override single fields (``durability="none"``).
     """
     if config is None or isinstance(config, str | os.PathLike):
-        cfg = load_config(config, **settings)
+        cfg = load_config(None if config is None else os.fspath(config), **settings)
     else:
         cfg = config.updated(**settings)
     return Archive(path, cfg)

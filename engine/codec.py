@@ -47,7 +47,9 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def encode(data: bytes | memoryview, codec: int, level: int = COLD_ZSTD_LEVEL) -> bytes | memoryview:
+def encode(
+    data: bytes | memoryview, codec: int, level: int = COLD_ZSTD_LEVEL
+) -> bytes | memoryview:
     """Encode a record part with `codec`."""
     if codec == CODEC_RAW:
         return data

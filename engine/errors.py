@@ -19,7 +19,7 @@ class InvalidInstanceError(EngineError, ValueError):
 
 
 class NotDicomError(InvalidInstanceError):
-    """No parseable DICOM header: neither a Part 10 file nor a dataset with a known transfer syntax."""
+    """No DICOM header: neither a Part 10 file nor a dataset with a known transfer syntax."""
 
 
 class MalformedDicomError(InvalidInstanceError):

@@ -100,6 +100,7 @@ def replay(catalog: Catalog, segment_id: int, records: Iterable[RecoveredRecord]
             result = ApplyResult()
             for rec in batch:
                 _apply_one(catalog, txn, segment_id, rec, tombs, result, report)
+
         catalog.env.write(apply)
         batch.clear()
 
@@ -146,7 +147,7 @@ def recover(archive: Archive) -> RecoveryReport:
         path = segment_path(root, seg_id)
         if seg_id not in files:
             if st is not None and st.state in (K.SEG_RETIRED, K.SEG_COMPACTING):
-                catalog.env.write(lambda txn, s=seg_id: catalog.delete_segment(txn, s))
+                catalog.env.call(catalog.delete_segment, seg_id)
             continue
         lock = try_lock(path)
         if lock is None:
@@ -155,7 +156,7 @@ def recover(archive: Archive) -> RecoveryReport:
             if st is not None and st.state in (K.SEG_RETIRED, K.SEG_COMPACTING):
                 path.unlink()  # moved away, or a compaction that never committed
                 fsync_dir(root)
-                catalog.env.write(lambda txn, s=seg_id: catalog.delete_segment(txn, s))
+                catalog.env.call(catalog.delete_segment, seg_id)
                 rep.removed_segments.append(seg_id)
                 continue
             sealed = st is not None and st.state == K.SEG_SEALED
@@ -173,12 +174,14 @@ def recover(archive: Archive) -> RecoveryReport:
             rep.segments_replayed += 1
             new_state = K.SegmentState(K.SEG_SEALED, found.end)
             if st is not None:
-                new_state = K.SegmentState(K.SEG_SEALED, found.end, st.live_bytes, st.dead_bytes, st.flags)
-            catalog.env.write(lambda txn, s=seg_id, n=new_state: _seal(catalog, txn, s, n))
+                new_state = K.SegmentState(
+                    K.SEG_SEALED, found.end, st.live_bytes, st.dead_bytes, st.flags
+                )
+            catalog.env.call(_seal, catalog, seg_id, new_state)
         finally:
             os.close(lock)
     if files:
-        catalog.env.write(lambda txn: _bump_next_id(catalog, txn, max(files) + 1))
+        catalog.env.call(_bump_next_id, catalog, max(files) + 1)
     rep.seconds = time.perf_counter() - t0
     if rep.records_replayed or rep.truncated:
         log.info("recovery: replayed %d records from %d segments in %.3f s",
@@ -186,14 +189,14 @@ def recover(archive: Archive) -> RecoveryReport:
     return rep
 
 
-def _seal(catalog: Catalog, txn: Any, seg_id: int, state: K.SegmentState) -> None:
+def _seal(txn: Any, catalog: Catalog, seg_id: int, state: K.SegmentState) -> None:
     current = catalog.get_segment(txn, seg_id)
     if current is not None:  # replay updated the byte counts meanwhile
         state.live_bytes, state.dead_bytes = current.live_bytes, current.dead_bytes
     catalog.put_segment(txn, seg_id, state)
 
 
-def _bump_next_id(catalog: Catalog, txn: Any, at_least: int) -> None:
+def _bump_next_id(txn: Any, catalog: Catalog, at_least: int) -> None:
     # The allocation of a segment id can be lost with the last transaction
     # (metasync off); never hand out an id whose file exists.
     raw = txn.get(b"next_segment_id", db=catalog.db["meta"])
@@ -234,8 +237,11 @@ def verify(archive: Archive) -> VerifyReport:
 # -- compact --------------------------------------------------------------------
 
 
+Parts = list[bytes | memoryview]
+
+
 def _recode(rec_meta: bytes | memoryview, rec_pixel: bytes | memoryview, h: RecordHeader,
-            uid: str, compress_pixel: bool, level: int) -> tuple[list[bytes | memoryview], RecordHeader]:  # fmt: skip
+            uid: str, compress_pixel: bool, level: int) -> tuple[Parts, RecordHeader]:  # fmt: skip
     meta = codec.encode(rec_meta, CODEC_ZSTD, level) if rec_meta else b""
     meta_codec = CODEC_ZSTD if rec_meta else CODEC_RAW
     pixel: bytes | memoryview = rec_pixel
@@ -281,7 +287,7 @@ def _compact_one(archive: Archive, seg_id: int, rep: CompactReport) -> None:
     root, catalog, level = archive.segments_dir, archive.catalog, archive.config.cold_zstd_level
     old_path = segment_path(root, seg_id)
     rep.bytes_before += os.path.getsize(old_path)
-    new_id = catalog.env.write(lambda txn: catalog.allocate_segment(txn, K.SEG_COMPACTING))
+    new_id = catalog.env.call(catalog.allocate_segment, K.SEG_COMPACTING)
     writer = SegmentWriter(root, new_id, max_bytes=1 << 62)
     moves: list[tuple[str, K.Location, K.Location]] = []
     try:
@@ -314,7 +320,9 @@ def _compact_one(archive: Archive, seg_id: int, rep: CompactReport) -> None:
         for uid, old_loc, new_loc in moves:
             if catalog.relocate(txn, uid, old_loc, new_loc):
                 live += new_loc.total
-        catalog.put_segment(txn, new_id, K.SegmentState(K.SEG_SEALED, end, live, 0, K.SEG_FLAG_COLD))
+        catalog.put_segment(
+            txn, new_id, K.SegmentState(K.SEG_SEALED, end, live, 0, K.SEG_FLAG_COLD)
+        )
         old = catalog.get_segment(txn, seg_id) or K.SegmentState(K.SEG_RETIRED, 0)
         old.state = K.SEG_RETIRED
         catalog.put_segment(txn, seg_id, old)
@@ -323,7 +331,7 @@ def _compact_one(archive: Archive, seg_id: int, rep: CompactReport) -> None:
     archive.reader.forget(seg_id)
     old_path.unlink()
     fsync_dir(root)
-    catalog.env.write(lambda txn: catalog.delete_segment(txn, seg_id))
+    catalog.env.call(catalog.delete_segment, seg_id)
     rep.segments += 1
     rep.records_kept += len(moves)
     rep.bytes_after += end
@@ -356,13 +364,13 @@ def reindex(archive: Archive) -> ReindexReport:
         for seg_id in ids:
             found = recover_segment(root, seg_id, 0, truncate=False)
             rep.corruptions.extend(str(c) for c in found.corruptions)
-            env.write(lambda txn, s=seg_id, e=found.end: catalog.put_segment(
-                txn, s, K.SegmentState(K.SEG_SEALED, e, 0, 0,
-                                       old_states[s].flags if s in old_states else 0)))  # fmt: skip
+            flags = old_states[seg_id].flags if seg_id in old_states else 0
+            state = K.SegmentState(K.SEG_SEALED, found.end, 0, 0, flags)
+            env.call(catalog.put_segment, seg_id, state)
             rep.records += replay(catalog, seg_id, found.records, tombs, rep.corruptions)
             rep.segments += 1
         if ids:
-            env.write(lambda txn: _bump_next_id(catalog, txn, max(ids) + 1))
+            env.call(_bump_next_id, catalog, max(ids) + 1)
         rep.instances = catalog.counters().get("instances", 0)
         env.sync()
         env.close()
@@ -382,7 +390,9 @@ def _swap_index(archive: Archive, rebuilt: Any) -> None:
     os.rename(rebuilt, current)
     fsync_dir(archive.path)
     shutil.rmtree(old)
-    env = IndexEnv(current, archive.config.index_map_bytes, sync=archive.config.durability == "fsync")
+    env = IndexEnv(
+        current, archive.config.index_map_bytes, sync=archive.config.durability == "fsync"
+    )
     archive.env = env
     archive.catalog = Catalog(env)
     archive.writes.catalog = archive.catalog

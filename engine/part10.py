@@ -1,4 +1,4 @@
-"""PS3.10 framing: the File Meta Information we write, and a stored instance put back into a file."""
+"""PS3.10 framing: the File Meta Information we write, and a stored record made a file again."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def encode_fmi(
 
 
 def assemble(meta: bytes | memoryview, pixel: bytes | memoryview, pixel_at: int) -> bytes:
-    """The Part 10 file of a stored record: preamble, then meta with Pixel Data put back at `pixel_at`."""
+    """A stored record as a Part 10 file: preamble, then meta with Pixel Data back at `pixel_at`."""
     if not pixel:
         return b"".join((PREAMBLE, meta))
     return b"".join((PREAMBLE, meta[:pixel_at], pixel, meta[pixel_at:]))

@@ -95,7 +95,9 @@ def _uids_or_single(q: Query, keyword: str) -> list[str] | None:
     return [str(v) for v in m.values]
 
 
-def _record(cat: Catalog, txn: Any, level: str, key: str, cache: dict[str, Any]) -> dict[str, Any] | None:
+def _record(
+    cat: Catalog, txn: Any, level: str, key: str, cache: dict[str, Any]
+) -> dict[str, Any] | None:
     """Merged attributes of one record and its parents, computed keys included."""
     if level == "IMAGE":
         found = cat.lookup(txn, key)
@@ -161,19 +163,21 @@ def _dataset(q: Query, attrs: dict[str, Any]) -> Dataset:
         if keyword == "SpecificCharacterSet":
             continue
         value = attrs.get(keyword)
-        if keyword in COMPUTED or level_of(keyword):
-            vr = vr_of(keyword)
-        else:
-            vr = dictionary_VR(keyword)
+        known = keyword in COMPUTED or level_of(keyword)
+        vr = vr_of(keyword) if known else dictionary_VR(keyword)
         if isinstance(value, str) and not value.isascii():
             non_ascii = True
-        ds.add_new(tag_for_keyword(keyword), vr, "" if value is None else value)
+        tag = tag_for_keyword(keyword)
+        assert tag is not None  # compile_query accepts known keywords only
+        ds.add_new(tag, vr, "" if value is None else value)
     if non_ascii:
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
 
 
-def find(archive: Archive, level: str, query: dict[str, Any], *, limit: int | None, offset: int) -> Iterator[Dataset]:
+def find(
+    archive: Archive, level: str, query: dict[str, Any], *, limit: int | None, offset: int
+) -> Iterator[Dataset]:
     q = compile_query(level, query, case_sensitive_pn=archive.config.case_sensitive_pn)
     cat = archive.catalog
     with archive.env.read() as txn:
@@ -213,7 +217,7 @@ def instances_of(archive: Archive, patient_id: str | None, study: str | None, se
             studies = list(cat.children(txn, "patient_studies", K.patient_key(patient_id)))
         else:
             raise ValueError("name a patient, study, series or instance")
-        out = []
+        out: list[str] = []
         for st in studies:
             for se in cat.children(txn, "study_series", st):
                 out.extend(cat.children(txn, "series_instances", se))

@@ -10,6 +10,7 @@ index commit (group commit, as in LevelDB's write queue).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,16 +87,22 @@ class WritePath:
             w = self._active()
             offset = w.append(prepared.parts)
             e = prepared.entry
-            e.loc = K.Location(w.segment_id, offset, prepared.total, e.loc.meta_span, e.loc.stored_at_ns)
+            e.loc = K.Location(
+                w.segment_id, offset, prepared.total, e.loc.meta_span, e.loc.stored_at_ns
+            )
             return self._enqueue(w, offset + prepared.total, e, None)
 
-    def submit_tombstone(self, parts: list[bytes | memoryview], total: int, uid: str, stamp: int) -> _Pending:
+    def submit_tombstone(
+        self, parts: list[bytes | memoryview], total: int, uid: str, stamp: int
+    ) -> _Pending:
         with self._append_lock:
             w = self._active()
             offset = w.append(parts)
             return self._enqueue(w, offset + total, None, (uid, stamp))
 
-    def _enqueue(self, w: SegmentWriter, end: int, e: IndexEntry | None, tomb: tuple[str, int] | None) -> _Pending:
+    def _enqueue(
+        self, w: SegmentWriter, end: int, e: IndexEntry | None, tomb: tuple[str, int] | None
+    ) -> _Pending:
         with self._cond:
             self._seq += 1
             p = _Pending(self._seq, w, end, e, tomb)
@@ -186,9 +193,7 @@ class WritePath:
             with self._cond:
                 last = self._pending[-1] if self._pending else None
             if last is not None:
-                try:
+                with contextlib.suppress(EngineError):  # each waiter got its own error
                     self.wait(last)
-                except EngineError:
-                    pass  # each waiter got its own error
             if self._retiring:
                 self.catalog.env.write(self._seal_retired)

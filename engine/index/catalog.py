@@ -17,7 +17,7 @@ from engine.index.env import IndexEnv
 from engine.query.plan import index_keys
 from engine.scan import Value
 
-_LEVEL_OF = {}  # keyword -> level, filled lazily for speed
+_LEVEL_OF: dict[str, str] = {}  # keyword -> level, filled lazily for speed
 
 
 def _split_levels(attrs: dict[str, Value]) -> dict[str, dict[str, Value]]:
@@ -161,8 +161,17 @@ class Catalog:
         study = self._doc(txn, "studies", e.study_uid)
         old_ix = set() if study is None else self._ix_entries(e.study_uid, study)
         if study is None:
-            study = {"patient": e.patient_id, "a": {}, "n_series": 0, "n": 0, "mods": {}, "classes": {}}
-            txn.put(K.child_key(K.patient_key(e.patient_id), e.study_uid), b"", db=db["patient_studies"])
+            study = {
+                "patient": e.patient_id,
+                "a": {},
+                "n_series": 0,
+                "n": 0,
+                "mods": {},
+                "classes": {},
+            }
+            txn.put(
+                K.child_key(K.patient_key(e.patient_id), e.study_uid), b"", db=db["patient_studies"]
+            )
             patient["n_studies"] += 1
             self.bump(txn, "studies")
         series = self._doc(txn, "series", e.series_uid)
@@ -195,7 +204,11 @@ class Catalog:
         raw = txn.get(sop_uid.encode(), db=self.db["instances"])
         if raw is None or K.unpack_location(raw) != old:
             return False  # deleted or replaced meanwhile: the copy is dead
-        txn.put(sop_uid.encode(), K.pack_instance(new, K.unpack_instance(raw)[1]), db=self.db["instances"])
+        txn.put(
+            sop_uid.encode(),
+            K.pack_instance(new, K.unpack_instance(raw)[1]),
+            db=self.db["instances"],
+        )
         return True
 
     def delete(self, txn: Any, sop_uid: str, result: ApplyResult) -> K.Location | None:
@@ -207,7 +220,9 @@ class Catalog:
         result.deleted += 1
         return old[0]
 
-    def _remove_instance(self, txn: Any, sop_uid: str, loc: K.Location, doc: dict[str, Any]) -> None:
+    def _remove_instance(
+        self, txn: Any, sop_uid: str, loc: K.Location, doc: dict[str, Any]
+    ) -> None:
         db = self.db
         series_uid, study_uid = doc["series"], doc["study"]
         txn.delete(sop_uid.encode(), db=db["instances"])
@@ -275,7 +290,9 @@ class Catalog:
                 out.add(K.ix_key("ModalitiesInStudy", norm, study_uid))
         return out
 
-    def _reindex_study(self, txn: Any, study_uid: str, study: dict[str, Any], old: set[bytes]) -> None:
+    def _reindex_study(
+        self, txn: Any, study_uid: str, study: dict[str, Any], old: set[bytes]
+    ) -> None:
         new = self._ix_entries(study_uid, study)
         if new == old:
             return

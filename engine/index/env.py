@@ -49,7 +49,9 @@ DB_NAMES = (
 class IndexEnv:
     """An open LMDB environment with its named databases."""
 
-    def __init__(self, path: Path, map_size: int = MAP_SIZE_INITIAL_BYTES, sync: bool = True) -> None:
+    def __init__(
+        self, path: Path, map_size: int = MAP_SIZE_INITIAL_BYTES, sync: bool = True
+    ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         try:
             self.env = lmdb.open(
@@ -88,6 +90,10 @@ class IndexEnv:
                 self._grow()
             except lmdb.Error as exc:
                 raise IndexFailureError(f"index write failed: {exc}") from exc
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(txn, *args)`` in one write transaction (see :meth:`write`)."""
+        return self.write(lambda txn: fn(txn, *args))
 
     def _grow(self) -> None:
         with self._grow_lock:

@@ -65,10 +65,9 @@ def unpack_segment(data: bytes) -> SegmentState:
 
 
 def pack_instance(loc: Location, doc: dict[str, Any]) -> bytes:
-    return (
-        LOCATION.pack(loc.segment_id, loc.offset, loc.total, loc.meta_span, loc.stored_at_ns)
-        + orjson.dumps(doc)
-    )
+    return LOCATION.pack(
+        loc.segment_id, loc.offset, loc.total, loc.meta_span, loc.stored_at_ns
+    ) + orjson.dumps(doc)
 
 
 def unpack_location(data: bytes) -> Location:

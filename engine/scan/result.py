@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 # A scanned value: text VRs decode to str (the whole value, backslashes kept,
 # trailing spaces and NULs stripped); US/SS/UL/SL to int, FL/FD to float, or a
 # tuple of them when VM > 1.
-Value = Union[str, int, float, tuple[int, ...], tuple[float, ...]]
+Value = str | int | float | tuple[int, ...] | tuple[float, ...]
 
 
 @dataclass(slots=True)

@@ -174,7 +174,7 @@ def decode_record(
         raise CorruptRecordError(segment, offset, f"record needs {need} bytes, {len(buf)} there")
     view = memoryview(buf)
     meta_start = RECORD_HEADER.size + h.uid_len
-    meta = view[meta_start : h.meta_span]
+    meta: bytes | memoryview = view[meta_start : h.meta_span]
     if crc32c(meta) != h.meta_crc:
         raise CorruptRecordError(segment, offset, "metadata part checksum mismatch")
     pixel: bytes | memoryview = b""
