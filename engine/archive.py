@@ -12,8 +12,10 @@ numbers the index allocates.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from engine.errors import (
     ArchiveClosedError,
     CorruptRecordError,
     DuplicateInstanceError,
+    EngineError,
     InvalidInstanceError,
     NotFoundError,
     StorageIOError,
@@ -41,6 +44,8 @@ from engine.ingest import prepare, tombstone
 from engine.part10 import PREAMBLE, assemble
 from engine.storage.segment import SegmentReader, StoredRecord
 from engine.writer import WritePath, _Pending
+
+log = logging.getLogger("engine.archive")
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | Dataset
 
@@ -78,6 +83,13 @@ class Archive:
         self._closed = False
         self._maintenance_lock = threading.Lock()
         self.recovery = maintenance.recover(self)
+        self._stop = threading.Event()
+        self._background: threading.Thread | None = None
+        if self.config.idle_recompress_s > 0:
+            self._background = threading.Thread(
+                target=self._recompress_when_idle, name="engine-recompress", daemon=True
+            )
+            self._background.start()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -85,6 +97,9 @@ class Archive:
         """Flush and seal the active segment, then close files and the index."""
         if self._closed:
             return
+        self._stop.set()
+        if self._background is not None:
+            self._background.join()
         self.writes.close()
         self.reader.close()
         self.env.close()
@@ -278,6 +293,22 @@ class Archive:
         with self._maintenance_lock:
             self.writes.close()  # seal our active segment so that it can be compacted too
             return maintenance.compact(self, max_segments=max_segments)
+
+    def _recompress_when_idle(self) -> None:
+        """Background thread: one sealed segment at a time, only while no store comes in."""
+        idle_ns = int(self.config.idle_recompress_s * 1e9)
+        while not self._stop.wait(min(self.config.idle_recompress_s, 5.0)):
+            if time.monotonic_ns() - self.writes.last_write_ns < idle_ns:
+                continue
+            with self._maintenance_lock:
+                try:
+                    report = maintenance.compact(self, max_segments=1)
+                except EngineError as exc:  # never kill the thread; say it and retry later
+                    log.error("background recompression failed: %s", exc)
+                    continue
+            if report.segments:
+                log.info("recompressed segment: %.1f MB -> %.1f MB",
+                         report.bytes_before / 1e6, report.bytes_after / 1e6)  # fmt: skip
 
     def reindex(self) -> maintenance.ReindexReport:
         """Rebuild the whole index from the segments."""

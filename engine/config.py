@@ -37,6 +37,11 @@ class Config:
         case-insensitive.
     index_map_bytes
         Initial LMDB map size; it doubles by itself when full.
+    idle_recompress_s
+        When above zero, a background thread recompresses (and compacts)
+        sealed segments once no store has come for this many seconds: the
+        hot tier stays fast, the cold tier small. Off in the library by
+        default (no surprise threads for embedders); ``pacs serve`` turns it on.
     """
 
     durability: str = "fsync"
@@ -46,6 +51,7 @@ class Config:
     duplicate_policy: str = "newest"
     case_sensitive_pn: bool = False
     index_map_bytes: int = 64 << 20
+    idle_recompress_s: float = 0.0
     # network and web settings live here too, under their own tables in TOML
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,7 @@ class WritePath:
         with self._append_lock:
             w = self._active()
             offset = w.append(prepared.parts)
+            self.last_write_ns = time.monotonic_ns()
             e = prepared.entry
             e.loc = K.Location(
                 w.segment_id, offset, prepared.total, e.loc.meta_span, e.loc.stored_at_ns
