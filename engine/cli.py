@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.console import Console
+from rich.filesize import decimal
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -91,7 +92,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     mb_s = nbytes / 1e6 / seconds if seconds else 0.0
     out.print(
         f"stored {stored} instances ({duplicates} duplicates replaced), "
-        f"rejected {sum(map(len, rejected.values()))}, {nbytes / 1e6:.1f} MB in {seconds:.2f} s "
+        f"rejected {sum(map(len, rejected.values()))}, {decimal(nbytes)} in {seconds:.2f} s "
         f"({mb_s:.1f} MB/s, {stored / seconds if seconds else 0:.0f} instances/s)"
     )
     for reason, paths in sorted(rejected.items(), key=lambda kv: -len(kv[1])):
@@ -171,7 +172,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 target.write_bytes(data)
                 nbytes += len(data)
                 progress.advance(task)
-    out.print(f"exported {len(uids)} instances ({nbytes / 1e6:.1f} MB) to {dest}")
+    out.print(f"exported {len(uids)} instances ({decimal(nbytes)}) to {dest}")
     return EXIT_OK
 
 
@@ -219,8 +220,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     saved = r.bytes_before - r.bytes_after
     out.print(
         f"compacted {r.segments} segments: {r.records_kept} records kept, "
-        f"{r.bytes_before / 1e6:.1f} MB -> {r.bytes_after / 1e6:.1f} MB "
-        f"({saved / 1e6:.1f} MB freed)"
+        f"{decimal(r.bytes_before)} -> {decimal(r.bytes_after)} ({decimal(saved)} freed)"
     )
     return EXIT_OK
 

@@ -1,0 +1,35 @@
+"""Sealed segments are recompressed in the background once the archive is idle."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import engine
+from engine.synthetic import ct_series, encode
+
+
+def test_idle_archive_recompresses_sealed_segments_and_keeps_every_instance(tmp_path: Path) -> None:
+    slices = [encode(ds) for ds in ct_series(7, 24, rows=256, columns=256)]
+    with engine.open_archive(tmp_path, idle_recompress_s=0.2, segment_max_bytes=1 << 20) as archive:
+        uids = [archive.store(data).sop_instance_uid for data in slices]
+        before = archive.stats()
+        assert before["segments"] >= 3 and before["cold_segments"] == 0
+        deadline = time.monotonic() + 60
+        while archive.stats()["cold_segments"] < before["segments"] - 1:
+            assert time.monotonic() < deadline, "no background recompression within 60 s"
+            time.sleep(0.1)
+        after = archive.stats()
+        assert after["disk_bytes"] < before["disk_bytes"]
+        for uid, data in zip(uids, slices, strict=True):
+            assert archive.get(uid)[132:] == data[132:]  # bit-exact after the preamble
+        assert archive.verify().ok
+
+
+def test_recompression_is_off_by_default_for_embedders(tmp_path: Path) -> None:
+    with engine.open_archive(tmp_path, segment_max_bytes=1 << 20) as archive:
+        for data in (encode(ds) for ds in ct_series(8, 12, rows=256, columns=256)):
+            archive.store(data)
+        time.sleep(0.5)
+        assert archive.stats()["cold_segments"] == 0
+        assert archive._background is None
