@@ -50,7 +50,7 @@ class Config:
     cold_zstd_level: int = 3
     duplicate_policy: str = "newest"
     case_sensitive_pn: bool = False
-    index_map_bytes: int = 64 << 20
+    index_map_bytes: int = 1 << 30
     idle_recompress_s: float = 0.0
     # network and web settings live here too, under their own tables in TOML
     extra: dict[str, Any] = field(default_factory=dict)

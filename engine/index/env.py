@@ -18,8 +18,10 @@ Caveats
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,9 +31,10 @@ from engine.errors import IndexFailureError, StorageFullError
 
 T = TypeVar("T")
 
-MAP_SIZE_INITIAL_BYTES = 64 << 20
+MAP_SIZE_INITIAL_BYTES = 1 << 30  # address space only: the file grows as data does
 MAP_SIZE_MAX_BYTES = 1 << 40
 MAX_READERS = 1024
+GROW_ATTEMPTS = 400  # x 5 ms
 DB_NAMES = (
     b"meta",
     b"segments",
@@ -69,14 +72,31 @@ class IndexEnv:
         except lmdb.Error as exc:
             raise IndexFailureError(f"cannot open the index in {path}: {exc}") from exc
         self._grow_lock = threading.Lock()
+        # Remapping under a reader of another thread would pull its pages
+        # away: growth waits until no read transaction of ours is open.
+        self._gate = threading.Condition()
+        self._readers = 0
+        self._growing = False
 
-    def read(self) -> Any:
-        """A read-only transaction (a context manager)."""
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Any]:
+        """A read-only transaction; the map is never remapped while one is open."""
+        with self._gate:
+            while self._growing:
+                self._gate.wait()
+            self._readers += 1
         try:
-            return self.env.begin(buffers=False)
-        except lmdb.MapResizedError:
-            self.env.set_mapsize(0)  # another process grew the map: adopt its size
-            return self.env.begin(buffers=False)
+            try:
+                txn = self.env.begin(buffers=False)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)  # another process grew the map: adopt its size
+                txn = self.env.begin(buffers=False)
+            with txn:
+                yield txn
+        finally:
+            with self._gate:
+                self._readers -= 1
+                self._gate.notify_all()
 
     def write(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(txn)` in one write transaction, growing the map and retrying if it is full."""
@@ -100,7 +120,24 @@ class IndexEnv:
             size = self.env.info()["map_size"]
             if size >= MAP_SIZE_MAX_BYTES:
                 raise StorageFullError(28, f"index map is at its {size >> 30} GiB limit")
-            self.env.set_mapsize(min(size * 2, MAP_SIZE_MAX_BYTES))
+            with self._gate:
+                self._growing = True
+                while self._readers:
+                    self._gate.wait()
+            try:
+                for _ in range(GROW_ATTEMPTS):
+                    try:
+                        self.env.set_mapsize(min(size * 2, MAP_SIZE_MAX_BYTES))
+                        return
+                    except lmdb.Error:
+                        # refused while another thread is inside a write
+                        # transaction; those are short, so wait for it to end
+                        time.sleep(0.005)
+                raise IndexFailureError("could not grow the index map: a transaction stayed open")
+            finally:
+                with self._gate:
+                    self._growing = False
+                    self._gate.notify_all()
 
     def sync(self) -> None:
         self.env.sync(True)
