@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import pydicom.uid
 from pydicom._uid_dict import UID_dictionary
-from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.charset import convert_encodings, decode_bytes, default_encoding
 
 from engine.errors import MalformedDicomError, UnsupportedTransferSyntaxError
 
@@ -167,7 +167,10 @@ def is_plain_ascii(raw: bytes) -> bool:
 def _python_encodings(charsets: tuple[str, ...]) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unknown terms fall back to the default, as in pydicom
-        return list(convert_encodings(list(charsets) or None))
+        try:
+            return list(convert_encodings(list(charsets) or None))
+        except (LookupError, ValueError):  # terms pydicom cannot even look up: NULs, junk
+            return [default_encoding]
 
 
 # PS3.5 6.1.2.5.3: ISO 2022 code extensions return to the initial state at these delimiters.
@@ -235,6 +238,8 @@ def inflate(data: memoryview, offset: int) -> bytes:
         raise MalformedDicomError(offset, f"invalid deflate stream ({exc})") from exc
     if len(out) > cap:
         raise MalformedDicomError(offset, f"deflated dataset inflates past {cap} bytes")
+    if not inflater.eof:  # bytes after the final block (padding) are ignored, a cut one is not
+        raise MalformedDicomError(offset, "deflate stream ends before its final block")
     return out
 
 

@@ -46,7 +46,8 @@ Choices (the native backend in ``ext/scan.pyx`` makes exactly the same ones):
 - Deflated Explicit VR Little Endian (PS3.5 A.5) is inflated, with a cap of
   64 times the deflated size (plus 64 KiB, at most 2 GiB), and the inflated
   bytes are scanned; then ``deflated`` is True, ``pixel`` is None, and the
-  offsets of any error refer to the inflated bytes.
+  offsets of any error refer to the inflated bytes. A stream cut before its
+  final block is refused; bytes after it (padding) are ignored.
 """
 
 from __future__ import annotations
