@@ -44,13 +44,13 @@ def _uids(q: Query, keyword: str) -> list[str] | None:
     return sorted(m.uids) if m.uids else [str(v) for v in m.values]
 
 
-def _study_candidates(cat: Catalog, txn: Any, q: Query) -> list[str]:
+def _study_candidates(cat: Catalog, txn: Any, q: Query) -> list[str] | None:
     uids = _uids(q, "StudyInstanceUID")
     if uids is not None:
         return uids
     choice = choose_index(q, STUDY_INDEXES[1:])
     if choice is None:
-        return list(cat.all_keys(txn, "studies"))
+        return None
     if choice.kind == EXACT:
         assert choice.keys is not None
         out: list[str] = []
@@ -64,13 +64,13 @@ def _study_candidates(cat: Catalog, txn: Any, q: Query) -> list[str]:
     return sorted(set(out))
 
 
-def _candidates(cat: Catalog, txn: Any, q: Query, level: str) -> list[str]:
-    """Keys at `level` that may match; never excludes a match."""
+def _candidates(cat: Catalog, txn: Any, q: Query, level: str) -> list[str] | None:
+    """Keys at `level` that may match (None: every key); never excludes a match."""
     if level == "PATIENT":
         ids = _uids_or_single(q, "PatientID")
         if ids is not None:
             return [K.patient_key(i) for i in ids]
-        return list(cat.all_keys(txn, "patients"))
+        return None
     if level == "STUDY":
         return _study_candidates(cat, txn, q)
     own = _uids(q, UNIQUE_KEY[level])
@@ -80,10 +80,13 @@ def _candidates(cat: Catalog, txn: Any, q: Query, level: str) -> list[str]:
     if _uids(q, UNIQUE_KEY[parent]) is None and not any(
         _level_keys(q, lvl) for lvl in ("PATIENT", "STUDY", "SERIES") if lvl != level
     ):
-        return list(cat.all_keys(txn, _DB[level]))  # nothing above narrows it
+        return None  # nothing above narrows it: a full scan
     child_db = "study_series" if level == "SERIES" else "series_instances"
+    parents = _candidates(cat, txn, q, parent)
+    if parents is None:
+        parents = list(cat.all_keys(txn, _DB[parent]))
     out: list[str] = []
-    for parent_key in _candidates(cat, txn, q, parent):
+    for parent_key in parents:
         out.extend(cat.children(txn, child_db, parent_key))
     return out
 
@@ -182,12 +185,13 @@ def find(
     cat = archive.catalog
     with archive.env.read() as txn:
         candidates = _candidates(cat, txn, q, q.level)
+    pages = _scan_pages(archive, _DB[q.level]) if candidates is None else _pages(candidates)
     skipped = emitted = 0
-    for start in range(0, len(candidates), PAGE):
+    for keys in pages:
         page: list[Dataset] = []
         with archive.env.read() as txn:
             cache: dict[str, Any] = {}
-            for key in candidates[start : start + PAGE]:
+            for key in keys:
                 attrs = _record(cat, txn, q.level, key, cache)
                 if attrs is None or not q.matches(attrs):
                     continue
@@ -201,6 +205,23 @@ def find(
         yield from page
         if limit is not None and emitted >= limit:
             return
+
+
+def _pages(keys: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(keys), PAGE):
+        yield keys[start : start + PAGE]
+
+
+def _scan_pages(archive: Archive, db_name: str) -> Iterator[list[str]]:
+    """Every key of a database, a page at a time, each page from its own short transaction."""
+    after: str | None = None
+    while True:
+        with archive.env.read() as txn:
+            page = archive.catalog.keys_after(txn, db_name, after, PAGE)
+        if not page:
+            return
+        yield page
+        after = page[-1]
 
 
 def instances_of(archive: Archive, patient_id: str | None, study: str | None, series: str | None,

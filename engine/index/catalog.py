@@ -31,6 +31,15 @@ def _split_levels(attrs: dict[str, Value]) -> dict[str, dict[str, Value]]:
     return out
 
 
+_IX_ATTRS = ("PatientID", "PatientName", "StudyDate", "AccessionNumber")
+
+
+def _ix_signature(study: dict[str, Any]) -> tuple[Any, ...]:
+    """The values a study's secondary index keys derive from, modalities last."""
+    attrs = study["a"]
+    return (*(attrs.get(name) for name in _IX_ATTRS), tuple(sorted(study["mods"])))
+
+
 @dataclass(slots=True)
 class IndexEntry:
     """One stored instance, as the index records it."""
@@ -159,7 +168,7 @@ class Catalog:
             "a": {}, "n_studies": 0, "n_series": 0, "n": 0,
         }  # fmt: skip
         study = self._doc(txn, "studies", e.study_uid)
-        old_ix = set() if study is None else self._ix_entries(e.study_uid, study)
+        old_sig = None if study is None else _ix_signature(study)
         if study is None:
             study = {
                 "patient": e.patient_id,
@@ -194,7 +203,9 @@ class Catalog:
         patient["a"].update(levels["PATIENT"])
         study["a"].update(levels["STUDY"])
         study["a"].update(levels["PATIENT"])  # patient keys are study-level return keys too
-        self._reindex_study(txn, e.study_uid, study, old_ix)
+        if old_sig is None or _ix_signature(study) != old_sig:  # most stores change no index key
+            old_ix = set() if old_sig is None else self._ix_entries_of(e.study_uid, old_sig)
+            self._reindex_study(txn, e.study_uid, study, old_ix)
         self._put_doc(txn, "series", e.series_uid, series)
         self._put_doc(txn, "studies", e.study_uid, study)
         self._put_doc(txn, "patients", K.patient_key(e.patient_id), patient)
@@ -280,12 +291,14 @@ class Catalog:
     # -- study secondary indexes ------------------------------------------------
 
     def _ix_entries(self, study_uid: str, study: dict[str, Any]) -> set[bytes]:
+        return self._ix_entries_of(study_uid, _ix_signature(study))
+
+    def _ix_entries_of(self, study_uid: str, sig: tuple[Any, ...]) -> set[bytes]:
         out = set()
-        attrs = study["a"]
-        for field_name in ("PatientID", "PatientName", "StudyDate", "AccessionNumber"):
-            for norm in index_keys(field_name, attrs.get(field_name)):
+        for field_name, value in zip(_IX_ATTRS, sig, strict=False):
+            for norm in index_keys(field_name, value):
                 out.add(K.ix_key(field_name, norm, study_uid))
-        for modality in study["mods"]:
+        for modality in sig[-1]:
             for norm in index_keys("ModalitiesInStudy", modality):
                 out.add(K.ix_key("ModalitiesInStudy", norm, study_uid))
         return out
@@ -348,6 +361,21 @@ class Catalog:
         cur = txn.cursor(db=self.db[db_name])
         for key in cur.iternext(values=False):
             yield key.decode()
+
+    def keys_after(self, txn: Any, db_name: str, after: str | None, count: int) -> list[str]:
+        """Up to `count` keys of a database that sort after `after` (from the start if None)."""
+        cur = txn.cursor(db=self.db[db_name])
+        if after is None:
+            found = cur.first()
+        else:
+            found = cur.set_range(after.encode())
+            if found and cur.key() == after.encode():
+                found = cur.next()
+        out: list[str] = []
+        while found and len(out) < count:
+            out.append(cur.key().decode())
+            found = cur.next()
+        return out
 
     def all_instances(self, txn: Any) -> Iterator[tuple[str, K.Location, dict[str, Any]]]:
         cur = txn.cursor(db=self.db["instances"])
