@@ -49,7 +49,7 @@ def _store_all(store: Callable[[bytes], Any], slices: list[bytes], threads: int)
         try:
             for data in part:
                 store(data)
-        except BaseException as exc:  # re-raised below, in the calling thread
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the calling thread
             errors.append(exc)
 
     workers = [threading.Thread(target=work, args=(slices[i::threads],)) for i in range(threads)]

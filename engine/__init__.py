@@ -10,8 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import (
+    ArchiveClosedError,
+    ArchiveLockedError,
     CorruptRecordError,
+    DuplicateInstanceError,
     EngineError,
+    FormatVersionError,
+    IndexFailureError,
     InvalidInstanceError,
     InvalidQueryError,
     InvalidUIDError,
@@ -32,9 +37,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Archive",
+    "ArchiveClosedError",
+    "ArchiveLockedError",
     "Config",
     "CorruptRecordError",
+    "DuplicateInstanceError",
     "EngineError",
+    "FormatVersionError",
+    "IndexFailureError",
     "InvalidInstanceError",
     "InvalidQueryError",
     "InvalidUIDError",

@@ -163,7 +163,14 @@ def recover(archive: Archive) -> RecoveryReport:
             start = st.indexed_upto if st is not None else 0
             if sealed and start >= os.path.getsize(path):
                 continue
-            found = recover_segment(root, seg_id, start, truncate=not sealed)
+            try:
+                found = recover_segment(root, seg_id, start, truncate=not sealed)
+            except CorruptRecordError as exc:
+                # its own header is unreadable: keep it as it is for an
+                # operator, serve everything else (verify reports it too)
+                log.error("segment %d left unread: %s", seg_id, exc)
+                rep.corruptions.append(str(exc))
+                continue
             if found.truncated_at is not None:
                 log.warning("segment %d: torn tail cut off at byte %d", seg_id, found.truncated_at)
                 rep.truncated.append((seg_id, found.truncated_at))

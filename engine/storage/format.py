@@ -111,12 +111,14 @@ def pack_segment_header(segment_id: int) -> bytes:
 
 
 def unpack_segment_header(data: bytes) -> tuple[int, int]:
-    """Return (version, segment_id); ValueError if the magic is wrong."""
+    """Return (version, segment_id); ValueError if the magic or the version is wrong."""
     if len(data) < SEGMENT_HEADER.size:
         raise ValueError("segment header truncated")
     magic, version, segment_id = SEGMENT_HEADER.unpack_from(data)
     if magic != SEGMENT_MAGIC:
         raise ValueError(f"bad segment magic {magic!r}")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"segment format version {version}, this build reads {FORMAT_VERSION}")
     return version, segment_id
 
 

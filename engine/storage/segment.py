@@ -300,6 +300,13 @@ def recover_segment(root: Path, segment_id: int, start: int, *, truncate: bool) 
     fd = os.open(path, (os.O_RDWR if truncate else os.O_RDONLY) | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
+        if truncate and size < SEGMENT_HEADER.size:
+            # The writer died between creating the file and writing its header:
+            # no record can follow, so write the header it never wrote.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, pack_segment_header(segment_id), 0)
+            os.fsync(fd)
+            return RecoveryReport(segment_id, [], [], 0, SEGMENT_HEADER.size)
         try:
             unpack_segment_header(os.pread(fd, SEGMENT_HEADER.size, 0))
         except ValueError as exc:
