@@ -174,9 +174,9 @@ def recover(archive: Archive) -> RecoveryReport:
             if found.truncated_at is not None:
                 log.warning("segment %d: torn tail cut off at byte %d", seg_id, found.truncated_at)
                 rep.truncated.append((seg_id, found.truncated_at))
-            for exc in found.corruptions:
-                log.error("corruption: %s", exc)
-                rep.corruptions.append(str(exc))
+            for bad in found.corruptions:
+                log.error("corruption: %s", bad)
+                rep.corruptions.append(str(bad))
             rep.records_replayed += replay(catalog, seg_id, found.records, tombs, rep.corruptions)
             rep.segments_replayed += 1
             new_state = K.SegmentState(K.SEG_SEALED, found.end)
