@@ -247,6 +247,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+    from engine.net.server import serve
+    from engine.net.settings import server_settings
+
+    logging.getLogger("engine.net").setLevel(logging.INFO)  # say where it listens, what it refuses
+    config = load_config(args.config)
+    settings = server_settings(
+        config, ae_title=args.ae_title, dicom_port=args.dicom_port, host=args.host,
+        workers=args.workers, max_associations=args.max_associations,
+    )  # fmt: skip
+    return serve(args.data_dir or args.archive, config, settings)
+
+
 # -- entry point ----------------------------------------------------------------
 
 
@@ -292,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("reindex", cmd_reindex, "rebuild the index from the segments"),
     ):
         sub.add_parser(name, help=text).set_defaults(fn=fn)
+    s = sub.add_parser("serve", help="run the DICOM server (C-ECHO/STORE/FIND/GET/MOVE)")
+    s.add_argument("data_dir", nargs="?", help="archive folder (default: -A / $PACS_ARCHIVE)")
+    s.add_argument("--ae-title", help="our AE title (default: PACS)")
+    s.add_argument("--dicom-port", type=int, help="DICOM port (default: 11112)")
+    s.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    s.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    s.add_argument("--max-associations", type=int, help="concurrent associations per worker")
+    s.add_argument("--config", dest="config", default=argparse.SUPPRESS, help="TOML config file")
+    s.set_defaults(fn=cmd_serve)
+
     s = sub.add_parser("stats", help="counts and sizes")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_stats)

@@ -1,0 +1,167 @@
+"""Query SCP: C-FIND for the Patient Root and Study Root information models.
+
+The identifier (PS3.4 C.4.1.1.3) is split once: keys the archive indexes go
+to :meth:`engine.archive.Archive.find`, which matches them (PS3.4 C.2.2.2)
+and builds each answer with exactly those keys; keys it does not know are
+returned empty, which PS3.4 C.2.2.1.2 allows for optional keys an SCP does
+not support. Matches are streamed: each pending response (0xFF00) leaves as
+soon as its match is found, and a C-CANCEL (PS3.7 9.3.2.3) is checked
+between two matches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from engine.attributes import BY_KEYWORD, COMPUTED
+from engine.errors import InvalidQueryError
+from engine.net.settings import Access
+from engine.net.status import (
+    CANCEL,
+    DOES_NOT_MATCH_SOP_CLASS,
+    PENDING,
+    REFUSED_NOT_AUTHORISED,
+    SUCCESS,
+    failure,
+    status_dataset,
+)
+from engine.query import RETURN_ONLY, normalise_level
+
+if TYPE_CHECKING:
+    from engine.archive import Archive
+
+log = logging.getLogger("engine.net")
+
+PATIENT_ROOT_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")  # PS3.4 C.6.1
+STUDY_ROOT_LEVELS = ("STUDY", "SERIES", "IMAGE")  # PS3.4 C.6.2
+# Returned by us rather than matched: PS3.4 C.4.1.1.3.2, C.6.1.1.x
+LOCAL_KEYS = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle",
+                        "InstanceAvailability"})  # fmt: skip
+
+Response = tuple[int | Dataset, Dataset | None]
+
+
+class Identifier:
+    """A C-FIND / C-MOVE / C-GET identifier, split into what the archive matches and the rest.
+
+    Parameters
+    ----------
+    ds
+        The decoded identifier.
+    levels
+        The levels the information model allows.
+
+    Raises
+    ------
+    engine.errors.InvalidQueryError
+        No Query/Retrieve Level, or one the model does not have.
+    """
+
+    def __init__(self, ds: Dataset, levels: tuple[str, ...]) -> None:
+        raw = ds.get("QueryRetrieveLevel", "")
+        level = normalise_level(str(raw)) if raw else ""
+        if level not in levels:
+            raise InvalidQueryError(
+                f"QueryRetrieveLevel {raw!r} is not one of {', '.join(levels)} in this model"
+            )
+        self.level = level
+        self.query: dict[str, str] = {}
+        self.unknown: list[tuple[int, str]] = []  # (tag, VR) returned empty
+        self.local: list[str] = []
+        for elem in ds:
+            tag = int(elem.tag)
+            if tag & 0xFFFF == 0 or elem.tag.is_private:
+                continue  # group lengths and private keys are neither matched nor returned
+            keyword = elem.keyword or keyword_for_tag(tag)
+            if keyword in LOCAL_KEYS:
+                self.local.append(keyword)
+            elif keyword in BY_KEYWORD or keyword in COMPUTED or keyword in RETURN_ONLY:
+                self.query[keyword] = _query_string(elem.value)
+            else:
+                self.unknown.append((tag, elem.VR if elem.VR else _vr(tag)))
+
+
+def _vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def _query_string(value: Any) -> str:
+    """A query value as written in an identifier (PS3.4 C.2.2.2: multiple values by ``\\``)."""
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return str(value)
+
+
+def answer(match: Dataset, ident: Identifier, ae_title: str) -> Dataset:
+    """Complete one match: level, local keys and the unknown keys (empty)."""
+    match.QueryRetrieveLevel = ident.level
+    if "RetrieveAETitle" in ident.local:
+        match.RetrieveAETitle = ae_title
+    if "InstanceAvailability" in ident.local:
+        match.InstanceAvailability = "ONLINE"  # PS3.4 C.4.1.1.3.2: everything is on disk
+    for tag, vr in ident.unknown:
+        match.add_new(tag, vr, None)
+    return match
+
+
+def handle_find(
+    event: Any, archive: Archive, access: Access, levels: tuple[str, ...], ae_title: str
+) -> Iterator[Response]:
+    """EVT_C_FIND: stream the matches of one identifier.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        The C-FIND request.
+    archive
+        This worker's archive.
+    access
+        Whether the calling AE may query.
+    levels
+        The levels of the information model of the presentation context.
+    ae_title
+        Our AE title, returned as RetrieveAETitle when asked.
+
+    Yields
+    ------
+    tuple
+        ``(0xFF00, match)`` per match, then ``(status, None)``; 0xFE00 once
+        cancelled; a failure status Dataset with an Error Comment on error.
+    """
+    calling = str(event.assoc.requestor.ae_title).strip()
+    if not access.may(calling, "query"):
+        log.warning("C-FIND from %s refused: not allowed to query", calling)
+        yield status_dataset(REFUSED_NOT_AUTHORISED, f"{calling} may not query here"), None
+        return
+    try:
+        ident = Identifier(event.identifier, levels)
+    except InvalidQueryError as exc:
+        yield failure(exc, f"C-FIND from {calling}"), None
+        return
+    except Exception as exc:  # noqa: BLE001 -- an undecodable identifier
+        log.warning("C-FIND from %s: cannot decode the identifier: %s", calling, exc)
+        yield status_dataset(DOES_NOT_MATCH_SOP_CLASS, f"cannot decode identifier: {exc}"), None
+        return
+    try:
+        for match in archive.find(ident.level, ident.query):
+            if event.is_cancelled:  # PS3.4 C.4.1.3.1: stop and answer Cancel
+                yield CANCEL, None
+                return
+            yield PENDING, answer(match, ident, ae_title)
+    except Exception as exc:  # noqa: BLE001 -- every failure must become a status
+        yield failure(exc, f"C-FIND {ident.level} from {calling}"), None
+        return
+    yield SUCCESS, None

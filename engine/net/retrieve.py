@@ -1,0 +1,265 @@
+"""Retrieve SCPs: C-GET and C-MOVE for the Patient Root and Study Root models.
+
+The identifier's unique keys (PS3.4 C.4.2.2.1: at and above the retrieve
+level, a list of UIDs allowed at the level) become one IMAGE-level query,
+which gives each instance's SOP Class and stored transfer syntax without
+reading a record. Each instance is then read and sent by a C-STORE
+sub-operation (PS3.4 C.4.2.3 / C.4.3.3):
+
+- in its stored transfer syntax when the peer accepted that syntax for its
+  SOP Class (the usual case: nothing is decoded or re-encoded but the header);
+- otherwise converted: compressed pixel data is decompressed (pydicom with
+  pylibjpeg) to Explicit VR Little Endian, big endian pixel data is swapped;
+- an instance that cannot be read or converted is a failed sub-operation,
+  counted in the final response with its UID in the Failed SOP Instance UID
+  List; it never ends the association.
+
+pynetdicom counts the sub-operations and sends the pending and final
+responses (0x0000, 0xB000 when some failed, 0xFE00 when cancelled).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
+from pynetdicom import build_context, evt
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from engine.attributes import UNIQUE_KEY
+from engine.errors import InvalidQueryError, UnsupportedTransferSyntaxError
+from engine.net.find import Identifier
+from engine.net.settings import Access, Remote
+from engine.net.status import (
+    CANCEL,
+    DOES_NOT_MATCH_SOP_CLASS,
+    PENDING,
+    REFUSED_NOT_AUTHORISED,
+    failure,
+    status_dataset,
+)
+from engine.net.transport import set_nodelay
+
+if TYPE_CHECKING:
+    from engine.archive import Archive
+
+log = logging.getLogger("engine.net")
+
+HIERARCHY = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+MAX_PROPOSED_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255
+UNCOMPRESSED = (ExplicitVRLittleEndian, "1.2.840.10008.1.2")  # explicit, implicit VR LE
+
+
+class Match:
+    """One instance to send: its UIDs and how it is stored."""
+
+    __slots__ = ("sop_class", "sop_instance", "transfer_syntax")
+
+    def __init__(self, sop_instance: str, sop_class: str, transfer_syntax: str) -> None:
+        self.sop_instance, self.sop_class = sop_instance, sop_class
+        self.transfer_syntax = transfer_syntax
+
+
+def resolve(archive: Archive, ident: Identifier) -> list[Match]:
+    """The instances a retrieve identifier names (PS3.4 C.4.2.2.1 hierarchical keys).
+
+    Raises
+    ------
+    engine.errors.InvalidQueryError
+        The unique key of the retrieve level is missing or empty.
+    """
+    unique = UNIQUE_KEY[ident.level]
+    if not ident.query.get(unique):
+        raise InvalidQueryError(f"a {ident.level} retrieve needs a value for {unique}")
+    query = {k: v for k, v in ident.query.items() if k in HIERARCHY and v}
+    query.update(SOPInstanceUID=query.get("SOPInstanceUID", ""), SOPClassUID="",
+                 TransferSyntaxUID="")  # fmt: skip
+    return [
+        Match(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.TransferSyntaxUID))
+        for ds in archive.find("IMAGE", query)
+    ]
+
+
+def proposed_contexts(matches: list[Match]) -> list[PresentationContext]:
+    """Contexts for a C-MOVE sub-association: each stored syntax, and uncompressed for all.
+
+    One context per (SOP Class, stored transfer syntax), so that the peer can
+    accept the stored syntax, and one per SOP Class offering the uncompressed
+    syntaxes we can convert to; at most 128 (PS3.8 9.3.2.2).
+    """
+    stored: dict[str, set[str]] = {}
+    for m in matches:
+        stored.setdefault(m.sop_class, set()).add(m.transfer_syntax)
+    contexts: list[PresentationContext] = []
+    for sop_class, syntaxes in sorted(stored.items()):
+        for ts in sorted(syntaxes - set(UNCOMPRESSED)):
+            contexts.append(build_context(sop_class, [ts]))
+        contexts.append(build_context(sop_class, list(UNCOMPRESSED)))
+    if len(contexts) > MAX_PROPOSED_CONTEXTS:  # keep the uncompressed ones: they always work
+        contexts = [cx for cx in contexts if len(cx.transfer_syntax) > 1]
+    return contexts[:MAX_PROPOSED_CONTEXTS]
+
+
+def accepted_syntaxes(contexts: list[PresentationContext], sop_class: str) -> set[str]:
+    """Transfer syntaxes in which we may send `sop_class` as the Storage SCU."""
+    return {
+        str(cx.transfer_syntax[0])
+        for cx in contexts
+        if cx.abstract_syntax == sop_class and cx.as_scu
+    }
+
+
+def _unsendable(uid: str) -> Dataset:
+    """A Dataset pynetdicom cannot send: counts as a failed sub-operation with `uid` listed."""
+    ds = Dataset()
+    ds.SOPInstanceUID = uid
+    return ds
+
+
+def _to_little_endian(ds: Dataset) -> None:
+    """Explicit VR Big Endian to Little Endian: pydicom re-encodes values, we swap Pixel Data."""
+    if "PixelData" in ds and ds.get("BitsAllocated", 8) > 8:
+        arr = ds.pixel_array
+        ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.set_original_encoding(False, True, ds.original_character_set)
+
+
+def prepare(archive: Archive, m: Match, accepted: set[str]) -> Dataset:
+    """Read one instance and make it sendable in a syntax the peer accepted.
+
+    Raises
+    ------
+    Exception
+        Whatever reading or converting raised; the caller fails the sub-operation.
+    """
+    data = archive.get(m.sop_instance)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # odd stored values are sent as they were received
+        ds = pydicom.dcmread(io.BytesIO(data))
+    ts = UID(m.transfer_syntax)
+    if ts in accepted:
+        return ds
+    if ts.is_compressed:
+        # PS3.5 A.4: pixel data in fragments; pylibjpeg decodes it, pydicom re-encodes.
+        # The SOP Instance UID stays: the pixels are those the sender's syntax decodes to.
+        try:
+            ds.decompress(decoding_plugin="pylibjpeg", generate_instance_uid=False)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            raise UnsupportedTransferSyntaxError(ts, f"cannot decompress: {exc}") from exc
+    elif ts == ExplicitVRBigEndian and not accepted & {ExplicitVRBigEndian}:
+        _to_little_endian(ds)
+    return ds
+
+
+def _send_all(
+    event: Any, archive: Archive, matches: list[Match], accepted: Any
+) -> Iterator[tuple[int, Dataset | None]]:
+    for m in matches:
+        if event.is_cancelled:  # PS3.4 C.4.2.3.1: stop, pynetdicom reports the counts
+            yield CANCEL, None
+            return
+        try:
+            ds = prepare(archive, m, accepted(m.sop_class))
+        except Exception as exc:  # noqa: BLE001 -- one instance fails, not the association
+            failure(exc, f"retrieve of {m.sop_instance}")
+            ds = _unsendable(m.sop_instance)
+        yield PENDING, ds
+
+
+def _identifier(event: Any, calling: str, access: Access, levels: tuple[str, ...],
+                archive: Archive, what: str) -> list[Match] | Dataset:  # fmt: skip
+    if not access.may(calling, "retrieve"):
+        log.warning("%s from %s refused: not allowed to retrieve", what, calling)
+        return status_dataset(REFUSED_NOT_AUTHORISED, f"{calling} may not retrieve here")
+    try:
+        ident = Identifier(event.identifier, levels)
+        return resolve(archive, ident)
+    except InvalidQueryError as exc:
+        return failure(exc, f"{what} from {calling}")
+    except Exception as exc:  # noqa: BLE001 -- undecodable identifier, or the index failed
+        if isinstance(exc, ValueError | TypeError | AttributeError):
+            return status_dataset(DOES_NOT_MATCH_SOP_CLASS, f"cannot decode identifier: {exc}")
+        return failure(exc, f"{what} from {calling}")
+
+
+def handle_get(
+    event: Any, archive: Archive, access: Access, levels: tuple[str, ...]
+) -> Iterator[Any]:
+    """EVT_C_GET: send the matches back over the same association (PS3.4 C.4.3).
+
+    Yields
+    ------
+    object
+        The number of sub-operations, then ``(0xFF00, dataset)`` per instance
+        (pynetdicom sends each by C-STORE on a context the requestor proposed
+        with the SCP role, PS3.7 D.3.3.4), or one failure status.
+    """
+    calling = str(event.assoc.requestor.ae_title).strip()
+    found = _identifier(event, calling, access, levels, archive, "C-GET")
+    if isinstance(found, Dataset):
+        yield 1  # with 0 sub-operations pynetdicom would answer Success, not our failure
+        yield found, None
+        return
+    contexts = event.assoc.accepted_contexts
+    yield len(found)
+    yield from _send_all(event, archive, found, lambda sc: accepted_syntaxes(contexts, sc))
+
+
+def handle_move(
+    event: Any,
+    archive: Archive,
+    access: Access,
+    levels: tuple[str, ...],
+    remotes: dict[str, Remote],
+) -> Iterator[Any]:
+    """EVT_C_MOVE: send the matches to the Move Destination named in the request (PS3.4 C.4.2).
+
+    Yields
+    ------
+    object
+        ``(host, port, kwargs)`` of the destination (``(None, None)`` when it
+        is not configured: 0xA801), the number of sub-operations, then
+        ``(0xFF00, dataset)`` per instance.
+    """
+    calling = str(event.assoc.requestor.ae_title).strip()
+    destination = str(event.move_destination).strip()
+    remote = remotes.get(destination)
+    if remote is None or remote.host is None or remote.port is None:
+        log.warning("C-MOVE from %s: unknown move destination %r (add [remotes.%s])",
+                    calling, destination, destination)  # fmt: skip
+        yield None, None  # pynetdicom answers 0xA801, PS3.4 C.4.2.1.5
+        return
+    found = _identifier(event, calling, access, levels, archive, "C-MOVE")
+    if isinstance(found, Dataset):
+        # pynetdicom only sends a failure after associating with the destination:
+        # a Verification-only association, released unused.
+        yield remote.host, remote.port, {"contexts": [build_context(Verification)]}
+        yield 1
+        yield found, None
+        return
+    sub: dict[str, Any] = {}
+
+    def on_open(ev: Any) -> None:  # our own outgoing socket: TCP_NODELAY too
+        sock = getattr(getattr(ev.assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            set_nodelay(sock)
+
+    def on_established(ev: Any) -> None:
+        sub["contexts"] = ev.assoc.accepted_contexts
+
+    handlers = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ESTABLISHED, on_established)]
+    contexts = proposed_contexts(found) if found else None
+    yield remote.host, remote.port, {"contexts": contexts, "evt_handlers": handlers}
+    yield len(found)
+    yield from _send_all(
+        event, archive, found, lambda sc: accepted_syntaxes(sub.get("contexts", []), sc)
+    )
+

@@ -1,0 +1,125 @@
+"""The Application Entity of a worker: presentation contexts, limits and handlers.
+
+What we accept (PS3.7 Annex D.3.3.2, PS3.8 9.3.2.2):
+
+- Verification, with the uncompressed transfer syntaxes;
+- every Storage SOP Class pynetdicom knows, with every transfer syntax it
+  knows (uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE, MPEG,
+  HEVC...), stored as received; the SCP/SCU role selection of a C-GET
+  requestor (PS3.7 D.3.3.4) is accepted on the same contexts;
+- Find, Get and Move of the Patient Root and Study Root Query/Retrieve
+  information models (PS3.4 C.6.1, C.6.2).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pynetdicom import AE, _config, evt
+from pynetdicom._globals import ALL_TRANSFER_SYNTAXES, DEFAULT_TRANSFER_SYNTAXES
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from engine.net.find import PATIENT_ROOT_LEVELS, STUDY_ROOT_LEVELS, handle_find
+from engine.net.retrieve import handle_get, handle_move
+from engine.net.settings import ServerSettings
+from engine.net.store import handle_echo, handle_store
+
+if TYPE_CHECKING:
+    from engine.archive import Archive
+
+# PS3.8 9.3.1: the maximum length of the P-DATA-TF PDUs the peer may send us.
+# Large PDUs mean fewer reads and fewer PDV headers per instance (a 512x512 CT
+# slice fits in one); 0 would be "unlimited", which some SCUs read as "tiny".
+MAX_PDU_BYTES = 4 << 20
+ACSE_TIMEOUT_S = 30.0
+DIMSE_TIMEOUT_S = 60.0
+NETWORK_TIMEOUT_S = 120.0  # an idle association is aborted after this
+
+_MODELS = {
+    "find": ((PatientRootQueryRetrieveInformationModelFind, PATIENT_ROOT_LEVELS),
+             (StudyRootQueryRetrieveInformationModelFind, STUDY_ROOT_LEVELS)),
+    "get": ((PatientRootQueryRetrieveInformationModelGet, PATIENT_ROOT_LEVELS),
+            (StudyRootQueryRetrieveInformationModelGet, STUDY_ROOT_LEVELS)),
+    "move": ((PatientRootQueryRetrieveInformationModelMove, PATIENT_ROOT_LEVELS),
+             (StudyRootQueryRetrieveInformationModelMove, STUDY_ROOT_LEVELS)),
+}  # fmt: skip
+
+
+def quiet_pynetdicom() -> None:
+    """Switch off pynetdicom's per-message logging: it formats every PDU and identifier."""
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+def build_ae(settings: ServerSettings) -> AE:
+    """The AE of one worker: our AE title, limits, timeouts and supported contexts.
+
+    Parameters
+    ----------
+    settings
+        AE title and the maximum number of concurrent associations.
+
+    Returns
+    -------
+    pynetdicom.AE
+        Ready for ``make_server``; no handler is bound yet (see :func:`handlers`).
+    """
+    quiet_pynetdicom()
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = MAX_PDU_BYTES
+    # pynetdicom rejects association N+1 with A-ASSOCIATE-RJ, rejected-transient,
+    # source service-provider (presentation), reason 2 "local limit exceeded" (PS3.8 9.3.4)
+    ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = ACSE_TIMEOUT_S
+    ae.dimse_timeout = DIMSE_TIMEOUT_S
+    ae.network_timeout = NETWORK_TIMEOUT_S
+    ae.add_supported_context(Verification, DEFAULT_TRANSFER_SYNTAXES)
+    for cx in AllStoragePresentationContexts:
+        assert cx.abstract_syntax is not None
+        # scu_role/scp_role True: accept whatever role a C-GET requestor proposes
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES,
+                                 scu_role=True, scp_role=True)  # fmt: skip
+    for models in _MODELS.values():
+        for sop_class, _ in models:
+            ae.add_supported_context(sop_class, DEFAULT_TRANSFER_SYNTAXES)
+    return ae
+
+
+def _by_model(kind: str) -> dict[str, tuple[str, ...]]:
+    return {str(uid): levels for uid, levels in _MODELS[kind]}
+
+
+def _levels(event: Any, kind: str) -> tuple[str, ...]:
+    return _by_model(kind).get(str(event.context.abstract_syntax), PATIENT_ROOT_LEVELS)
+
+
+def handlers(archive: Archive, settings: ServerSettings) -> list[tuple[Any, ...]]:
+    """The pynetdicom event handlers of a worker, bound to its archive and settings."""
+    access, remotes = settings.access, dict(settings.remotes)
+
+    def on_find(event: Any) -> Any:
+        return handle_find(event, archive, access, _levels(event, "find"), settings.ae_title)
+
+    def on_get(event: Any) -> Any:
+        return handle_get(event, archive, access, _levels(event, "get"))
+
+    def on_move(event: Any) -> Any:
+        return handle_move(event, archive, access, _levels(event, "move"), remotes)
+
+    return [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [archive, access]),
+        (evt.EVT_C_FIND, on_find),
+        (evt.EVT_C_GET, on_get),
+        (evt.EVT_C_MOVE, on_move),
+    ]

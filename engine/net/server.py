@@ -1,0 +1,250 @@
+"""``pacs serve``: a supervisor and N worker processes sharing one DICOM port.
+
+The supervisor opens no archive and serves nothing. It checks once that the
+port is free, starts the workers (multiprocessing "spawn": a fresh
+interpreter, so no LMDB environment, lock or thread crosses a fork), waits
+until each listens, and restarts a worker that dies. Each worker opens its
+own :class:`~engine.archive.Archive` (its own active segment; LMDB opened in
+the process that uses it, as lmdb.h requires), binds the port with
+SO_REUSEPORT, and runs a pynetdicom AE.
+
+Stopping (SIGTERM or SIGINT to the supervisor, which passes SIGTERM on):
+each worker closes its listening socket, lets its open associations finish
+(at most ``SHUTDOWN_GRACE_S``), closes the archive, and exits 0. Everything
+acknowledged was durable before its response left, so a worker killed
+outright (SIGKILL) loses nothing it acknowledged either; the supervisor
+restarts it and the new worker's archive recovers the segment tail.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from multiprocessing.connection import wait as wait_for
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config
+from engine.net.settings import ServerSettings
+
+log = logging.getLogger("engine.net")
+
+SHUTDOWN_GRACE_S = 30.0  # open associations get this long to finish on SIGTERM
+WORKER_START_TIMEOUT_S = 120.0
+RESTART_BACKOFF_MAX_S = 10.0
+SERVE_IDLE_RECOMPRESS_S = 60.0  # served archives recompress sealed segments when idle
+LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+
+
+# -- the worker -------------------------------------------------------------------
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def run_worker(
+    index: int, path: str, config: Config, settings: ServerSettings, ready: Any, level: int
+) -> None:
+    """Body of one worker process: open the archive, serve until SIGTERM, close.
+
+    Parameters
+    ----------
+    index
+        Worker number, for the log.
+    path
+        The archive folder.
+    config
+        The archive's config.
+    settings
+        AE title, address, limits and access rules.
+    ready
+        A multiprocessing queue; ``(index, pid)`` is put on it once listening.
+    level
+        The logging level.
+    """
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    logging.getLogger("engine.net").setLevel(level)
+    stop = _stop_on_signals()
+
+    from engine.archive import Archive
+    from engine.net.scp import build_ae, handlers
+    from engine.net.transport import AssociationServer
+
+    archive = Archive(path, config)
+    try:
+        ae = build_ae(settings)
+        server = ae.make_server(
+            (settings.host, settings.dicom_port),
+            evt_handlers=handlers(archive, settings),
+            server_class=AssociationServer,
+            access=settings.access,
+        )
+        ae._servers.append(server)  # as AE.start_server does: shutdown() removes it
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                                  name="acceptor", daemon=True)  # fmt: skip
+        thread.start()
+        ready.put((index, os.getpid()))
+        while not stop.wait(1.0):
+            pass
+        log.info("worker %d stopping: no new associations", index)
+        server.shutdown()  # stops accepting and closes the listening socket
+        _drain(server.active_associations)
+    finally:
+        archive.close()  # seals the active segment; everything acknowledged is durable already
+    log.info("worker %d stopped", index)
+
+
+def _drain(associations: list[Any]) -> None:
+    """Let open associations finish; abort those still open after the grace period."""
+    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+    for assoc in associations:
+        assoc.join(max(0.0, deadline - time.monotonic()))
+    for assoc in associations:
+        if assoc.is_alive():
+            log.warning("aborting an association still open after %.0f s", SHUTDOWN_GRACE_S)
+            assoc.abort()
+            assoc.join(5.0)
+
+
+# -- the supervisor ---------------------------------------------------------------
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the worker processes.
+
+    Parameters
+    ----------
+    path
+        The archive folder.
+    config
+        The archive's config (``idle_recompress_s`` is turned on if it is off).
+    settings
+        What the workers serve and where.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], config: Config, settings: ServerSettings):
+        self.path = str(Path(path))
+        if config.idle_recompress_s <= 0:
+            config = config.updated(idle_recompress_s=SERVE_IDLE_RECOMPRESS_S)
+        self.config = config
+        self.settings = settings
+        self._mp = multiprocessing.get_context("spawn")
+        self._ready = self._mp.Queue()
+        self._procs: dict[int, Any] = {}
+        self._restarts: dict[int, int] = {}
+        self._stop = threading.Event()
+
+    def _start(self, index: int) -> None:
+        level = logging.getLogger("engine.net").getEffectiveLevel()
+        p = self._mp.Process(
+            target=run_worker, name=f"worker-{index}", daemon=False,
+            args=(index, self.path, self.config, self.settings, self._ready, level),
+        )  # fmt: skip
+        p.start()
+        self._procs[index] = p
+
+    def _wait_ready(self, indexes: set[int]) -> bool:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        waiting = set(indexes)
+        while waiting and time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                index, _pid = self._ready.get(timeout=0.5)
+            except queue.Empty:
+                dead = [i for i in waiting if not self._procs[i].is_alive()]
+                if dead:
+                    log.error("worker %d exited with %s before it listened",
+                              dead[0], self._procs[dead[0]].exitcode)  # fmt: skip
+                    return False
+                continue
+            waiting.discard(index)
+        return not waiting
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; return the exit code (0 after a clean stop)."""
+        from engine.net.transport import port_is_free
+
+        s = self.settings
+        problem = port_is_free(s.host, s.dicom_port)
+        if problem is not None:
+            log.error("cannot listen on %s:%d: %s", s.host, s.dicom_port, problem)
+            return 1
+        self._stop = _stop_on_signals()
+        for i in range(s.workers):
+            self._start(i)
+        if not self._wait_ready(set(self._procs)):
+            self._shutdown()
+            return 1
+        log.warning("listening on %s:%d as %s with %d worker processes (pids %s), archive %s",
+                    s.host, s.dicom_port, s.ae_title, s.workers,
+                    " ".join(str(p.pid) for p in self._procs.values()), self.path)  # fmt: skip
+        while not self._stop.is_set():
+            wait_for([p.sentinel for p in self._procs.values()], timeout=0.5)
+            for index, p in list(self._procs.items()):
+                if not p.is_alive() and not self._stop.is_set():
+                    self._restart(index, p)
+        return self._shutdown()
+
+    def _restart(self, index: int, p: Any) -> None:
+        n = self._restarts.get(index, 0)
+        self._restarts[index] = n + 1
+        log.error("worker %d (pid %d) died with exit code %s; restarting it",
+                  index, p.pid, p.exitcode)  # fmt: skip
+        p.join()
+        if n:  # a worker that keeps dying must not spin the supervisor
+            time.sleep(min(RESTART_BACKOFF_MAX_S, 0.1 * 2**n))
+        self._start(index)
+        if self._wait_ready({index}):
+            log.warning("worker %d restarted (pid %d)", index, self._procs[index].pid)
+
+    def _shutdown(self) -> int:
+        log.warning("stopping: open associations finish, then the workers exit")
+        for p in self._procs.values():
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the worker's graceful stop
+        code = 0
+        for index, p in self._procs.items():
+            p.join(SHUTDOWN_GRACE_S + 30.0)
+            if p.is_alive():
+                log.error("worker %d did not stop; killing it", index)
+                p.kill()
+                p.join()
+            if p.exitcode != 0:
+                log.error("worker %d exited with %s", index, p.exitcode)
+                code = 1
+        self._ready.close()
+        log.warning("stopped")
+        return code
+
+
+def serve(path: str | os.PathLike[str], config: Config, settings: ServerSettings) -> int:
+    """Run the DICOM server in the foreground until SIGTERM/SIGINT.
+
+    Parameters
+    ----------
+    path
+        The archive folder (created if missing).
+    config
+        The archive's config.
+    settings
+        AE title, host, port, worker count, limits and access rules.
+
+    Returns
+    -------
+    int
+        0 after a clean stop; 1 if the port is taken or a worker failed to start or stop.
+    """
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return Supervisor(path, config, settings).run()

@@ -1,0 +1,203 @@
+"""The network settings: the ``[server]``, ``[remotes.AET]`` and ``[access]`` TOML tables.
+
+They live in :attr:`engine.config.Config.extra` (the archive's typed config
+keeps only what the storage core needs); this module turns them into typed,
+checked objects once, at start-up, so that a typo in the file is an error
+before anything listens::
+
+    [server]
+    ae_title = "PACS"
+    dicom_port = 11112
+    host = "127.0.0.1"
+    workers = 4
+    max_associations = 32
+
+    [remotes.VIEWER1]          # a C-MOVE destination, and what it may do
+    host = "10.0.0.7"
+    port = 11112
+    store = true
+    query = true
+    retrieve = true
+
+    [access]
+    allowed_calling = ["MODALITY1@10.0.0.12", "VIEWER1"]
+
+Flags of ``pacs serve`` override the ``[server]`` table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from engine.config import Config
+
+DEFAULT_AE_TITLE = "PACS"
+DEFAULT_DICOM_PORT = 11112
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_ASSOCIATIONS = 64
+AE_TITLE_MAX_CHARS = 16  # PS3.5 6.2: AE is at most 16 characters
+SERVER_KEYS = ("ae_title", "dicom_port", "host", "workers", "max_associations", "http_port")
+REMOTE_KEYS = ("host", "port", "store", "query", "retrieve")
+PERMISSIONS = ("store", "query", "retrieve")
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """A peer known by its AE title: where to send C-MOVE results, and what it may do."""
+
+    ae_title: str
+    host: str | None = None
+    port: int | None = None
+    store: bool = True
+    query: bool = True
+    retrieve: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who may associate, and who may do what.
+
+    Parameters
+    ----------
+    allowed_calling
+        ``None``: every calling AE title may associate. Otherwise the
+        ``(ae_title, addresses)`` pairs allowed; ``addresses`` is ``None``
+        when any host may use that title.
+    remotes
+        Per-AE-title permissions; an AE title not listed may do everything
+        (once it is allowed to associate).
+    """
+
+    allowed_calling: tuple[tuple[str, frozenset[str] | None], ...] | None = None
+    remotes: Mapping[str, Remote] = field(default_factory=dict)
+
+    def may_associate(self, calling_ae: str, address: str) -> bool:
+        """Whether `calling_ae`, connecting from `address`, may open an association."""
+        if self.allowed_calling is None:
+            return True
+        title = calling_ae.strip()
+        for allowed, hosts in self.allowed_calling:
+            if allowed == title and (hosts is None or address in hosts):
+                return True
+        return False
+
+    def may(self, calling_ae: str, permission: str) -> bool:
+        """Whether `calling_ae` may use the service `permission` (store, query, retrieve)."""
+        remote = self.remotes.get(calling_ae.strip())
+        return remote is None or bool(getattr(remote, permission))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything ``pacs serve`` needs besides the archive's own :class:`Config`."""
+
+    ae_title: str = DEFAULT_AE_TITLE
+    dicom_port: int = DEFAULT_DICOM_PORT
+    host: str = DEFAULT_HOST
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_associations: int = DEFAULT_MAX_ASSOCIATIONS
+    access: Access = field(default_factory=Access)
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.ae_title.strip()) <= AE_TITLE_MAX_CHARS:
+            raise ValueError(f"ae_title must be 1..16 characters, not {self.ae_title!r}")
+        if not 0 < self.dicom_port < 65536:
+            raise ValueError(f"dicom_port must be 1..65535, not {self.dicom_port}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, not {self.workers}")
+        if self.max_associations < 1:
+            raise ValueError(f"max_associations must be at least 1, not {self.max_associations}")
+
+    @property
+    def remotes(self) -> Mapping[str, Remote]:
+        return self.access.remotes
+
+
+def _resolve(host: str) -> frozenset[str]:
+    """Every address `host` names (an address names itself)."""
+    try:
+        ipaddress.ip_address(host)
+        return frozenset({host})
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise ValueError(f"access.allowed_calling: cannot resolve host {host!r}: {exc}") from exc
+    return frozenset(str(info[4][0]) for info in infos)
+
+
+def _table(extra: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = extra.get(name, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"[{name}] must be a table")
+    return value
+
+
+def _remotes(extra: Mapping[str, Any]) -> dict[str, Remote]:
+    remotes: dict[str, Remote] = {}
+    for title, table in _table(extra, "remotes").items():
+        if not isinstance(table, dict):
+            raise ValueError(f"[remotes.{title}] must be a table")
+        unknown = set(table) - set(REMOTE_KEYS)
+        if unknown:
+            raise ValueError(f"[remotes.{title}]: unknown keys {sorted(unknown)}")
+        if not 0 < len(title) <= AE_TITLE_MAX_CHARS:
+            raise ValueError(f"[remotes.{title}]: an AE title is 1..16 characters")
+        port = table.get("port")
+        if port is not None and not (isinstance(port, int) and 0 < port < 65536):
+            raise ValueError(f"[remotes.{title}]: port must be 1..65535")
+        perms = {p: table.get(p, True) for p in PERMISSIONS}
+        for p, v in perms.items():
+            if not isinstance(v, bool):
+                raise ValueError(f"[remotes.{title}]: {p} must be true or false")
+        remotes[title] = Remote(title, table.get("host"), port, **perms)
+    return remotes
+
+
+def _allowed(extra: Mapping[str, Any]) -> tuple[tuple[str, frozenset[str] | None], ...] | None:
+    access = _table(extra, "access")
+    unknown = set(access) - {"allowed_calling"}
+    if unknown:
+        raise ValueError(f"[access]: unknown keys {sorted(unknown)}")
+    entries = access.get("allowed_calling")
+    if entries is None:
+        return None
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ValueError('access.allowed_calling must be a list like ["AET", "AET@host"]')
+    out: list[tuple[str, frozenset[str] | None]] = []
+    for entry in entries:
+        title, _, host = entry.partition("@")
+        out.append((title.strip(), _resolve(host) if host else None))
+    return tuple(out)
+
+
+def server_settings(config: Config, **flags: Any) -> ServerSettings:
+    """The settings of ``pacs serve``: defaults, then ``config.extra``, then `flags`.
+
+    Parameters
+    ----------
+    config
+        The archive's config; its ``extra`` holds the ``[server]``,
+        ``[remotes.*]`` and ``[access]`` tables of the TOML file.
+    **flags
+        Command-line values (``None`` means the flag was not given).
+
+    Raises
+    ------
+    ValueError
+        A key is unknown or a value is out of range; the message names it.
+    """
+    server = _table(config.extra, "server")
+    unknown = set(server) - set(SERVER_KEYS)
+    if unknown:
+        raise ValueError(f"[server]: unknown keys {sorted(unknown)}")
+    values = {k: v for k, v in server.items() if k in SERVER_KEYS and k != "http_port"}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    access = Access(_allowed(config.extra), _remotes(config.extra))
+    return replace(ServerSettings(), **values, access=access)
