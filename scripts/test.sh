@@ -25,6 +25,8 @@ python3 -m venv .venv
 export TCP_NODELAY=1  # Debian's DCMTK waits 40 ms per message without it
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"
 ENGINE_REQUIRE_NATIVE=1 .venv/bin/python -m pytest -q -p no:cacheprovider
+# Every benchmark once, as a test of its own checks (timings are not asserted).
+ENGINE_REQUIRE_NATIVE=1 .venv/bin/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-disable
 # The modules with a native twin (engine.scan), and the store path that uses
 # them, once more with the extension switched off.
 ENGINE_PURE_PYTHON=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/scan tests/test_archive.py tests/storage
