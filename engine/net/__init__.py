@@ -5,8 +5,10 @@
 - :mod:`engine.net.store`, :mod:`engine.net.find`, :mod:`engine.net.retrieve`:
   C-ECHO and C-STORE, C-FIND, C-GET and C-MOVE.
 - :mod:`engine.net.status`: the one table from engine errors to DIMSE statuses.
-- :mod:`engine.net.transport`: SO_REUSEPORT, TCP_NODELAY and access control
-  during association negotiation.
+- :mod:`engine.net.transport`: SO_REUSEPORT, TCP_NODELAY, access control
+  during association negotiation, and the choice between the two paths below.
+- :mod:`engine.net.fastpath`, :mod:`engine.net.pdu`: associations that only
+  store and echo, served without pynetdicom's reactor (PDUs read by hand).
 - :mod:`engine.net.settings`: the ``[server]``, ``[remotes.*]`` and ``[access]`` tables.
 
 Nothing here is imported by ``import engine``; the ``serve`` command imports it.

@@ -262,4 +262,3 @@ def handle_move(
     yield from _send_all(
         event, archive, found, lambda sc: accepted_syntaxes(sub.get("contexts", []), sc)
     )
-

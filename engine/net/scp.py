@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 MAX_PDU_BYTES = 4 << 20
 ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 60.0
-NETWORK_TIMEOUT_S = 120.0  # an idle association is aborted after this
 
 _MODELS = {
     "find": ((PatientRootQueryRetrieveInformationModelFind, PATIENT_ROOT_LEVELS),
@@ -67,7 +66,7 @@ def build_ae(settings: ServerSettings) -> AE:
     Parameters
     ----------
     settings
-        AE title and the maximum number of concurrent associations.
+        AE title, the maximum number of concurrent associations, the network timeout.
 
     Returns
     -------
@@ -82,7 +81,7 @@ def build_ae(settings: ServerSettings) -> AE:
     ae.maximum_associations = settings.max_associations
     ae.acse_timeout = ACSE_TIMEOUT_S
     ae.dimse_timeout = DIMSE_TIMEOUT_S
-    ae.network_timeout = NETWORK_TIMEOUT_S
+    ae.network_timeout = settings.network_timeout_s  # an idle association is aborted after this
     ae.add_supported_context(Verification, DEFAULT_TRANSFER_SYNTAXES)
     for cx in AllStoragePresentationContexts:
         assert cx.abstract_syntax is not None

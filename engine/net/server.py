@@ -80,17 +80,20 @@ def run_worker(
     stop = _stop_on_signals()
 
     from engine.archive import Archive
+    from engine.net.fastpath import StorageFastPath
     from engine.net.scp import build_ae, handlers
     from engine.net.transport import AssociationServer
 
     archive = Archive(path, config)
     try:
         ae = build_ae(settings)
+        fast = StorageFastPath(archive, settings, ae)
         server = ae.make_server(
             (settings.host, settings.dicom_port),
             evt_handlers=handlers(archive, settings),
             server_class=AssociationServer,
             access=settings.access,
+            fast=fast,
         )
         ae._servers.append(server)  # as AE.start_server does: shutdown() removes it
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
@@ -101,7 +104,9 @@ def run_worker(
             pass
         log.info("worker %d stopping: no new associations", index)
         server.shutdown()  # stops accepting and closes the listening socket
-        _drain(server.active_associations)
+        _drain([*server.active_associations, *fast.active])
+        log.info("worker %d served %d associations on the fast path, %d through pynetdicom",
+                 index, fast.served, fast.handed_over)  # fmt: skip
     finally:
         archive.close()  # seals the active segment; everything acknowledged is durable already
     log.info("worker %d stopped", index)

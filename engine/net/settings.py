@@ -11,6 +11,7 @@ before anything listens::
     host = "127.0.0.1"
     workers = 4
     max_associations = 32
+    network_timeout_s = 120    # an idle association is aborted after this
 
     [remotes.VIEWER1]          # a C-MOVE destination, and what it may do
     host = "10.0.0.7"
@@ -40,8 +41,10 @@ DEFAULT_AE_TITLE = "PACS"
 DEFAULT_DICOM_PORT = 11112
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_ASSOCIATIONS = 64
+DEFAULT_NETWORK_TIMEOUT_S = 120.0
 AE_TITLE_MAX_CHARS = 16  # PS3.5 6.2: AE is at most 16 characters
-SERVER_KEYS = ("ae_title", "dicom_port", "host", "workers", "max_associations", "http_port")
+SERVER_KEYS = ("ae_title", "dicom_port", "host", "workers", "max_associations", "http_port",
+               "network_timeout_s")  # fmt: skip
 REMOTE_KEYS = ("host", "port", "store", "query", "retrieve")
 PERMISSIONS = ("store", "query", "retrieve")
 
@@ -101,6 +104,7 @@ class ServerSettings:
     host: str = DEFAULT_HOST
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
+    network_timeout_s: float = DEFAULT_NETWORK_TIMEOUT_S
     access: Access = field(default_factory=Access)
 
     def __post_init__(self) -> None:
@@ -112,6 +116,10 @@ class ServerSettings:
             raise ValueError(f"workers must be at least 1, not {self.workers}")
         if self.max_associations < 1:
             raise ValueError(f"max_associations must be at least 1, not {self.max_associations}")
+        if not (isinstance(self.network_timeout_s, int | float) and self.network_timeout_s > 0):
+            raise ValueError(
+                f"network_timeout_s must be a positive number, not {self.network_timeout_s!r}"
+            )
 
     @property
     def remotes(self) -> Mapping[str, Remote]:

@@ -49,6 +49,7 @@ CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3: Error, cannot understand
 UNEXPECTED = 0xC001  # Cxxx, implementation-defined (PS3.4 B.2.3): our bug, see the log
 PROCESSING_FAILURE = 0x0110  # PS3.7 C.5: the SCP failed while doing the work
 DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.5: with duplicate_policy = "reject"
+UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C.5.5: a command this association does not serve
 
 ERROR_COMMENT_MAX_CHARS = 64  # PS3.7 E.1: Error Comment (0000,0902) is LO
 
@@ -78,15 +79,41 @@ def status_for(exc: BaseException) -> tuple[int, str]:
     return UNEXPECTED, "internal error, see the server log"
 
 
+def error_comment(text: str) -> str:
+    """`text` as an Error Comment: LO, at most 64 characters, no backslash or control characters."""
+    return " ".join(text.replace("\\", "/").split())[:ERROR_COMMENT_MAX_CHARS]
+
+
 def status_dataset(status: int, comment: str | None = None) -> Dataset:
     """A status Dataset pynetdicom sends as is: Status, plus an Error Comment if given."""
     ds = Dataset()
     ds.Status = status
     if comment:
-        # LO: at most 64 characters, no backslash or control characters
-        text = " ".join(comment.replace("\\", "/").split())
-        ds.ErrorComment = text[:ERROR_COMMENT_MAX_CHARS]
+        ds.ErrorComment = error_comment(comment)
     return ds
+
+
+def failure_status(exc: BaseException, what: str) -> tuple[int, str]:
+    """Translate `exc`, raised while doing `what`, into (status, Error Comment), and log it.
+
+    Parameters
+    ----------
+    exc
+        The exception; engine errors map through :data:`STATUS_TABLE`.
+    what
+        What was being done, for the log (``"C-STORE from CT1 of 1.2.3"``).
+
+    Returns
+    -------
+    tuple of (int, str)
+        The status and its comment (at most 64 characters, never a traceback).
+    """
+    status, reason = status_for(exc)
+    if status == UNEXPECTED:
+        log.error("%s failed unexpectedly (0x%04X)", what, status, exc_info=exc)
+        return status, error_comment(reason)
+    log.warning("%s failed: 0x%04X %s: %s", what, status, type(exc).__name__, exc)
+    return status, error_comment(str(exc) or reason)
 
 
 def failure(exc: BaseException, what: str) -> Dataset:
@@ -104,9 +131,4 @@ def failure(exc: BaseException, what: str) -> Dataset:
     pydicom.dataset.Dataset
         Status and Error Comment, ready to be returned by a pynetdicom handler.
     """
-    status, reason = status_for(exc)
-    if status == UNEXPECTED:
-        log.error("%s failed unexpectedly (0x%04X)", what, status, exc_info=exc)
-        return status_dataset(status, reason)
-    log.warning("%s failed: 0x%04X %s: %s", what, status, type(exc).__name__, exc)
-    return status_dataset(status, str(exc) or reason)
+    return status_dataset(*failure_status(exc, what))

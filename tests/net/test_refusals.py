@@ -1,37 +1,65 @@
-"""What the server refuses, and how: A-ASSOCIATE-RJ reasons and failure statuses with comments."""
+"""What the server refuses, and how: A-ASSOCIATE-RJ reasons and failure statuses with comments.
+
+Each refusal is checked on both sides of the worker: the storage fast path
+(an association proposing storage or verification only) and pynetdicom (the
+same association plus a Query/Retrieve context).
+"""
 
 from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
-from engine.part10 import encode_fmi
+from engine.part10 import IMPLEMENTATION_VERSION_NAME, encode_fmi
 from engine.synthetic import ct_series
 from tests.net._support import Server, echo, run_dcmtk
 from tests.net.find_helpers import c_find
 
+PATHS = ["fast", "pynetdicom"]
 
-def _store(port: int, ds: Dataset | Path, ae_title: str = "PYNETDICOM") -> Dataset:
+
+def _ae(ae_title: str, path: str, *contexts: Any) -> AE:
+    """An SCU whose association the worker serves on `path` ("fast" or "pynetdicom")."""
     ae = AE(ae_title=ae_title)
-    ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+    for cx in contexts:
+        ae.add_requested_context(*cx) if isinstance(cx, tuple) else ae.add_requested_context(cx)
+    if path == "pynetdicom":  # a Query/Retrieve context takes the association off the fast path
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    return ae
+
+
+def _check_path(assoc: Any, path: str) -> None:
+    fast = assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
+    assert fast == (path == "fast"), assoc.acceptor.implementation_version_name
+
+
+def _store(port: int, ds: Dataset | Path, ae_title: str = "PYNETDICOM",
+           path: str = "fast") -> Dataset:  # fmt: skip
+    ae = _ae(ae_title, path, (CTImageStorage, ["1.2.840.10008.1.2.1"]))
     assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
     assert assoc.is_established
     try:
+        _check_path(assoc, path)
         return assoc.send_c_store(ds)
     finally:
         assoc.release()
 
 
-def test_an_unknown_calling_ae_title_is_rejected(server: Server) -> None:
-    ae = AE(ae_title="INTRUDER")
-    ae.add_requested_context(Verification)
+@pytest.mark.parametrize("path", PATHS)
+def test_an_unknown_calling_ae_title_is_rejected(server: Server, path: str) -> None:
+    ae = _ae("INTRUDER", path, Verification)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS")
     assert assoc.is_rejected
     rj = assoc.acceptor.primitive
@@ -42,16 +70,18 @@ def test_an_unknown_calling_ae_title_is_rejected(server: Server) -> None:
     assert echo(server.port) == 0
 
 
-def test_a_malformed_dataset_gets_c000_with_a_comment(server: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_a_malformed_dataset_gets_c000_with_a_comment(server: Server, tmp_path: Path,
+                                                      path: str) -> None:  # fmt: skip
     """A Part 10 file whose data set breaks framing, sent as is (pynetdicom's chunked send)."""
     uid = "1.2.3.4.5.6.7"
     body = bytes.fromhex("08001600") + b"UI" + (60000).to_bytes(2, "little") + b"1.2.3"
-    path = tmp_path / "broken.dcm"
+    broken = tmp_path / "broken.dcm"
     fmi = encode_fmi(CTImageStorage, uid, "1.2.840.10008.1.2.1", None)
-    path.write_bytes(b"\0" * 128 + b"DICM" + fmi + body)
+    broken.write_bytes(b"\0" * 128 + b"DICM" + fmi + body)
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
-        status = _store(server.port, path)
+        status = _store(server.port, broken, path=path)
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = False
     assert status.Status == 0xC000
@@ -59,38 +89,44 @@ def test_a_malformed_dataset_gets_c000_with_a_comment(server: Server, tmp_path: 
     assert echo(server.port) == 0  # the server stays up
 
 
-def test_missing_uid_gets_a900_with_a_comment(server: Server) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_missing_uid_gets_a900_with_a_comment(server: Server, path: str) -> None:
     ds = next(ct_series(500, 1, rows=8, columns=8))
     del ds.StudyInstanceUID
-    status = _store(server.port, ds)
+    status = _store(server.port, ds, path=path)
     assert status.Status == 0xA900
     assert "StudyInstanceUID" in status.ErrorComment
 
 
-def test_per_remote_permissions_are_enforced(server: Server) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_per_remote_permissions_are_enforced(server: Server, path: str) -> None:
     ds = next(ct_series(501, 1, rows=8, columns=8))
-    status = _store(server.port, ds, ae_title="NOSTORE")
+    status = _store(server.port, ds, ae_title="NOSTORE", path=path)
     assert status.Status == 0x0124 and "NOSTORE" in status.ErrorComment
     matches, final = c_find(server.port, "STUDY", {"StudyInstanceUID": ""}, ae_title="NOQUERY")
     assert not matches and final == 0x0124
     # the same AE may still query; NOQUERY may still store
     assert c_find(server.port, "STUDY", {"StudyInstanceUID": ""}, ae_title="NOSTORE")[1] == 0
-    assert _store(server.port, ds, ae_title="NOQUERY").Status == 0
+    assert _store(server.port, ds, ae_title="NOQUERY", path=path).Status == 0
 
 
 def test_too_many_associations_are_rejected_transiently(tmp_path: Path) -> None:
+    """The limit counts fast-path and pynetdicom associations together, whichever came first."""
     srv = Server(tmp_path, workers=1, config="[server]\nmax_associations = 1\n").start()
     try:
-        ae = AE(ae_title="FIRST")
-        ae.add_requested_context(Verification)
-        first = ae.associate("127.0.0.1", srv.port)
-        assert first.is_established
-        second = ae.associate("127.0.0.1", srv.port)
-        assert second.is_rejected
-        rj = second.acceptor.primitive
-        # PS3.8 9.3.4: rejected-transient, service-provider (presentation), local limit exceeded
-        assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
-        first.release()
+        for first_path, second_path in [(a, b) for a in PATHS for b in PATHS]:
+            first = _ae("FIRST", first_path, Verification).associate("127.0.0.1", srv.port)
+            assert first.is_established
+            _check_path(first, first_path)
+            second = _ae("SECOND", second_path, Verification).associate("127.0.0.1", srv.port)
+            assert second.is_rejected, (first_path, second_path)
+            rj = second.acceptor.primitive
+            # PS3.8 9.3.4: rejected-transient, service-provider (presentation), local limit exceeded
+            assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
+            first.release()
+            deadline = time.monotonic() + 10
+            while echo(srv.port) != 0 and time.monotonic() < deadline:  # the first one has gone
+                time.sleep(0.05)
     finally:
         assert srv.stop() == 0
 
@@ -102,7 +138,8 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
     return r.returncode == 0
 
 
-def test_a_full_disk_gets_a700_and_the_server_stays_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_a_full_disk_gets_a700_and_the_server_stays_up(tmp_path: Path, path: str) -> None:
     disk = tmp_path / "tiny"
     if not _mount_tmpfs(disk, "6m"):
         pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)")
@@ -111,7 +148,7 @@ def test_a_full_disk_gets_a700_and_the_server_stays_up(tmp_path: Path) -> None:
         try:
             statuses: list[Any] = []
             for ds in ct_series(502, 40):  # 40 x 512 KB: more than the disk holds
-                statuses.append(_store(srv.port, ds))
+                statuses.append(_store(srv.port, ds, path=path))
                 if statuses[-1].Status != 0:
                     break
             last = statuses[-1]
@@ -124,12 +161,12 @@ def test_a_full_disk_gets_a700_and_the_server_stays_up(tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_sigterm_lets_an_open_association_finish(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_sigterm_lets_an_open_association_finish(tmp_path: Path, path: str) -> None:
     srv = Server(tmp_path, workers=1).start()
-    ae = AE(ae_title="SLOW")
-    ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", srv.port)
+    assoc = _ae("SLOW", path, CTImageStorage).associate("127.0.0.1", srv.port)
     assert assoc.is_established
+    _check_path(assoc, path)
     code: list[int] = []
     stopper = threading.Thread(target=lambda: code.append(srv.stop()))
     stopper.start()

@@ -206,7 +206,9 @@ def test_move_to_an_unknown_destination_is_a801(server: Server, stored: Stored) 
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS")
     query = identifier("STUDY", {"StudyInstanceUID": src.StudyInstanceUID})
-    statuses = [s.Status for s, _ in assoc.send_c_move(query, "NOWHERE",
-                                                       StudyRootQueryRetrieveInformationModelMove)]
+    statuses = [
+        s.Status
+        for s, _ in assoc.send_c_move(query, "NOWHERE", StudyRootQueryRetrieveInformationModelMove)
+    ]
     assoc.release()
     assert statuses == [0xA801]

@@ -1,0 +1,474 @@
+"""The storage fast path: associations that only store and echo, served without pynetdicom.
+
+pynetdicom spends about 3 ms of CPU per CT slice on the receive path
+(polling reactors, one object per PDU, deep copies per message); storing
+the instance costs 0.3 ms. Most associations a PACS sees are a modality
+sending images, so the worker serves those itself:
+
+1. :func:`peek_associate_rq` looks at the A-ASSOCIATE-RQ without taking it
+   off the socket (``MSG_PEEK``), within an ARTIM-like timeout (PS3.8 9.1.5).
+2. :meth:`StorageFastPath.classify` decodes it with pynetdicom's PDU classes.
+   If every proposed abstract syntax is a Storage SOP Class or
+   Verification, and nothing beyond the maximum length, implementation
+   identity and asynchronous operations window is negotiated, the fast path
+   takes the association; anything else (Query/Retrieve, role selection for
+   C-GET, extended negotiation, user identity, a PDU it cannot decode) goes
+   to pynetdicom with the socket untouched.
+3. :class:`FastAssociation` applies the same access rules and association
+   limit as pynetdicom's path, negotiates the presentation contexts with
+   pynetdicom's own ``negotiate_as_acceptor``, sends the A-ASSOCIATE-AC,
+   then runs the DIMSE loop (PS3.7 9.3.1 C-STORE, 9.3.5 C-ECHO) over
+   :class:`engine.net.pdu.PDUReader`.
+
+The acknowledgement rule is unchanged: a C-STORE-RSP leaves only after
+:meth:`engine.archive.Archive.store` returned, that is once the instance is
+durable and indexed; statuses come from :mod:`engine.net.status`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from pynetdicom._globals import APPLICATION_CONTEXT_NAME
+from pynetdicom.pdu import A_ASSOCIATE_AC as AssociateAcPDU
+from pynetdicom.pdu import A_ASSOCIATE_RQ as AssociateRqPDU
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    AsynchronousOperationsWindowNegotiation,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import AllStoragePresentationContexts, negotiate_as_acceptor
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from engine.net import pdu as P
+from engine.net.pdu import Command, MessageBuffer, PDUReader, PeerClosed, ProtocolError
+from engine.net.scp import MAX_PDU_BYTES
+from engine.net.settings import ServerSettings
+from engine.net.status import (
+    REFUSED_NOT_AUTHORISED,
+    SUCCESS,
+    UNRECOGNIZED_OPERATION,
+    error_comment,
+    failure_status,
+)
+from engine.net.transport import REJECT_CALLING_AE, REJECT_LIMIT
+from engine.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+if TYPE_CHECKING:
+    from pynetdicom import AE
+
+    from engine.archive import Archive
+
+log = logging.getLogger("engine.net")
+
+ASSOCIATE_RQ_MAX_BYTES = 1 << 20  # an A-ASSOCIATE-RQ is a few KB; a bigger one goes to pynetdicom
+PEEK_RETRY_S = 0.002  # MSG_PEEK returns at once while part of the PDU is there: wait a little
+ARTIM_TIMEOUT_S = 30.0  # PS3.8 9.1.5: how long a new connection has to send its A-ASSOCIATE-RQ
+# User information sub-items (PS3.7 D.3.3) the fast path may ignore: the asynchronous
+# operations window has a default (1, 1) that a missing reply confirms (PS3.7 D.3.3.3).
+_PLAIN_USER_ITEMS = (
+    MaximumLengthNotification,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    AsynchronousOperationsWindowNegotiation,
+)
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
+
+
+def peek_associate_rq(sock: socket.socket, timeout_s: float) -> bytes | None:
+    """The whole A-ASSOCIATE-RQ PDU waiting on `sock`, left unread; None if it is not one.
+
+    Parameters
+    ----------
+    sock
+        A freshly accepted socket; nothing is consumed from it.
+    timeout_s
+        How long the peer has to send the whole PDU (the ARTIM timer, PS3.8 9.1.5).
+
+    Returns
+    -------
+    bytes or None
+        The PDU (header included), or None when the first byte is not an
+        A-ASSOCIATE-RQ or it is longer than :data:`ASSOCIATE_RQ_MAX_BYTES`:
+        pynetdicom answers those.
+
+    Raises
+    ------
+    TimeoutError
+        The PDU did not arrive in time.
+    PeerClosed
+        The peer closed the connection first.
+    """
+    deadline = time.monotonic() + timeout_s
+    want = P.PDU_HEADER_BYTES
+    old_timeout = sock.gettimeout()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no A-ASSOCIATE-RQ within {timeout_s:.0f} s")
+            sock.settimeout(left)
+            data = sock.recv(want, socket.MSG_PEEK)
+            if not data:
+                raise PeerClosed("the peer closed the connection before associating")
+            if data[0] != P.A_ASSOCIATE_RQ:
+                return None
+            if want == P.PDU_HEADER_BYTES and len(data) == want:
+                length = P.PDU_HEADER.unpack_from(data)[1]
+                if length > ASSOCIATE_RQ_MAX_BYTES:
+                    return None
+                want += length
+                continue
+            if len(data) == want:
+                return data
+            time.sleep(PEEK_RETRY_S)
+    finally:
+        sock.settimeout(old_timeout)
+
+
+def _set_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Kernel receive/send timeouts on a blocking socket: no poll() before each recv."""
+    whole = int(seconds)
+    tv = _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+class StorageFastPath:
+    """What a worker's fast-path associations share: archive, settings, contexts, counts.
+
+    Parameters
+    ----------
+    archive
+        This worker's archive.
+    settings
+        Access rules, association limit and timeouts.
+    ae
+        The worker's pynetdicom AE: its supported presentation contexts are
+        the ones negotiated here too, and its acceptor associations count
+        towards the limit.
+    """
+
+    def __init__(self, archive: Archive, settings: ServerSettings, ae: AE) -> None:
+        self.archive = archive
+        self.settings = settings
+        self.ae = ae
+        self.contexts = ae.supported_contexts
+        syntaxes = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
+        self.syntaxes = frozenset(syntaxes | {str(Verification)})
+        self._lock = threading.Lock()
+        self._active: set[FastAssociation] = set()
+        self.served = 0  # associations the fast path took
+        self.handed_over = 0  # associations given to pynetdicom
+
+    @property
+    def active(self) -> list[FastAssociation]:
+        """The fast-path associations open now."""
+        with self._lock:
+            return list(self._active)
+
+    def pynetdicom_acceptors(self) -> int:
+        """How many associations pynetdicom is serving as acceptor now."""
+        return sum(1 for a in self.ae.active_associations if a.is_acceptor)
+
+    def peek(self, sock: socket.socket) -> bytes | None:
+        """:func:`peek_associate_rq` with the ARTIM timeout (at most the network timeout)."""
+        return peek_associate_rq(sock, min(ARTIM_TIMEOUT_S, self.settings.network_timeout_s))
+
+    def classify(self, rq: bytes) -> A_ASSOCIATE | None:
+        """The A-ASSOCIATE request if the fast path can serve it, else None (pynetdicom's).
+
+        Parameters
+        ----------
+        rq
+            The whole A-ASSOCIATE-RQ PDU (PS3.8 9.3.2).
+        """
+        pdu = AssociateRqPDU()
+        try:
+            pdu.decode(rq)
+            primitive = pdu.to_primitive()
+        except Exception:  # noqa: BLE001 -- undecodable: pynetdicom answers it as it always has
+            return None
+        if pdu.protocol_version != 1:
+            return None
+        if primitive.application_context_name != APPLICATION_CONTEXT_NAME:
+            return None
+        contexts = primitive.presentation_context_definition_list
+        if not contexts or any(str(cx.abstract_syntax) not in self.syntaxes for cx in contexts):
+            return None
+        if not all(isinstance(item, _PLAIN_USER_ITEMS) for item in primitive.user_information):
+            return None  # role selection, extended negotiation, user identity: pynetdicom's
+        return primitive
+
+    def serve(
+        self, sock: socket.socket, address: Any, rq_bytes: int, primitive: A_ASSOCIATE
+    ) -> None:
+        """Serve one association on `sock` until it is released, aborted or times out.
+
+        Parameters
+        ----------
+        sock
+            The accepted socket; its A-ASSOCIATE-RQ (`rq_bytes` long) is still unread.
+        address
+            The peer's (host, port).
+        rq_bytes
+            Length of the peeked A-ASSOCIATE-RQ, consumed here.
+        primitive
+            The decoded request (:meth:`classify`).
+        """
+        assoc = FastAssociation(self, sock, address, primitive)
+        with self._lock:
+            self._active.add(assoc)
+            self.served += 1
+        try:
+            assoc.run(rq_bytes)
+        finally:
+            with self._lock:
+                self._active.discard(assoc)
+
+    def count(self) -> int:
+        """Fast-path associations open now (this one included, once registered)."""
+        with self._lock:
+            return len(self._active)
+
+
+class FastAssociation:
+    """One storage association served by the fast path (PS3.8 9.2 state machine, acceptor side).
+
+    It runs in the socket server's handler thread; :meth:`join` and
+    :meth:`abort` let the worker drain it on shutdown like a pynetdicom
+    association.
+    """
+
+    def __init__(self, owner: StorageFastPath, sock: socket.socket, address: Any,
+                 rq: A_ASSOCIATE) -> None:  # fmt: skip
+        self.owner = owner
+        self.sock = sock
+        self.address = str(address[0]) if isinstance(address, tuple) else str(address)
+        self.rq = rq
+        self.calling = str(rq.calling_ae_title).strip()
+        self.peer_max_pdu = int(rq.maximum_length_received or 0)
+        self.accepted: dict[int, str] = {}  # context ID -> accepted transfer syntax
+        self.may_store = owner.settings.access.may(self.calling, "store")
+        self.stored = 0
+        self._done = threading.Event()
+
+    # -- the Association-like surface used by the worker's drain -----------------------
+
+    def is_alive(self) -> bool:
+        return not self._done.is_set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._done.wait(timeout)
+
+    def abort(self) -> None:
+        """End the association from another thread: its blocked read fails at once."""
+        with contextlib.suppress(OSError):
+            self.sock.sendall(P.encode_abort(P.ABORT_NOT_SPECIFIED))
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def run(self, rq_bytes: int) -> None:
+        """Negotiate, then serve DIMSE messages; always closes the socket."""
+        sock = self.sock
+        try:
+            _set_timeouts(sock, self.owner.settings.network_timeout_s)
+            _consume(sock, rq_bytes)
+            if self._negotiate():
+                self._loop()
+        except PeerClosed:
+            log.info("fast path: %s at %s closed the connection", self.calling, self.address)
+        except ProtocolError as exc:
+            log.warning("fast path: aborting the association from %s at %s: %s (A-ABORT reason %d)",
+                        self.calling, self.address, exc, exc.reason)  # fmt: skip
+            self._send_quietly(P.encode_abort(exc.reason))
+        except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO/SO_SNDTIMEO expired: EAGAIN
+            log.warning("fast path: association from %s at %s idle for %.1f s; aborting",
+                        self.calling, self.address,
+                        self.owner.settings.network_timeout_s)  # fmt: skip
+            self._send_quietly(P.encode_abort(P.ABORT_NOT_SPECIFIED))
+        except OSError as exc:
+            log.info("fast path: connection to %s at %s failed: %s",
+                     self.calling, self.address, exc)  # fmt: skip
+        except Exception:  # a bug here must end one association, not the worker
+            log.exception("fast path: association from %s at %s failed", self.calling, self.address)
+            self._send_quietly(P.encode_abort(P.ABORT_NOT_SPECIFIED))
+        finally:
+            try:
+                sock.close()
+            finally:
+                self._done.set()
+        log.info("fast path: association from %s at %s ended, %d instances stored",
+                 self.calling, self.address, self.stored)  # fmt: skip
+
+    def _send_quietly(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(data)
+
+    def _negotiate(self) -> bool:
+        """Access control, the association limit, presentation contexts; send AC or RJ."""
+        owner = self.owner
+        if not owner.settings.access.may_associate(self.calling, self.address):
+            log.warning("association from %r at %s refused: calling AE title not allowed",
+                        self.calling, self.address)  # fmt: skip
+            self.sock.sendall(P.encode_reject(*REJECT_CALLING_AE))
+            return False
+        open_now = owner.count() + owner.pynetdicom_acceptors()
+        if open_now > owner.settings.max_associations:
+            log.warning("association from %s at %s refused: %d associations open, limit %d",
+                        self.calling, self.address, open_now - 1,
+                        owner.settings.max_associations)  # fmt: skip
+            self.sock.sendall(P.encode_reject(*REJECT_LIMIT))
+            return False
+        results, _roles = negotiate_as_acceptor(
+            self.rq.presentation_context_definition_list, owner.contexts
+        )
+        self.accepted = {
+            int(cx.context_id): str(cx.transfer_syntax[0])  # type: ignore[arg-type]
+            for cx in results
+            if cx.result == 0x00
+        }
+        ac = A_ASSOCIATE()
+        ac.application_context_name = APPLICATION_CONTEXT_NAME
+        ac.calling_ae_title = self.rq.calling_ae_title
+        ac.called_ae_title = self.rq.called_ae_title
+        ac.result = 0x00
+        ac.result_source = 0x01
+        ac.presentation_context_definition_results_list = results
+        max_length = MaximumLengthNotification()
+        max_length.maximum_length_received = MAX_PDU_BYTES
+        class_uid = ImplementationClassUIDNotification()
+        class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        version = ImplementationVersionNameNotification()
+        version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+        ac.user_information = [max_length, class_uid, version]
+        pdu = AssociateAcPDU()
+        pdu.from_primitive(ac)
+        self.sock.sendall(pdu.encode())
+        log.debug("fast path: association from %s at %s, %d of %d contexts accepted",
+                 self.calling, self.address, len(self.accepted), len(results))  # fmt: skip
+        return True
+
+    # -- the DIMSE loop (PS3.8 9.3.5, PS3.7 6.3.1) ------------------------------------------
+
+    def _loop(self) -> None:  # hot loop, kept in one piece
+        reader = PDUReader(self.sock)
+        message = MessageBuffer()
+        command_bytes = bytearray()
+        command_context = 0
+        pending: Command | None = None  # a command whose data set is arriving
+        pending_context = 0
+        accepted = self.accepted
+        pdu_header, pdv_header = reader.pdu_header, reader.pdv_header
+        while True:
+            kind, length = pdu_header()
+            if kind == P.P_DATA_TF:
+                if length > MAX_PDU_BYTES:  # PS3.8 D.1: at most the Maximum Length we sent
+                    raise P.invalid(f"P-DATA-TF of {length} bytes, more than {MAX_PDU_BYTES}")
+                left = length
+                while left:
+                    if left < P.PDV_HEADER_BYTES:
+                        raise P.invalid("PDU ends inside a PDV header")
+                    item_length, context, mch = pdv_header()
+                    if item_length < 2 or item_length + 4 > left:
+                        raise P.invalid("PDV length runs past the end of its PDU")
+                    left -= item_length + 4
+                    n = item_length - 2
+                    if context not in accepted:
+                        raise P.invalid(f"PDV on presentation context {context}, not accepted")
+                    if mch & P.MCH_COMMAND:
+                        if pending is not None:
+                            raise P.unexpected("a command fragment inside a data set")
+                        if command_bytes and context != command_context:
+                            raise P.unexpected("command fragments on two contexts")
+                        if len(command_bytes) + n > P.COMMAND_MAX_BYTES:
+                            raise P.invalid("command set too long")
+                        command_context = context
+                        command_bytes += reader.read(n)
+                        if mch & P.MCH_LAST:
+                            command = P.parse_command(bytes(command_bytes))
+                            command_bytes.clear()
+                            if command.has_data_set:
+                                pending, pending_context = command, context
+                                message.length = 0
+                            else:
+                                self._dispatch(command, context, None)
+                    else:
+                        if pending is None:
+                            raise P.unexpected("a data set fragment without its command")
+                        if context != pending_context:
+                            raise P.unexpected("data set on another context than its command")
+                        reader.read_into(message, n)
+                        if mch & P.MCH_LAST:
+                            command, pending = pending, None
+                            self._dispatch(command, context, message.data())
+            elif kind == P.A_RELEASE_RQ:  # PS3.8 9.3.6: answer, then the requestor closes
+                if length != 4:
+                    raise P.invalid("A-RELEASE-RQ length not 4")
+                reader.skip(4)
+                self.sock.sendall(P.RELEASE_RP)
+                return
+            elif kind == P.A_ABORT:
+                log.info("fast path: %s at %s aborted the association", self.calling, self.address)
+                return
+            elif kind in (P.A_ASSOCIATE_RQ, P.A_ASSOCIATE_AC, P.A_ASSOCIATE_RJ, P.A_RELEASE_RP):
+                raise ProtocolError(P.ABORT_UNEXPECTED_PDU, f"unexpected PDU type 0x{kind:02X}")
+            else:
+                raise ProtocolError(P.ABORT_UNRECOGNIZED_PDU, f"unknown PDU type 0x{kind:02X}")
+
+    def _dispatch(self, command: Command, context: int, data: memoryview | None) -> None:
+        """Act on a complete request and send its response (one P-DATA-TF)."""
+        field_ = command.command_field
+        if field_ == P.C_STORE_RQ and data is not None:
+            status, comment = self._store(command, context, data)
+            rsp = P.encode_response(
+                P.C_STORE_RSP, command.message_id, command.sop_class_uid, status,
+                sop_instance_uid=command.sop_instance_uid, error_comment=comment,
+            )  # fmt: skip
+        elif field_ == P.C_ECHO_RQ:  # PS3.7 9.3.5: always success
+            uid = command.sop_class_uid or str(Verification)
+            rsp = P.encode_response(P.C_ECHO_RSP, command.message_id, uid, SUCCESS)
+        elif field_ == P.C_CANCEL_RQ:  # PS3.7 9.3.2.3: nothing to cancel, and no response
+            return
+        elif field_ & P.RESPONSE_BIT:
+            raise P.unexpected(f"a response (0x{field_:04X}) from the requestor")
+        else:  # PS3.7 C.5.5: unrecognized operation on a storage-only association
+            log.warning("fast path: %s sent command 0x%04X; answered 0x%04X",
+                        self.calling, field_, UNRECOGNIZED_OPERATION)  # fmt: skip
+            rsp = P.encode_response(
+                field_ | P.RESPONSE_BIT, command.message_id, command.sop_class_uid,
+                UNRECOGNIZED_OPERATION,
+                error_comment=error_comment(f"command 0x{field_:04X} is not served here"),
+            )  # fmt: skip
+        self.sock.sendall(P.encode_p_data(context, rsp, self.peer_max_pdu))
+
+    def _store(self, command: Command, context: int, data: memoryview) -> tuple[int, str]:
+        """Store the data set as received; (status, error comment) once it is durable."""
+        if not self.may_store:
+            log.warning("C-STORE from %s refused: not allowed to store", self.calling)
+            return REFUSED_NOT_AUTHORISED, error_comment(f"{self.calling} may not store here")
+        try:
+            self.owner.archive.store(data, transfer_syntax=self.accepted[context],
+                                     source_ae=self.calling)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 -- every failure must become a status (status.py)
+            return failure_status(exc, f"C-STORE from {self.calling} of {command.sop_instance_uid}")
+        self.stored += 1
+        return SUCCESS, ""
+
+
+def _consume(sock: socket.socket, n: int) -> None:
+    """Take the `n` bytes already peeked off the socket."""
+    while n:
+        got = len(sock.recv(n))
+        if not got:
+            raise PeerClosed("the peer closed the connection")
+        n -= got

@@ -1,0 +1,381 @@
+"""Upper-layer PDUs for the storage fast path: the buffered reader, command sets, responses.
+
+Only what a Storage and Verification SCP needs, written against the
+standard rather than through pynetdicom's objects (one Python object per
+PDU and per PDV is what made pynetdicom's receive path cost milliseconds):
+
+- PDU framing (PS3.8 9.3.1): a 6-byte header, type (1), reserved (1),
+  big-endian length of what follows (4);
+- P-DATA-TF items (PS3.8 9.3.5, Annex E.2): item length (4, big-endian,
+  counting the context ID and control header), presentation context ID
+  (1), message control header (1: bit 0 command, bit 1 last fragment),
+  then the fragment;
+- command sets (PS3.7 6.3.1, Annex E): group 0000 only, always Implicit VR
+  Little Endian, so a tag, a 32-bit length and the value;
+- A-ASSOCIATE-RJ, A-RELEASE-RP and A-ABORT (PS3.8 9.3.4, 9.3.7, 9.3.8).
+
+Association negotiation itself (the A-ASSOCIATE-RQ and -AC) goes through
+pynetdicom's PDU classes, in :mod:`engine.net.fastpath`.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+# PS3.8 9.3.1: PDU types
+A_ASSOCIATE_RQ = 0x01
+A_ASSOCIATE_AC = 0x02
+A_ASSOCIATE_RJ = 0x03
+P_DATA_TF = 0x04
+A_RELEASE_RQ = 0x05
+A_RELEASE_RP = 0x06
+A_ABORT = 0x07
+
+# PS3.8 9.3.8, Table 9-26: A-ABORT source 2 (service provider) reasons
+ABORT_NOT_SPECIFIED = 0x00
+ABORT_UNRECOGNIZED_PDU = 0x01
+ABORT_UNEXPECTED_PDU = 0x02
+ABORT_UNRECOGNIZED_PARAMETER = 0x04
+ABORT_UNEXPECTED_PARAMETER = 0x05
+ABORT_INVALID_PARAMETER = 0x06
+
+# PS3.8 E.2: message control header bits
+MCH_COMMAND = 0x01
+MCH_LAST = 0x02
+
+# PS3.7 E.1: command elements the fast path reads or writes
+CommandGroupLength = 0x00000000
+AffectedSOPClassUID = 0x00000002
+CommandField = 0x00000100
+MessageID = 0x00000110
+MessageIDBeingRespondedTo = 0x00000120
+Priority = 0x00000700
+CommandDataSetType = 0x00000800
+Status = 0x00000900
+ErrorComment = 0x00000902
+AffectedSOPInstanceUID = 0x00001000
+
+# PS3.7 E.1: Command Field values
+C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
+C_ECHO_RQ = 0x0030
+C_ECHO_RSP = 0x8030
+C_CANCEL_RQ = 0x0FFF
+RESPONSE_BIT = 0x8000
+NO_DATA_SET = 0x0101  # PS3.7 E.1: CommandDataSetType "no data set"; any other value: one follows
+
+PDU_HEADER = struct.Struct(">BxI")  # type, reserved, length
+PDV_HEADER = struct.Struct(">IBB")  # item length, context ID, message control header
+_ELEMENT = struct.Struct("<HHI")  # group, element, length (PS3.5 7.1.3, implicit VR)
+_US = struct.Struct("<H")
+_UL = struct.Struct("<I")
+
+PDU_HEADER_BYTES = 6
+PDV_HEADER_BYTES = 6
+COMMAND_MAX_BYTES = 64 << 10  # a command set is a few hundred bytes; more is not a command
+READ_BUFFER_BYTES = 256 << 10
+DIRECT_READ_MIN_BYTES = 64 << 10  # fragments at least this long bypass the read buffer
+
+
+class ProtocolError(Exception):
+    """The peer broke PS3.8 framing; the association ends with an A-ABORT carrying `reason`."""
+
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def invalid(message: str) -> ProtocolError:
+    """A ProtocolError for an invalid PDU parameter value (A-ABORT reason 6)."""
+    return ProtocolError(ABORT_INVALID_PARAMETER, message)
+
+
+def unexpected(message: str) -> ProtocolError:
+    """A ProtocolError for an unexpected PDU parameter (A-ABORT reason 5)."""
+    return ProtocolError(ABORT_UNEXPECTED_PARAMETER, message)
+
+
+class PeerClosed(Exception):
+    """The peer closed the connection (or it reset) in the middle of the protocol."""
+
+
+class MessageBuffer:
+    """One growing buffer that holds a data set while its fragments arrive.
+
+    It is reused from message to message, so a steady stream of instances
+    of the same size allocates nothing. When it grows, a new bytearray
+    replaces it; views handed out earlier keep the old one alive.
+    """
+
+    __slots__ = ("buf", "length", "view")
+
+    def __init__(self, capacity: int = 1 << 20) -> None:
+        self.buf = bytearray(capacity)
+        self.view = memoryview(self.buf)
+        self.length = 0
+
+    def reserve(self, extra: int) -> memoryview:
+        """Make room for `extra` more bytes; return the writable view of that room."""
+        need = self.length + extra
+        if need > len(self.buf):
+            grown = bytearray(max(need, 2 * len(self.buf)))
+            grown[: self.length] = self.view[: self.length]
+            self.buf, self.view = grown, memoryview(grown)
+        return self.view[self.length : need]
+
+    def data(self) -> memoryview:
+        """The bytes collected so far (a view: valid until the buffer is reused)."""
+        return self.view[: self.length]
+
+
+class PDUReader:
+    """Reads PDU and PDV headers from a socket through one reusable buffer.
+
+    Fragment payloads are copied once, from the buffer or straight from the
+    socket, into a :class:`MessageBuffer`; no object is made per PDU.
+
+    Parameters
+    ----------
+    sock
+        A connected, blocking socket (a receive timeout may be set on it).
+    """
+
+    def __init__(self, sock: socket.socket, size: int = READ_BUFFER_BYTES) -> None:
+        self.sock = sock
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+
+    def _fill(self, need: int) -> None:
+        """Block until at least `need` bytes are buffered (`need` <= the buffer size)."""
+        if self.start == self.end:
+            self.start = self.end = 0
+        elif self.start + need > len(self.buf):  # not enough room at the tail: move to the front
+            n = self.end - self.start
+            self.buf[:n] = self.view[self.start : self.end]
+            self.start, self.end = 0, n
+        recv_into, view = self.sock.recv_into, self.view
+        while self.end - self.start < need:
+            got = recv_into(view[self.end :])
+            if not got:
+                raise PeerClosed("the peer closed the connection")
+            self.end += got
+
+    def pdu_header(self) -> tuple[int, int]:
+        """(PDU type, length) of the next PDU (PS3.8 9.3.1)."""
+        if self.end - self.start < PDU_HEADER_BYTES:
+            self._fill(PDU_HEADER_BYTES)
+        kind, length = PDU_HEADER.unpack_from(self.buf, self.start)
+        self.start += PDU_HEADER_BYTES
+        return kind, length
+
+    def pdv_header(self) -> tuple[int, int, int]:
+        """(item length, presentation context ID, control header) of the next PDV item."""
+        if self.end - self.start < PDV_HEADER_BYTES:
+            self._fill(PDV_HEADER_BYTES)
+        header = PDV_HEADER.unpack_from(self.buf, self.start)
+        self.start += PDV_HEADER_BYTES
+        return header
+
+    def read(self, n: int) -> bytes:
+        """The next `n` bytes as bytes (small fields: `n` <= the buffer size)."""
+        if self.end - self.start < n:
+            self._fill(n)
+        out = bytes(self.view[self.start : self.start + n])
+        self.start += n
+        return out
+
+    def skip(self, n: int) -> None:
+        """Discard the next `n` bytes."""
+        while n:
+            if self.end == self.start:
+                self._fill(1)
+            step = min(n, self.end - self.start)
+            self.start += step
+            n -= step
+
+    def read_into(self, dest: MessageBuffer, n: int) -> None:
+        """Append the next `n` bytes to `dest`: buffered bytes first, the rest from the socket."""
+        room = dest.reserve(n)
+        have = min(n, self.end - self.start)
+        if have:
+            room[:have] = self.view[self.start : self.start + have]
+            self.start += have
+        pos = have
+        recv_into = self.sock.recv_into
+        while pos < n:
+            left = n - pos
+            if left >= DIRECT_READ_MIN_BYTES:  # large: straight into the message, no second copy
+                got = recv_into(room[pos:], left)
+                if not got:
+                    raise PeerClosed("the peer closed the connection inside a fragment")
+                pos += got
+            else:  # small tail: read ahead into the buffer, so the next headers come with it
+                self._fill(1)
+                step = min(left, self.end - self.start)
+                room[pos : pos + step] = self.view[self.start : self.start + step]
+                self.start += step
+                pos += step
+        room.release()
+        dest.length += n
+
+
+# -- command sets (PS3.7 6.3.1, Annex E) -------------------------------------------------
+
+
+@dataclass(slots=True)
+class Command:
+    """The elements of a request command set the fast path acts on."""
+
+    command_field: int
+    message_id: int
+    has_data_set: bool
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    priority: int = 0
+
+
+def _uid(value: bytes) -> str:
+    # PS3.5 9.1: a UID value is padded with one trailing NUL to an even length
+    return value.rstrip(b"\0 ").decode("ascii", "replace")
+
+
+def parse_command(data: bytes) -> Command:
+    """Walk an implicit VR Little Endian command set and pick out the request fields.
+
+    Parameters
+    ----------
+    data
+        The concatenated command fragments (PS3.7 6.3.1).
+
+    Raises
+    ------
+    ProtocolError
+        An element runs past the end, or Command Field or Message ID is
+        missing: without them there is nothing to answer.
+    """
+    values: dict[int, bytes] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        if end - pos < 8:
+            raise invalid("command set ends inside an element header")
+        group, element, length = _ELEMENT.unpack_from(data, pos)
+        pos += 8
+        if length > end - pos:  # also catches an undefined length, 0xFFFFFFFF
+            raise invalid("command element runs past the command set")
+        values[group << 16 | element] = data[pos : pos + length]
+        pos += length
+    field_ = values.get(CommandField)
+    message_id = values.get(MessageID)
+    if field_ is None or len(field_) != 2:
+        raise invalid("command set without a Command Field")
+    command_field = _US.unpack(field_)[0]
+    if message_id is None or len(message_id) != 2:
+        # a response carries MessageIDBeingRespondedTo instead; the caller aborts those
+        if not command_field & RESPONSE_BIT:
+            raise invalid("request command without a Message ID")
+        message_id = b"\0\0"
+    data_set_type = values.get(CommandDataSetType, _US.pack(NO_DATA_SET))
+    priority = values.get(Priority, b"\0\0")
+    return Command(
+        command_field, _US.unpack(message_id)[0],
+        len(data_set_type) == 2 and _US.unpack(data_set_type)[0] != NO_DATA_SET,
+        _uid(values.get(AffectedSOPClassUID, b"")), _uid(values.get(AffectedSOPInstanceUID, b"")),
+        _US.unpack(priority)[0] if len(priority) == 2 else 0,
+    )  # fmt: skip
+
+
+def _element(tag: int, value: bytes) -> bytes:
+    return _ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _ui(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw  # PS3.5 6.2: UI pads with NUL
+
+
+def _lo(text: str) -> bytes:
+    raw = text.encode("ascii", "replace")
+    return raw + b" " if len(raw) % 2 else raw  # PS3.5 6.2: LO pads with a space
+
+
+def encode_response(
+    command_field: int,
+    message_id: int,
+    sop_class_uid: str,
+    status: int,
+    *,
+    sop_instance_uid: str = "",
+    error_comment: str = "",
+) -> bytes:
+    """Encode a response command set (implicit VR Little Endian, group length first).
+
+    Parameters
+    ----------
+    command_field
+        C-STORE-RSP (0x8001), C-ECHO-RSP (0x8030), or a request's field with
+        the response bit set.
+    message_id
+        The request's Message ID, sent back as Message ID Being Responded To.
+    sop_class_uid
+        Affected SOP Class UID (omitted when empty).
+    status
+        The DIMSE status (PS3.7 C).
+    sop_instance_uid
+        Affected SOP Instance UID (omitted when empty).
+    error_comment
+        Error Comment (0000,0902), already at most 64 characters (omitted when empty).
+
+    Returns
+    -------
+    bytes
+        The command set, elements in ascending tag order (PS3.5 7.1).
+    """
+    parts = []
+    if sop_class_uid:
+        parts.append(_element(AffectedSOPClassUID, _ui(sop_class_uid)))
+    parts += [
+        _element(CommandField, _US.pack(command_field)),
+        _element(MessageIDBeingRespondedTo, _US.pack(message_id)),
+        _element(CommandDataSetType, _US.pack(NO_DATA_SET)),
+        _element(Status, _US.pack(status)),
+    ]
+    if error_comment:
+        parts.append(_element(ErrorComment, _lo(error_comment)))
+    if sop_instance_uid:
+        parts.append(_element(AffectedSOPInstanceUID, _ui(sop_instance_uid)))
+    body = b"".join(parts)
+    return _element(CommandGroupLength, _UL.pack(len(body))) + body
+
+
+def encode_p_data(context_id: int, command: bytes, peer_max_pdu: int) -> bytes:
+    """One or more P-DATA-TF PDUs carrying a whole command set (PS3.8 9.3.5).
+
+    `peer_max_pdu` is the peer's Maximum Length Received (0: no limit); a
+    command longer than that is split into fragments, the last one flagged.
+    """
+    limit = len(command) if peer_max_pdu == 0 else max(1, peer_max_pdu - PDV_HEADER_BYTES)
+    out = []
+    for pos in range(0, max(1, len(command)), limit):
+        chunk = command[pos : pos + limit]
+        last = pos + limit >= len(command)
+        mch = MCH_COMMAND | (MCH_LAST if last else 0)
+        item = PDV_HEADER.pack(len(chunk) + 2, context_id, mch) + chunk
+        out.append(PDU_HEADER.pack(P_DATA_TF, len(item)) + item)
+    return b"".join(out)
+
+
+def encode_reject(result: int, source: int, reason: int) -> bytes:
+    """A-ASSOCIATE-RJ (PS3.8 9.3.4): reserved, result, source, reason/diagnostic."""
+    return PDU_HEADER.pack(A_ASSOCIATE_RJ, 4) + bytes((0, result, source, reason))
+
+
+def encode_abort(reason: int, source: int = 0x02) -> bytes:
+    """A-ABORT (PS3.8 9.3.8); source 2: the service provider (we), 0: the service user."""
+    return PDU_HEADER.pack(A_ABORT, 4) + bytes((0, 0, source, reason))
+
+
+RELEASE_RP = PDU_HEADER.pack(A_RELEASE_RP, 4) + b"\0\0\0\0"  # PS3.8 9.3.7
