@@ -1,6 +1,7 @@
 """``pacs serve``: a supervisor and N worker processes sharing one DICOM port.
 
-The supervisor opens no archive and serves nothing. It checks once that the
+The supervisor serves nothing. It opens the archive once, alone, so that
+recovery sees every segment, closes it, checks once that the
 port is free, starts the workers (multiprocessing "spawn": a fresh
 interpreter, so no LMDB environment, lock or thread crosses a fork), waits
 until each listens, and restarts a worker that dies. Each worker opens its
@@ -252,4 +253,21 @@ def serve(path: str | os.PathLike[str], config: Config, settings: ServerSettings
         0 after a clean stop; 1 if the port is taken or a worker failed to start or stop.
     """
     Path(path).mkdir(parents=True, exist_ok=True)
+    _recover_before_workers(path, config)
     return Supervisor(path, config, settings).run()
+
+
+def _recover_before_workers(path: str | os.PathLike[str], config: Config) -> None:
+    """Open and close the archive once, alone: recovery (and, after a power loss,
+    the rebuild of the index) needs every segment, which running workers would hold."""
+    from engine.archive import Archive
+
+    archive = Archive(path, config)
+    try:
+        report = archive.recovery
+        if report.records_replayed or report.truncated or report.rebuilt:
+            log.info("recovered %s: %d records replayed, %d torn tails cut%s", path,
+                     report.records_replayed, len(report.truncated),
+                     ", index rebuilt" if report.rebuilt else "")  # fmt: skip
+    finally:
+        archive.close()
