@@ -315,7 +315,8 @@ def start_server(target: str, work: Path, *, workers: int, durability: str) -> S
     env = _python_env()
     if target == "pacs":
         cmd = [sys.executable, "-m", "engine.cli", "serve", str(data), "--host", "127.0.0.1",
-               "--dicom-port", str(port), "--workers", str(workers)]  # fmt: skip
+               "--dicom-port", str(port), "--workers", str(workers),
+               "--http-port", "0"]  # fmt: skip
         if durability != "fsync":
             config = work / "pacs.toml"
             config.write_text(f'[archive]\ndurability = "{durability}"\n')

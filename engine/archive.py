@@ -26,6 +26,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from engine import frames as frames_mod
 from engine import maintenance, search
 from engine.config import Config, load_config
 from engine.errors import (
@@ -42,6 +43,7 @@ from engine.index.env import IndexEnv
 from engine.index.keys import Location
 from engine.ingest import prepare, tombstone
 from engine.part10 import PREAMBLE, assemble
+from engine.storage.format import NO_PIXEL
 from engine.storage.segment import SegmentReader, StoredRecord
 from engine.writer import WritePath, _Pending
 
@@ -223,6 +225,31 @@ class Archive:
             warnings.simplefilter("ignore")  # a stored odd value is not the caller's problem
             return pydicom.dcmread(io.BytesIO(PREAMBLE + bytes(rec.meta)), stop_before_pixels=True)
 
+    def read_metadata(self, sop_instance_uid: str) -> tuple[bytes, bool]:
+        """The metadata part as Part 10 bytes (no Pixel Data), and whether the instance has pixels.
+
+        One positioned read of the record's metadata span, checksum verified;
+        pixel bytes are never read. For callers that encode the dataset
+        themselves (WADO-RS metadata writes DICOM JSON).
+        """
+        rec = self._read(sop_instance_uid, with_pixel=False)
+        return PREAMBLE + bytes(rec.meta), rec.header.pixel_at != NO_PIXEL
+
+    def frames(self, sop_instance_uid: str) -> frames_mod.FrameSource:
+        """The frames of one instance's Pixel Data, as stored, read one at a time.
+
+        See :mod:`engine.frames`: native pixels kept raw are read with one
+        positioned read per frame; otherwise the record is read once.
+
+        Raises
+        ------
+        engine.errors.NotFoundError
+            No such instance, or it has no Pixel Data.
+        """
+        self._check_open()
+        loc = self._locate(sop_instance_uid)
+        return frames_mod.open_frames(self, sop_instance_uid, loc)
+
     def find(
         self,
         level: str,
@@ -240,6 +267,22 @@ class Archive:
         """
         self._check_open()
         yield from search.find(self, level, dict(query or {}), limit=limit, offset=offset)
+
+    def find_attrs(
+        self,
+        level: str,
+        query: Mapping[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Iterator[dict[str, Any]]:
+        """Like :meth:`find`, yielding plain dicts of the requested keys instead of Datasets.
+
+        A key without a stored value is absent from its dict. Same matching,
+        paging and errors as :meth:`find`; no pydicom object is built.
+        """
+        self._check_open()
+        yield from search.find_attrs(self, level, dict(query or {}), limit=limit, offset=offset)
 
     def instances_of(
         self,

@@ -256,7 +256,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     settings = server_settings(
         config, ae_title=args.ae_title, dicom_port=args.dicom_port, host=args.host,
-        workers=args.workers, max_associations=args.max_associations,
+        workers=args.workers, max_associations=args.max_associations, http_port=args.http_port,
     )  # fmt: skip
     return serve(args.data_dir or args.archive, config, settings)
 
@@ -311,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ae-title", help="our AE title (default: PACS)")
     s.add_argument("--dicom-port", type=int, help="DICOM port (default: 11112)")
     s.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    s.add_argument("--http-port", type=int, help="DICOMweb port (default: 8042; 0: off)")
     s.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     s.add_argument("--max-associations", type=int, help="concurrent associations per worker")
     s.add_argument("--config", dest="config", default=argparse.SUPPRESS, help="TOML config file")

@@ -182,13 +182,39 @@ def find(
     archive: Archive, level: str, query: dict[str, Any], *, limit: int | None, offset: int
 ) -> Iterator[Dataset]:
     q = compile_query(level, query, case_sensitive_pn=archive.config.case_sensitive_pn)
+    for attrs in _matches(archive, q, limit=limit, offset=offset):
+        yield _dataset(q, attrs)
+
+
+def find_attrs(
+    archive: Archive, level: str, query: dict[str, Any], *, limit: int | None, offset: int
+) -> Iterator[dict[str, Any]]:
+    """Like :func:`find`, but each match is a plain dict of the requested keys.
+
+    Values are as the index stores them (str, int, float or tuples; a
+    missing value is absent from the dict), for callers that encode them
+    themselves (QIDO-RS writes DICOM JSON) and need no pydicom Dataset.
+    """
+    q = compile_query(level, query, case_sensitive_pn=archive.config.case_sensitive_pn)
+    keys = [k for k in dict.fromkeys([*q.requested, UNIQUE_KEY[q.level]]) if k not in _NOT_STORED]
+    for attrs in _matches(archive, q, limit=limit, offset=offset):
+        yield {k: attrs[k] for k in keys if k in attrs}
+
+
+_NOT_STORED = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet"})
+
+
+def _matches(
+    archive: Archive, q: Query, *, limit: int | None, offset: int
+) -> Iterator[dict[str, Any]]:
+    """Merged attributes of each record that matches `q`, after `offset`, at most `limit`."""
     cat = archive.catalog
     with archive.env.read() as txn:
         candidates = _candidates(cat, txn, q, q.level)
     pages = _scan_pages(archive, _DB[q.level]) if candidates is None else _pages(candidates)
     skipped = emitted = 0
     for keys in pages:
-        page: list[Dataset] = []
+        page: list[dict[str, Any]] = []
         with archive.env.read() as txn:
             cache: dict[str, Any] = {}
             for key in keys:
@@ -198,7 +224,7 @@ def find(
                 if skipped < offset:
                     skipped += 1
                     continue
-                page.append(_dataset(q, attrs))
+                page.append(attrs)
                 emitted += 1
                 if limit is not None and emitted >= limit:
                     break

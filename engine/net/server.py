@@ -100,12 +100,21 @@ def run_worker(
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                                   name="acceptor", daemon=True)  # fmt: skip
         thread.start()
+        http = None
+        if settings.http_port:
+            from engine.web.server import run_http
+            from engine.web.settings import WebSettings
+
+            web = WebSettings.from_mapping(config.extra.get("web", {}))
+            http = run_http(archive, settings.host, settings.http_port, stop, web)
         ready.put((index, os.getpid()))
         while not stop.wait(1.0):
             pass
         log.info("worker %d stopping: no new associations", index)
         server.shutdown()  # stops accepting and closes the listening socket
         _drain([*server.active_associations, *fast.active])
+        if http is not None:
+            http.join(SHUTDOWN_GRACE_S)
         log.info("worker %d served %d associations on the fast path, %d through pynetdicom",
                  index, fast.served, fast.handed_over)  # fmt: skip
     finally:
@@ -183,10 +192,11 @@ class Supervisor:
         from engine.net.transport import port_is_free
 
         s = self.settings
-        problem = port_is_free(s.host, s.dicom_port)
-        if problem is not None:
-            log.error("cannot listen on %s:%d: %s", s.host, s.dicom_port, problem)
-            return 1
+        for port in (s.dicom_port, s.http_port):
+            problem = port_is_free(s.host, port) if port else None
+            if problem is not None:
+                log.error("cannot listen on %s:%d: %s", s.host, port, problem)
+                return 1
         self._stop = _stop_on_signals()
         for i in range(s.workers):
             self._start(i)
@@ -196,6 +206,8 @@ class Supervisor:
         log.warning("listening on %s:%d as %s with %d worker processes (pids %s), archive %s",
                     s.host, s.dicom_port, s.ae_title, s.workers,
                     " ".join(str(p.pid) for p in self._procs.values()), self.path)  # fmt: skip
+        if s.http_port:
+            log.warning("DICOMweb on http://%s:%d/dicom-web", s.host, s.http_port)
         while not self._stop.is_set():
             wait_for([p.sentinel for p in self._procs.values()], timeout=0.5)
             for index, p in list(self._procs.items()):

@@ -39,6 +39,7 @@ from engine.config import Config
 
 DEFAULT_AE_TITLE = "PACS"
 DEFAULT_DICOM_PORT = 11112
+DEFAULT_HTTP_PORT = 8042
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_ASSOCIATIONS = 64
 DEFAULT_NETWORK_TIMEOUT_S = 120.0
@@ -105,6 +106,7 @@ class ServerSettings:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
     network_timeout_s: float = DEFAULT_NETWORK_TIMEOUT_S
+    http_port: int = DEFAULT_HTTP_PORT  # DICOMweb; 0 turns it off
     access: Access = field(default_factory=Access)
 
     def __post_init__(self) -> None:
@@ -112,6 +114,8 @@ class ServerSettings:
             raise ValueError(f"ae_title must be 1..16 characters, not {self.ae_title!r}")
         if not 0 < self.dicom_port < 65536:
             raise ValueError(f"dicom_port must be 1..65535, not {self.dicom_port}")
+        if not 0 <= self.http_port < 65536:
+            raise ValueError(f"http_port must be 0 (off) or 1..65535, not {self.http_port}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, not {self.workers}")
         if self.max_associations < 1:
@@ -205,7 +209,7 @@ def server_settings(config: Config, **flags: Any) -> ServerSettings:
     unknown = set(server) - set(SERVER_KEYS)
     if unknown:
         raise ValueError(f"[server]: unknown keys {sorted(unknown)}")
-    values = {k: v for k, v in server.items() if k in SERVER_KEYS and k != "http_port"}
+    values = {k: v for k, v in server.items() if k in SERVER_KEYS}
     values.update({k: v for k, v in flags.items() if v is not None})
     access = Access(_allowed(config.extra), _remotes(config.extra))
     return replace(ServerSettings(), **values, access=access)

@@ -80,8 +80,9 @@ class Server:
     """`pacs serve` as a real process on a free port, with a TOML config written for it."""
 
     def __init__(self, tmp: Path, *, workers: int = 2, config: str = "",
-                 archive: Path | None = None) -> None:  # fmt: skip
+                 archive: Path | None = None, http: bool = False) -> None:  # fmt: skip
         self.port = free_port()
+        self.http_port = free_port() if http else 0
         self.archive = archive or tmp / "archive"
         self.config_path = tmp / f"server-{self.port}.toml"
         self.config_path.write_text(config)
@@ -93,6 +94,7 @@ class Server:
         cmd = [
             sys.executable, "-m", "engine.cli", "--config", str(self.config_path), "serve",
             str(self.archive), "--dicom-port", str(self.port), "--workers", str(self.workers),
+            "--http-port", str(self.http_port),
         ]  # fmt: skip
         self._log = open(self.log_path, "ab")  # noqa: SIM115 -- closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
