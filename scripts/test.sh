@@ -29,4 +29,4 @@ ENGINE_REQUIRE_NATIVE=1 .venv/bin/python -m pytest -q -p no:cacheprovider
 ENGINE_REQUIRE_NATIVE=1 .venv/bin/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-disable
 # The modules with a native twin (engine.scan), and the store path that uses
 # them, once more with the extension switched off.
-ENGINE_PURE_PYTHON=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/scan tests/test_archive.py tests/storage
+ENGINE_PURE_PYTHON=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/scan tests/test_archive.py tests/storage tests/test_frames.py
