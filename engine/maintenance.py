@@ -349,22 +349,24 @@ def _compact_one(archive: Archive, seg_id: int, rep: CompactReport) -> None:
         writer.sync()
         fsync_dir(root)
         end = writer.end
+
+        def commit(txn: Any) -> None:
+            live = 0
+            for uid, old_loc, new_loc in moves:
+                if catalog.relocate(txn, uid, old_loc, new_loc):
+                    live += new_loc.total
+            catalog.put_segment(
+                txn, new_id, K.SegmentState(K.SEG_SEALED, end, live, 0, K.SEG_FLAG_COLD)
+            )
+            old = catalog.get_segment(txn, seg_id) or K.SegmentState(K.SEG_RETIRED, 0)
+            old.state = K.SEG_RETIRED
+            catalog.put_segment(txn, seg_id, old)
+
+        catalog.env.write(commit)
     finally:
+        # Held until the commit: while the new segment is still "compacting", a
+        # recovery in another process that could take its lock would delete it.
         writer.close()
-
-    def commit(txn: Any) -> None:
-        live = 0
-        for uid, old_loc, new_loc in moves:
-            if catalog.relocate(txn, uid, old_loc, new_loc):
-                live += new_loc.total
-        catalog.put_segment(
-            txn, new_id, K.SegmentState(K.SEG_SEALED, end, live, 0, K.SEG_FLAG_COLD)
-        )
-        old = catalog.get_segment(txn, seg_id) or K.SegmentState(K.SEG_RETIRED, 0)
-        old.state = K.SEG_RETIRED
-        catalog.put_segment(txn, seg_id, old)
-
-    catalog.env.write(commit)
     archive.reader.forget(seg_id)
     old_path.unlink()
     fsync_dir(root)
@@ -380,8 +382,15 @@ def _compact_one(archive: Archive, seg_id: int, rep: CompactReport) -> None:
 def reindex(archive: Archive) -> ReindexReport:
     """Rebuild the index from the segments into a new LMDB, then swap it in."""
     rep = ReindexReport()
+    # No store of ours appends while the log is read and the index swapped:
+    # they wait, then go to a segment numbered by the rebuilt index.
+    with archive.writes.paused():
+        _reindex_paused(archive, rep)
+    return rep
+
+
+def _reindex_paused(archive: Archive, rep: ReindexReport) -> None:
     root = archive.segments_dir
-    archive.writes.close()  # seal our active segment: every segment is now complete
     ids = list_segment_ids(root)
     locks = []
     try:
@@ -411,28 +420,10 @@ def reindex(archive: Archive) -> ReindexReport:
         rep.instances = catalog.counters().get("instances", 0)
         env.sync()
         env.close()
-        _swap_index(archive, tmp)
+        archive.env.replace_with(tmp)  # waits until no transaction of ours is open
     finally:
         for fd in locks:
             os.close(fd)
-    return rep
-
-
-def _swap_index(archive: Archive, rebuilt: Any) -> None:
-    current = archive.path / "index"
-    old = archive.path / "index.old"
-    archive.env.close()
-    shutil.rmtree(old, ignore_errors=True)
-    os.rename(current, old)
-    os.rename(rebuilt, current)
-    fsync_dir(archive.path)
-    shutil.rmtree(old)
-    env = IndexEnv(
-        current, archive.config.index_map_bytes, sync=archive.config.durability == "fsync"
-    )
-    archive.env = env
-    archive.catalog = Catalog(env)
-    archive.writes.catalog = archive.catalog
 
 
 # -- stats ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +127,11 @@ class WritePath:
                 self._cond.release()
                 try:
                     self._flush(batch)
+                except BaseException as exc:
+                    for q in batch:  # never let a waiter of this batch see success
+                        if q.error is None:
+                            q.error = exc
+                    raise
                 finally:
                     self._cond.acquire()
                     self._flushing = False
@@ -151,6 +156,8 @@ class WritePath:
         result = ApplyResult()
 
         def index(txn: Any) -> None:
+            nonlocal result
+            result = ApplyResult()  # env.write may run this again after growing the map
             marks: dict[int, int] = {}
             for p in batch:
                 marks[p.writer.segment_id] = max(marks.get(p.writer.segment_id, 0), p.end)
@@ -177,7 +184,7 @@ class WritePath:
                 # never reach the disk (recovery then finds the index ahead)
                 p.error = failed[id(p.writer)]
         if self._retiring:
-            self.catalog.env.write(self._seal_retired)
+            self._seal_retired()
         dup = set(result.duplicate_uids)
         for p in batch:
             if p.entry is not None and p.entry.sop_uid in dup:
@@ -188,14 +195,20 @@ class WritePath:
             self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="engine-index-commit")
         return self._commit_pool
 
-    def _seal_retired(self, txn: Any) -> None:
+    def _seal_retired(self) -> None:
         """Mark segments that rotated out and have nothing left in flight as sealed."""
-        for w in list(self._retiring):
-            if any(p.writer is w for p in self._pending):
-                continue
-            st = self.catalog.get_segment(txn, w.segment_id) or K.SegmentState(K.SEG_ACTIVE, 0)
-            st.state = K.SEG_SEALED
-            self.catalog.put_segment(txn, w.segment_id, st)
+        done = [w for w in list(self._retiring) if not any(p.writer is w for p in self._pending)]
+        if not done:
+            return
+
+        def seal(txn: Any) -> None:  # may run twice (map growth): no side effects here
+            for w in done:
+                st = self.catalog.get_segment(txn, w.segment_id) or K.SegmentState(K.SEG_ACTIVE, 0)
+                st.state = K.SEG_SEALED
+                self.catalog.put_segment(txn, w.segment_id, st)
+
+        self.catalog.env.write(seal)
+        for w in done:  # released only once the index says sealed
             w.close()
             self._retiring.remove(w)
 
@@ -203,19 +216,30 @@ class WritePath:
     def active_segment_id(self) -> int | None:
         return self._writer.segment_id if self._writer else None
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Inside, every record is durable, indexed and sealed, and no store can append."""
+        with self._append_lock:
+            self._drain_and_seal()
+            yield
+
     def close(self) -> None:
         """Flush what is pending, seal the active segment, release it."""
         with self._append_lock:
-            if self._writer is not None:
-                self._retiring.append(self._writer)
-                self._writer = None
-            with self._cond:
-                last = self._pending[-1] if self._pending else None
-            if last is not None:
-                with contextlib.suppress(EngineError):  # each waiter got its own error
-                    self.wait(last)
-            if self._retiring:
-                self.catalog.env.write(self._seal_retired)
+            self._drain_and_seal()
             if self._commit_pool is not None:
                 self._commit_pool.shutdown()
                 self._commit_pool = None
+
+    def _drain_and_seal(self) -> None:
+        """Wait for every pending record, then seal the active segment (append lock held)."""
+        if self._writer is not None:
+            self._retiring.append(self._writer)
+            self._writer = None
+        with self._cond:
+            last = self._pending[-1] if self._pending else None
+        if last is not None:
+            with contextlib.suppress(EngineError):  # each waiter got its own error
+                self.wait(last)
+        if self._retiring:
+            self._seal_retired()

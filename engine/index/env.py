@@ -19,6 +19,8 @@ Caveats
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,22 +57,9 @@ class IndexEnv:
     def __init__(
         self, path: Path, map_size: int = MAP_SIZE_INITIAL_BYTES, sync: bool = True
     ) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        try:
-            self.env = lmdb.open(
-                str(path),
-                map_size=map_size,
-                max_dbs=len(DB_NAMES) + 2,
-                max_readers=MAX_READERS,
-                sync=sync,
-                metasync=False,
-                readahead=False,
-                lock=True,
-            )
-            self.env.reader_check()
-            self.db: dict[str, Any] = {n.decode(): self.env.open_db(n) for n in DB_NAMES}
-        except lmdb.Error as exc:
-            raise IndexFailureError(f"cannot open the index in {path}: {exc}") from exc
+        self.path, self._map_size, self._sync = path, map_size, sync
+        self.db: dict[str, Any] = {}
+        self._open()
         self._grow_lock = threading.Lock()
         # Remapping under a reader of another thread would pull its pages
         # away: growth waits until no read transaction of ours is open.
@@ -78,66 +67,125 @@ class IndexEnv:
         self._readers = 0
         self._growing = False
 
-    @contextlib.contextmanager
-    def read(self) -> Iterator[Any]:
-        """A read-only transaction; the map is never remapped while one is open."""
+    def _open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=self._map_size,
+                max_dbs=len(DB_NAMES) + 2,
+                max_readers=MAX_READERS,
+                sync=self._sync,
+                metasync=False,
+                readahead=False,
+                lock=True,
+            )
+            self.env.reader_check()
+            dbs = {n.decode(): self.env.open_db(n) for n in DB_NAMES}
+        except lmdb.Error as exc:
+            raise IndexFailureError(f"cannot open the index in {self.path}: {exc}") from exc
+        self.db.clear()  # in place: the Catalog holds this dict
+        self.db.update(dbs)
+
+    def _enter(self) -> None:
         with self._gate:
             while self._growing:
                 self._gate.wait()
             self._readers += 1
+
+    def _leave(self) -> None:
+        with self._gate:
+            self._readers -= 1
+            self._gate.notify_all()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """No transaction of this process is open inside, and none can start."""
+        with self._gate:
+            self._growing = True
+            while self._readers:
+                self._gate.wait()
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._growing = False
+                self._gate.notify_all()
+
+    def replace_with(self, rebuilt: Path) -> None:
+        """Swap in the index rebuilt in folder `rebuilt`, while no transaction is open."""
+        old = self.path.with_name(self.path.name + ".old")
+        with self._exclusive():
+            self.env.close()
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(self.path, old)
+            os.rename(rebuilt, self.path)
+            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)  # the renames are what makes the new index the index
+            finally:
+                os.close(fd)
+            self._open()
+        shutil.rmtree(old, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Any]:
+        """A read-only transaction; the map is never remapped while one is open."""
+        self._enter()
         try:
             try:
                 txn = self.env.begin(buffers=False)
             except lmdb.MapResizedError:
-                self.env.set_mapsize(0)  # another process grew the map: adopt its size
+                self._leave()
+                self._adopt_size()
+                self._enter()
                 txn = self.env.begin(buffers=False)
             with txn:
                 yield txn
         finally:
-            with self._gate:
-                self._readers -= 1
-                self._gate.notify_all()
+            self._leave()
 
     def write(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(txn)` in one write transaction, growing the map and retrying if it is full."""
         while True:
+            self._enter()
             try:
                 with self.env.begin(write=True) as txn:
                     return fn(txn)
             except lmdb.MapResizedError:
-                self.env.set_mapsize(0)
+                remedy = self._adopt_size
             except lmdb.MapFullError:
-                self._grow()
+                remedy = self._grow
             except lmdb.Error as exc:
                 raise IndexFailureError(f"index write failed: {exc}") from exc
+            finally:
+                self._leave()
+            remedy()  # outside any transaction of ours: both remap the file
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(txn, *args)`` in one write transaction (see :meth:`write`)."""
         return self.write(lambda txn: fn(txn, *args))
+
+    def _adopt_size(self) -> None:
+        """Another process grew the map: adopt its size (a remap, so exclusively)."""
+        with self._exclusive():
+            self.env.set_mapsize(0)
 
     def _grow(self) -> None:
         with self._grow_lock:
             size = self.env.info()["map_size"]
             if size >= MAP_SIZE_MAX_BYTES:
                 raise StorageFullError(28, f"index map is at its {size >> 30} GiB limit")
-            with self._gate:
-                self._growing = True
-                while self._readers:
-                    self._gate.wait()
-            try:
+            with self._exclusive():
                 for _ in range(GROW_ATTEMPTS):
                     try:
                         self.env.set_mapsize(min(size * 2, MAP_SIZE_MAX_BYTES))
                         return
                     except lmdb.Error:
-                        # refused while another thread is inside a write
-                        # transaction; those are short, so wait for it to end
+                        # refused while a write transaction is open (another
+                        # process's, as ours are all closed): wait for it
                         time.sleep(0.005)
                 raise IndexFailureError("could not grow the index map: a transaction stayed open")
-            finally:
-                with self._gate:
-                    self._growing = False
-                    self._gate.notify_all()
 
     def sync(self) -> None:
         self.env.sync(True)

@@ -69,7 +69,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engine.net")
 
-ASSOCIATE_RQ_MAX_BYTES = 1 << 20  # an A-ASSOCIATE-RQ is a few KB; a bigger one goes to pynetdicom
+# An A-ASSOCIATE-RQ is a few KB. MSG_PEEK can never return more than the kernel's receive
+# buffer holds (its default is about 128 KiB, less under memory pressure), so a longer
+# PDU could never be seen whole and would wait out the ARTIM timer: pynetdicom takes it.
+ASSOCIATE_RQ_MAX_BYTES = 64 << 10  # the whole PDU, header included
 PEEK_RETRY_S = 0.002  # MSG_PEEK returns at once while part of the PDU is there: wait a little
 ARTIM_TIMEOUT_S = 30.0  # PS3.8 9.1.5: how long a new connection has to send its A-ASSOCIATE-RQ
 # User information sub-items (PS3.7 D.3.3) the fast path may ignore: the asynchronous
@@ -97,8 +100,8 @@ def peek_associate_rq(sock: socket.socket, timeout_s: float) -> bytes | None:
     -------
     bytes or None
         The PDU (header included), or None when the first byte is not an
-        A-ASSOCIATE-RQ or it is longer than :data:`ASSOCIATE_RQ_MAX_BYTES`:
-        pynetdicom answers those.
+        A-ASSOCIATE-RQ or it is longer than :data:`ASSOCIATE_RQ_MAX_BYTES`
+        (more than a peek can be sure to deliver): pynetdicom answers those.
 
     Raises
     ------
@@ -123,8 +126,8 @@ def peek_associate_rq(sock: socket.socket, timeout_s: float) -> bytes | None:
                 return None
             if want == P.PDU_HEADER_BYTES and len(data) == want:
                 length = P.PDU_HEADER.unpack_from(data)[1]
-                if length > ASSOCIATE_RQ_MAX_BYTES:
-                    return None
+                if P.PDU_HEADER_BYTES + length > ASSOCIATE_RQ_MAX_BYTES:
+                    return None  # decided on the header alone: no waiting for the rest
                 want += length
                 continue
             if len(data) == want:
@@ -362,7 +365,7 @@ class FastAssociation:
 
     def _loop(self) -> None:  # hot loop, kept in one piece
         reader = PDUReader(self.sock)
-        message = MessageBuffer()
+        message = MessageBuffer(limit_bytes=self.owner.settings.max_instance_bytes)
         command_bytes = bytearray()
         command_context = 0
         pending: Command | None = None  # a command whose data set is arriving

@@ -107,20 +107,45 @@ class MessageBuffer:
     It is reused from message to message, so a steady stream of instances
     of the same size allocates nothing. When it grows, a new bytearray
     replaces it; views handed out earlier keep the old one alive.
+
+    Parameters
+    ----------
+    capacity
+        Bytes allocated up front.
+    limit_bytes
+        The largest data set it takes (``[server] max_instance_bytes``): a
+        peer that sends fragments without the last bit must not grow it
+        until the worker runs out of memory.
     """
 
-    __slots__ = ("buf", "length", "view")
+    __slots__ = ("buf", "length", "limit_bytes", "view")
 
-    def __init__(self, capacity: int = 1 << 20) -> None:
-        self.buf = bytearray(capacity)
+    def __init__(self, capacity: int = 1 << 20, limit_bytes: int | None = None) -> None:
+        self.buf = bytearray(capacity if limit_bytes is None else min(capacity, limit_bytes))
         self.view = memoryview(self.buf)
         self.length = 0
+        self.limit_bytes = limit_bytes
 
     def reserve(self, extra: int) -> memoryview:
-        """Make room for `extra` more bytes; return the writable view of that room."""
+        """Make room for `extra` more bytes; return the writable view of that room.
+
+        Raises
+        ------
+        ProtocolError
+            The data set would pass `limit_bytes` (A-ABORT, reason not specified).
+        """
         need = self.length + extra
         if need > len(self.buf):
-            grown = bytearray(max(need, 2 * len(self.buf)))
+            if self.limit_bytes is not None and need > self.limit_bytes:
+                raise ProtocolError(
+                    ABORT_NOT_SPECIFIED,
+                    f"data set longer than {self.limit_bytes} bytes "
+                    "(server.max_instance_bytes); nothing of it stored",
+                )
+            size = max(need, 2 * len(self.buf))
+            if self.limit_bytes is not None:  # never past the limit: then need <= len(buf) is safe
+                size = min(size, self.limit_bytes)
+            grown = bytearray(size)
             grown[: self.length] = self.view[: self.length]
             self.buf, self.view = grown, memoryview(grown)
         return self.view[self.length : need]

@@ -12,6 +12,7 @@ before anything listens::
     workers = 4
     max_associations = 32
     network_timeout_s = 120    # an idle association is aborted after this
+    max_instance_bytes = 4294967296  # a data set growing past this is aborted
 
     [remotes.VIEWER1]          # a C-MOVE destination, and what it may do
     host = "10.0.0.7"
@@ -43,9 +44,10 @@ DEFAULT_HTTP_PORT = 8042
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_ASSOCIATIONS = 64
 DEFAULT_NETWORK_TIMEOUT_S = 120.0
+DEFAULT_MAX_INSTANCE_BYTES = 4 << 30  # one data set received over DIMSE, at most
 AE_TITLE_MAX_CHARS = 16  # PS3.5 6.2: AE is at most 16 characters
 SERVER_KEYS = ("ae_title", "dicom_port", "host", "workers", "max_associations", "http_port",
-               "network_timeout_s")  # fmt: skip
+               "network_timeout_s", "max_instance_bytes")  # fmt: skip
 REMOTE_KEYS = ("host", "port", "store", "query", "retrieve")
 PERMISSIONS = ("store", "query", "retrieve")
 
@@ -107,6 +109,7 @@ class ServerSettings:
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
     network_timeout_s: float = DEFAULT_NETWORK_TIMEOUT_S
     http_port: int = DEFAULT_HTTP_PORT  # DICOMweb; 0 turns it off
+    max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
     access: Access = field(default_factory=Access)
 
     def __post_init__(self) -> None:
@@ -123,6 +126,11 @@ class ServerSettings:
         if not (isinstance(self.network_timeout_s, int | float) and self.network_timeout_s > 0):
             raise ValueError(
                 f"network_timeout_s must be a positive number, not {self.network_timeout_s!r}"
+            )
+        limit = self.max_instance_bytes
+        if isinstance(limit, bool) or not (isinstance(limit, int) and limit > 0):
+            raise ValueError(
+                f"max_instance_bytes must be a positive integer, not {self.max_instance_bytes!r}"
             )
 
     @property

@@ -19,7 +19,10 @@ from pydicom.dataset import Dataset
 
 from engine.errors import (
     ArchiveClosedError,
+    ArchiveLockedError,
+    CorruptRecordError,
     DuplicateInstanceError,
+    FormatVersionError,
     IndexFailureError,
     InvalidInstanceError,
     InvalidQueryError,
@@ -59,6 +62,9 @@ STATUS_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (StorageIOError, PROCESSING_FAILURE, "storage I/O error"),
     (IndexFailureError, PROCESSING_FAILURE, "index failure"),
     (ArchiveClosedError, OUT_OF_RESOURCES, "archive shutting down, retry"),
+    (ArchiveLockedError, OUT_OF_RESOURCES, "archive busy, retry"),
+    (CorruptRecordError, PROCESSING_FAILURE, "stored instance is corrupt"),
+    (FormatVersionError, PROCESSING_FAILURE, "unreadable archive format version"),
     (DuplicateInstanceError, DUPLICATE_SOP_INSTANCE, "duplicate SOP instance"),
     (MissingAttributeError, DOES_NOT_MATCH_SOP_CLASS, "missing attribute"),
     (InvalidUIDError, DOES_NOT_MATCH_SOP_CLASS, "invalid UID"),

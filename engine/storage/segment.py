@@ -191,41 +191,71 @@ def decode_record(
     return StoredRecord(h, uid.decode("ascii"), meta, pixel)
 
 
+class _Handle:
+    """A cached read descriptor; closed once dropped from the cache and unused."""
+
+    __slots__ = ("dropped", "fd", "users")
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.users, self.dropped = fd, 0, False
+
+
 class SegmentReader:
-    """Positioned reads of records, with a bounded cache of open descriptors."""
+    """Positioned reads of records, with a bounded cache of open descriptors.
+
+    A descriptor evicted or forgotten while another thread reads through it
+    is closed by that reader when it is done, never under it (a closed
+    number can be reused at once by another file or a socket).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._fds: OrderedDict[int, _Handle] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _fd(self, segment_id: int) -> int:
+    def _acquire(self, segment_id: int) -> _Handle:
         with self._lock:
-            fd = self._fds.get(segment_id)
-            if fd is not None:
+            h = self._fds.get(segment_id)
+            if h is not None:
                 self._fds.move_to_end(segment_id)
-                return fd
-            try:
-                fd = os.open(segment_path(self.root, segment_id), os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise io_error(exc, f"cannot open {segment_name(segment_id)}") from exc
-            self._fds[segment_id] = fd
-            if len(self._fds) > READ_FDS_MAX:
-                os.close(self._fds.popitem(last=False)[1])
-            return fd
+            else:
+                try:
+                    fd = os.open(segment_path(self.root, segment_id), os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise io_error(exc, f"cannot open {segment_name(segment_id)}") from exc
+                h = self._fds[segment_id] = _Handle(fd)
+                if len(self._fds) > READ_FDS_MAX:
+                    self._drop(self._fds.popitem(last=False)[1])
+            h.users += 1
+            return h
+
+    def _release(self, h: _Handle) -> None:
+        with self._lock:
+            h.users -= 1
+            if h.dropped and h.users == 0:
+                os.close(h.fd)
+
+    @staticmethod
+    def _drop(h: _Handle) -> None:  # with the lock held
+        h.dropped = True
+        if h.users == 0:
+            os.close(h.fd)
 
     def forget(self, segment_id: int) -> None:
         """Close the cached descriptor of a segment that was removed or replaced."""
         with self._lock:
-            fd = self._fds.pop(segment_id, None)
-        if fd is not None:
-            os.close(fd)
+            h = self._fds.pop(segment_id, None)
+            if h is not None:
+                self._drop(h)
 
     def read(self, segment_id: int, offset: int, length: int) -> bytes:
+        h = self._acquire(segment_id)
         try:
-            data = os.pread(self._fd(segment_id), length, offset)
+            data = os.pread(h.fd, length, offset)
         except OSError as exc:
             raise io_error(exc, f"read of {segment_name(segment_id)} @ {offset}") from exc
+        finally:
+            self._release(h)
         return data
 
     def read_record(
@@ -237,8 +267,8 @@ class SegmentReader:
 
     def close(self) -> None:
         with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
+            for h in self._fds.values():
+                self._drop(h)
             self._fds.clear()
 
 

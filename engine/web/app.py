@@ -38,6 +38,7 @@ from engine.web.errors import problem, problem_body
 from engine.web.settings import WebSettings
 
 log = logging.getLogger("engine.web")
+UNEXPECTED_DETAIL = "an unexpected error occurred; the server log has the details"
 GZIP_LEVEL = 5  # JSON metadata: most of level 9's ratio at a third of its time
 _NOT_GZIPPED = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "multipart/*", "application/dicom",
                 "application/octet-stream")  # fmt: skip
@@ -58,9 +59,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("%s %s -> 500: unexpected %s", request.method, request.url.path,
-                  type(exc).__name__)  # fmt: skip
-    return Response(problem_body(500, "Internal error", f"{type(exc).__name__}: {exc}"),
+    # the traceback goes to the log only: an unexpected error's text may show internals
+    log.error("%s %s -> 500: unexpected %s", request.method, request.url.path,
+              type(exc).__name__, exc_info=exc)  # fmt: skip
+    return Response(problem_body(500, "Internal error", UNEXPECTED_DETAIL),
                     status_code=500, media_type="application/problem+json")  # fmt: skip
 
 

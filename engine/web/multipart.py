@@ -165,11 +165,15 @@ class MultipartReader:
                     if buf[:2] == b"--":
                         done = True
                         break
-                    eol = buf.find(CRLF)
+                    eol = buf.find(CRLF, scan_from)
                     if eol < 0:
+                        # only transport padding may precede the CRLF: never buffer more
+                        if len(buf) > MAX_HEADER_BYTES:
+                            raise BadRequestError("no CRLF in 16 KiB after a multipart boundary")
+                        scan_from = max(0, len(buf) - 1)  # a CR may end this chunk
                         break
                     del buf[: eol + 2]  # transport padding, then CRLF (RFC 2046 5.1.1)
-                    state = "headers"
+                    state, scan_from = "headers", 0
                 if state == "headers":
                     if buf[:2] == CRLF:
                         headers, end = {}, 2

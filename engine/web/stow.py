@@ -20,6 +20,7 @@ acknowledged in the problem's ``stored`` member).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -43,8 +44,10 @@ from engine.web.errors import (
 )
 from engine.web.multipart import MultipartReader, Part, parse_media_type
 
+log = logging.getLogger("engine.web")
 WAIT_EVERY = 64  # parts appended before waiting for their group commit
 DICOM = "application/dicom"
+PROCESSING_FAILURE = 0x0110  # PS3.7 C.5: FailureReason of a part we failed on unexpectedly
 
 
 class StowResult:
@@ -115,6 +118,8 @@ def _wait_all(archive: Archive, pending: list[tuple[dict[str, str], Any]],
             archive.wait(p)
         except EngineError as exc:
             result.fail(uids["SOPClassUID"], uids["SOPInstanceUID"], failure_reason(exc, "STOW-RS"))
+        except Exception as exc:  # noqa: BLE001 -- a bug must fail one part, not the parts stored
+            _unexpected(result, uids, exc)
         else:
             result.ok(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["StudyInstanceUID"],
                       uids["SeriesInstanceUID"])  # fmt: skip
@@ -145,6 +150,8 @@ async def store(request: Request) -> Response:
                 uids = _safe_uids(part.body)
                 result.fail(uids["SOPClassUID"], uids["SOPInstanceUID"],
                             failure_reason(exc, "STOW-RS"))  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 -- a 500 would drop the parts stored already
+                _unexpected(result, _safe_uids(part.body), exc)
             if len(pending) >= WAIT_EVERY:
                 await ctx.call(_wait_all, ctx.archive, pending, result)
     except WebRequestError as exc:
@@ -162,10 +169,17 @@ async def store(request: Request) -> Response:
                     media_type="application/dicom+json")  # fmt: skip
 
 
+def _unexpected(result: StowResult, uids: dict[str, str], exc: Exception) -> None:
+    """Fail one part on an error that is not the engine's: 0110, traceback to the log."""
+    log.error("STOW-RS: part %s failed unexpectedly -> failure reason %04X",
+              uids["SOPInstanceUID"] or "(no UID)", PROCESSING_FAILURE, exc_info=exc)  # fmt: skip
+    result.fail(uids["SOPClassUID"], uids["SOPInstanceUID"], PROCESSING_FAILURE)
+
+
 def _safe_uids(body: bytes) -> dict[str, str]:
     try:
         return _uids(body)
-    except EngineError:
+    except Exception:  # noqa: BLE001 -- only for the failure report: no UIDs is an answer
         return dict.fromkeys(("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
                               "SeriesInstanceUID"), "")  # fmt: skip
 

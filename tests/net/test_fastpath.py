@@ -104,3 +104,26 @@ def test_the_sessions_storescu_files_all_went_through_the_fast_path(
     line = r"fast path: association from STORESCU at \S+ ended, (\d+) instances stored"
     counts = re.findall(line, server.log())
     assert sum(map(int, counts)) >= len(stored.all), server.log()[-3000:]
+
+
+def test_an_associate_rq_too_long_to_peek_goes_to_pynetdicom(server: Server) -> None:
+    """An RQ bigger than the kernel lets MSG_PEEK see must not wait out the ARTIM timer."""
+    from pynetdicom.presentation import AllStoragePresentationContexts
+
+    from engine.net.fastpath import ASSOCIATE_RQ_MAX_BYTES
+
+    # 127 storage contexts with 40 transfer syntaxes each: about 300 KB, past any peek
+    extra = [f"1.2.826.0.1.3680043.10.543.{10**29 + i}" for i in range(39)]
+    ae = AE(ae_title="PYNETDICOM")
+    ae.acse_timeout = ae.network_timeout = 20
+    for cx in AllStoragePresentationContexts[:127]:
+        ae.add_requested_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", *extra])
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS", evt_handlers=NODELAY)
+    try:
+        assert assoc.is_established
+        assert assoc.acceptor.implementation_version_name != IMPLEMENTATION_VERSION_NAME
+        assert assoc.send_c_echo().Status == 0
+    finally:
+        assoc.release()
+    assert 4 * ASSOCIATE_RQ_MAX_BYTES < 127 * 40 * 60  # 61 bytes a transfer syntax item

@@ -200,3 +200,40 @@ def test_a_silent_peer_is_closed_after_the_network_timeout(tmp_path: Path) -> No
         assert set(found) == {str(good.SOPInstanceUID)}
     finally:
         assert srv.stop() == 0
+
+
+def test_max_instance_bytes_must_be_positive() -> None:
+    from engine.net.settings import DEFAULT_MAX_INSTANCE_BYTES, ServerSettings
+
+    assert ServerSettings().max_instance_bytes == DEFAULT_MAX_INSTANCE_BYTES == 4 << 30
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="max_instance_bytes"):
+            ServerSettings(max_instance_bytes=bad)  # type: ignore[arg-type]
+
+
+def test_a_data_set_past_max_instance_bytes_is_aborted_and_the_server_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Data fragments without the last bit, 100 KiB of them against a 64 KiB limit."""
+    srv = Server(tmp_path, workers=1, config="[server]\nmax_instance_bytes = 65536\n").start()
+    try:
+        good, bad = ct_series(950, 2, rows=16, columns=16)
+        raw = RawAssociation(srv.port)
+        try:
+            assert raw.store(good) == 0  # a small instance is under the limit
+            raw.sock.sendall(p_data(CONTEXT_ID, 0x03, _command(bad)))
+            fragment = b"\0" * (10 << 10)
+            try:
+                for _ in range(10):  # 100 KiB, never the last fragment
+                    raw.sock.sendall(p_data(CONTEXT_ID, 0x00, fragment))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # aborted while we were still sending: just as good
+            assert raw.outcome() in {"abort", "closed"}
+        finally:
+            raw.close()
+        assert "max_instance_bytes" in srv.log()
+        found = image_uids(srv.port, {"SeriesInstanceUID": str(good.SeriesInstanceUID)})
+        assert set(found) == {str(good.SOPInstanceUID)}  # nothing of the aborted one
+        assert echo(srv.port) == 0
+    finally:
+        assert srv.stop() == 0

@@ -149,3 +149,31 @@ def test_settings_from_the_web_table() -> None:
     assert s.public_base_url == "https://x/dw" and s.cors_origins == ("*",)
     with pytest.raises(ValueError, match=r"web\.nope"):
         WebSettings.from_mapping({"nope": 1})
+
+
+def test_an_unexpected_error_is_a_generic_500_with_the_traceback_logged(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import anyio
+    import httpx
+
+    from engine.web.app import UNEXPECTED_DETAIL, create_app
+
+    def broken(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("secret at /srv/pacs/internal.py")
+
+    monkeypatch.setattr(archive, "find_attrs", broken)
+    app = create_app(archive, WebSettings())
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await c.get(f"{BASE}/studies")
+
+    with caplog.at_level(logging.ERROR, logger="engine.web"):
+        r = anyio.run(go)
+    assert r.status_code == 500 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == UNEXPECTED_DETAIL
+    assert "secret" not in r.text and "RuntimeError" not in r.text
+    assert any(rec.exc_info and isinstance(rec.exc_info[1], RuntimeError)
+               for rec in caplog.records)  # fmt: skip

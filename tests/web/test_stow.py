@@ -116,3 +116,84 @@ def test_body_arriving_in_small_chunks(client: Client, archive: Archive) -> None
 
     r = client.post(f"{BASE}/studies", content=chunks(), headers={"Content-Type": ctype})
     assert r.status_code == 200 and len(r.json()["00081199"]["Value"]) == 3
+
+
+@pytest.mark.parametrize("stage", ["submit", "wait"])
+def test_an_unexpected_error_fails_one_part_and_keeps_the_stored_ones(
+    client: Client, archive: Archive, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, stage: str,
+) -> None:  # fmt: skip
+    """A RuntimeError on the second of three parts: 202, two stored, one failed with 0110."""
+    import logging
+
+    data = ct_study(14, 1, 3)
+    real = getattr(Archive, stage)
+    calls = 0
+
+    def flaky(self: Archive, *a: Any, **k: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("the /internal/path of a bug")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Archive, stage, flaky)
+    with caplog.at_level(logging.ERROR, logger="engine.web"):
+        r = post(client, [(DICOM, d) for d in data])
+    assert r.status_code == 202, r.text
+    doc = r.json()
+    assert len(doc["00081199"]["Value"]) == 2
+    (failed,) = doc["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0x0110]
+    assert failed["00081155"]["Value"] == [str(read(data[1]).SOPInstanceUID)]
+    assert "/internal/path" not in r.text
+    assert any(rec.exc_info and "the /internal/path" in str(rec.exc_info[1])
+               for rec in caplog.records)  # fmt: skip
+    monkeypatch.undo()
+    stored = {str(read(d).SOPInstanceUID) for d in (data[0], data[2])}
+    assert all(archive.get(uid) for uid in stored)
+
+
+def test_a_boundary_without_crlf_is_400_early_and_memory_stays_bounded() -> None:
+    """`--b` then megabytes with no CRLF: refused within a chunk or two, not buffered whole."""
+    import tracemalloc
+
+    import anyio
+
+    from engine.web.errors import BadRequestError
+    from engine.web.multipart import MultipartReader
+
+    chunk = b"x" * (1 << 20)
+    sent = 0
+
+    async def chunks() -> Any:
+        nonlocal sent
+        yield b"--b"
+        for _ in range(200):  # 200 MiB if it were all read
+            sent += 1
+            yield chunk
+
+    async def go() -> None:
+        async for _ in MultipartReader("b", 1 << 30).parts(chunks()):
+            pass
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadRequestError, match="CRLF"):
+            anyio.run(go)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sent <= 2
+    assert peak < 8 << 20
+
+
+def test_a_boundary_without_crlf_is_a_400_problem(client: Client) -> None:
+    async def chunks() -> Any:
+        yield b"--XbX"
+        for _ in range(64):
+            yield b"y" * (64 << 10)
+
+    r = client.post(f"{BASE}/studies", content=chunks(), headers={
+        "Content-Type": 'multipart/related; type="application/dicom"; boundary=XbX'})  # fmt: skip
+    assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
