@@ -70,6 +70,7 @@ class WritePath:
         self._flushing = False
         self.last_write_ns = 0
         self._commit_pool: ThreadPoolExecutor | None = None
+        self._seal_lock = threading.Lock()
 
     # -- appending ----------------------------------------------------------------
 
@@ -197,9 +198,14 @@ class WritePath:
 
     def _seal_retired(self) -> None:
         """Mark segments that rotated out and have nothing left in flight as sealed."""
-        done = [w for w in list(self._retiring) if not any(p.writer is w for p in self._pending)]
-        if not done:
-            return
+        with self._seal_lock:  # the leader of a flush and a drain (close, reindex) may race
+            with self._cond:
+                in_flight = {id(p.writer) for p in self._pending}
+            done = [w for w in self._retiring if id(w) not in in_flight]
+            if done:
+                self._seal(done)
+
+    def _seal(self, done: list[SegmentWriter]) -> None:
 
         def seal(txn: Any) -> None:  # may run twice (map growth): no side effects here
             for w in done:
