@@ -325,17 +325,22 @@ class Archive:
             self.writes.wait(p)
         return len(pendings)
 
-    def verify(self) -> maintenance.VerifyReport:
-        """Re-read every record, check every checksum, and check the index against them."""
-        self._check_open()
-        return maintenance.verify(self)
+    def verify(self, progress: maintenance.Progress | None = None) -> maintenance.VerifyReport:
+        """Re-read every record, check every checksum, and check the index against them.
 
-    def compact(self, *, max_segments: int | None = None) -> maintenance.CompactReport:
+        `progress`, if given, is called with (segments done, segments in all).
+        """
+        self._check_open()
+        return maintenance.verify(self, progress)
+
+    def compact(
+        self, *, max_segments: int | None = None, progress: maintenance.Progress | None = None
+    ) -> maintenance.CompactReport:
         """Rewrite sealed segments without dead records, recompressed for the cold tier."""
         self._check_open()
         with self._maintenance_lock:
             self.writes.close()  # seal our active segment so that it can be compacted too
-            return maintenance.compact(self, max_segments=max_segments)
+            return maintenance.compact(self, max_segments=max_segments, progress=progress)
 
     def _recompress_when_idle(self) -> None:
         """Background thread: one sealed segment at a time, only while no store comes in."""
@@ -353,11 +358,11 @@ class Archive:
                 log.info("recompressed segment: %.1f MB -> %.1f MB",
                          report.bytes_before / 1e6, report.bytes_after / 1e6)  # fmt: skip
 
-    def reindex(self) -> maintenance.ReindexReport:
+    def reindex(self, progress: maintenance.Progress | None = None) -> maintenance.ReindexReport:
         """Rebuild the whole index from the segments."""
         self._check_open()
         with self._maintenance_lock:
-            return maintenance.reindex(self)
+            return maintenance.reindex(self, progress)
 
     def stats(self) -> dict[str, Any]:
         """Counts of patients, studies, series, instances, duplicates, bytes and segments."""

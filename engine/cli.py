@@ -116,6 +116,16 @@ def _progress() -> Progress:
     )  # fmt: skip
 
 
+def _segments(progress: Progress, what: str) -> Any:
+    """A maintenance progress callback that drives a bar of segments."""
+    task = progress.add_task(f"{what} (segments)", total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return update
+
+
 def _parse_keys(pairs: Sequence[str]) -> dict[str, str]:
     query: dict[str, str] = {}
     for pair in pairs:
@@ -205,8 +215,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with _open(args) as archive, err.status("verifying every record..."):
-        report = archive.verify()
+    with _open(args) as archive, _progress() as progress:
+        report = archive.verify(_segments(progress, "verify"))
     for problem in report.problems:
         out.print(f"[red]problem:[/] {problem}")
     verdict = "clean" if report.ok else f"{len(report.problems)} problems"
@@ -215,8 +225,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    with _open(args) as archive, err.status("compacting sealed segments..."):
-        r = archive.compact()
+    with _open(args) as archive, _progress() as progress:
+        r = archive.compact(progress=_segments(progress, "compact"))
     saved = r.bytes_before - r.bytes_after
     out.print(
         f"compacted {r.segments} segments: {r.records_kept} records kept, "
@@ -226,8 +236,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    with _open(args) as archive, err.status("rebuilding the index from the segments..."):
-        r = archive.reindex()
+    with _open(args) as archive, _progress() as progress:
+        r = archive.reindex(_segments(progress, "reindex"))
     for c in r.corruptions:
         out.print(f"[red]corruption:[/] {c}")
     out.print(f"reindexed {r.records} records from {r.segments} segments: {r.instances} instances")

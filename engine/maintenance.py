@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from engine.archive import Archive
 
 log = logging.getLogger("engine.maintenance")
+Progress = Callable[[int, int], None]  # (segments done, segments in all), for the CLI
 REPLAY_BATCH = 1000
 
 
@@ -244,12 +245,15 @@ def _bump_next_id(txn: Any, catalog: Catalog, at_least: int) -> None:
 # -- verify ---------------------------------------------------------------------
 
 
-def verify(archive: Archive) -> VerifyReport:
+def verify(archive: Archive, progress: Progress | None = None) -> VerifyReport:
     """Check every record's checksums, and that the index points at intact records."""
     rep = VerifyReport()
     root = archive.segments_dir
     found: dict[tuple[int, int], str] = {}
-    for seg_id in list_segment_ids(root):
+    ids = list_segment_ids(root)
+    for done, seg_id in enumerate(ids):
+        if progress is not None:
+            progress(done, len(ids))
         try:
             scanned = recover_segment(root, seg_id, 0, truncate=False)
         except (CorruptRecordError, OSError) as exc:
@@ -259,6 +263,8 @@ def verify(archive: Archive) -> VerifyReport:
         rep.problems.extend(str(c) for c in scanned.corruptions)
         for rec in scanned.records:
             found[(seg_id, rec.offset)] = rec.uid
+    if progress is not None:
+        progress(len(ids), len(ids))
     with archive.env.read() as txn:
         for uid, loc, _ in archive.catalog.all_instances(txn):
             rep.instances += 1
@@ -300,15 +306,22 @@ def _recode(rec_meta: bytes | memoryview, rec_pixel: bytes | memoryview, h: Reco
     return parts, new
 
 
-def compact(archive: Archive, *, max_segments: int | None = None) -> CompactReport:
+def compact(
+    archive: Archive, *, max_segments: int | None = None, progress: Progress | None = None
+) -> CompactReport:
     """Rewrite sealed segments: drop dead records, recompress for the cold tier."""
     rep = CompactReport()
     catalog = archive.catalog
-    for seg_id, st in sorted(catalog.segments().items()):
+    todo = [
+        seg_id
+        for seg_id, st in sorted(catalog.segments().items())
+        if st.state == K.SEG_SEALED and not (st.flags & K.SEG_FLAG_COLD and st.dead_bytes == 0)
+    ]
+    for done, seg_id in enumerate(todo):
+        if progress is not None:
+            progress(done, len(todo))
         if max_segments is not None and rep.segments >= max_segments:
             break
-        if st.state != K.SEG_SEALED or (st.flags & K.SEG_FLAG_COLD and st.dead_bytes == 0):
-            continue
         path = segment_path(archive.segments_dir, seg_id)
         lock = try_lock(path)
         if lock is None:
@@ -317,6 +330,8 @@ def compact(archive: Archive, *, max_segments: int | None = None) -> CompactRepo
             _compact_one(archive, seg_id, rep)
         finally:
             os.close(lock)
+    if progress is not None:
+        progress(len(todo), len(todo))
     return rep
 
 
@@ -379,17 +394,17 @@ def _compact_one(archive: Archive, seg_id: int, rep: CompactReport) -> None:
 # -- reindex --------------------------------------------------------------------
 
 
-def reindex(archive: Archive) -> ReindexReport:
+def reindex(archive: Archive, progress: Progress | None = None) -> ReindexReport:
     """Rebuild the index from the segments into a new LMDB, then swap it in."""
     rep = ReindexReport()
     # No store of ours appends while the log is read and the index swapped:
     # they wait, then go to a segment numbered by the rebuilt index.
     with archive.writes.paused():
-        _reindex_paused(archive, rep)
+        _reindex_paused(archive, rep, progress)
     return rep
 
 
-def _reindex_paused(archive: Archive, rep: ReindexReport) -> None:
+def _reindex_paused(archive: Archive, rep: ReindexReport, progress: Progress | None) -> None:
     root = archive.segments_dir
     ids = list_segment_ids(root)
     locks = []
@@ -407,7 +422,9 @@ def _reindex_paused(archive: Archive, rep: ReindexReport) -> None:
         env = IndexEnv(tmp, archive.config.index_map_bytes, sync=False)
         catalog = Catalog(env)
         tombs: dict[str, int] = {}
-        for seg_id in ids:
+        for done, seg_id in enumerate(ids):
+            if progress is not None:
+                progress(done, len(ids))
             found = recover_segment(root, seg_id, 0, truncate=False)
             rep.corruptions.extend(str(c) for c in found.corruptions)
             flags = old_states[seg_id].flags if seg_id in old_states else 0
@@ -415,6 +432,8 @@ def _reindex_paused(archive: Archive, rep: ReindexReport) -> None:
             env.call(catalog.put_segment, seg_id, state)
             rep.records += replay(catalog, seg_id, found.records, tombs, rep.corruptions)
             rep.segments += 1
+        if progress is not None:
+            progress(len(ids), len(ids))
         if ids:
             env.call(_bump_next_id, catalog, max(ids) + 1)
         rep.instances = catalog.counters().get("instances", 0)

@@ -112,11 +112,13 @@ def test_delete_verify_compact_reindex_stats(tmp_path: Path, folder: Path) -> No
     assert pacs(archive, "delete", "--study", study).returncode == 2  # nothing left to delete
     r = pacs(archive, "verify")
     assert r.returncode == 0 and "clean" in r.stdout, r.stdout
+    assert "verify (segments)" in r.stderr and "2/2" in r.stderr  # progress, on stderr
     r = pacs(archive, "compact")
     # the ingest's segment (4 live, 4 dead) and the delete's (tombstones only)
     assert r.returncode == 0 and "compacted 2 segments: 4 records kept" in r.stdout, r.stdout
     r = pacs(archive, "reindex")
     assert r.returncode == 0 and "4 instances" in r.stdout, r.stdout
+    assert "reindex (segments)" in r.stderr
     stats = json.loads(pacs(archive, "stats", "--json").stdout)
     assert stats["instances"] == 4 and stats["studies"] == 1
     assert stats["cold_segments"] == stats["segments"] == 2
