@@ -220,10 +220,10 @@ class Archive:
 
     def get_metadata(self, sop_instance_uid: str) -> Dataset:
         """The stored instance without Pixel Data, read from the metadata part alone."""
-        rec = self._read(sop_instance_uid, with_pixel=False)
+        data, _ = self.read_metadata(sop_instance_uid)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a stored odd value is not the caller's problem
-            return pydicom.dcmread(io.BytesIO(PREAMBLE + bytes(rec.meta)), stop_before_pixels=True)
+            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
 
     def read_metadata(self, sop_instance_uid: str) -> tuple[bytes, bool]:
         """The metadata part as Part 10 bytes (no Pixel Data), and whether the instance has pixels.

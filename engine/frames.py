@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import CorruptRecordError, NotFoundError
 from engine.part10 import PREAMBLE, assemble
+from engine.query import parse_int
 from engine.scan import scan
 from engine.storage.format import CODEC_RAW, FLAG_DEFLATED, NO_PIXEL
 from engine.storage.segment import decode_record
@@ -82,12 +83,8 @@ class FrameSource:
 
 
 def _int(attrs: dict[str, object], keyword: str, default: int) -> int:
-    value = attrs.get(keyword)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value)
-    return default
+    value = parse_int(attrs.get(keyword))  # the one reading of IS/US values
+    return default if value is None else value
 
 
 def native_frame_bits(attrs: dict[str, object]) -> int:

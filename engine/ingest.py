@@ -124,12 +124,7 @@ def prepare(
         fmi_len=len(fmi), pixel_at=pixel_at, stored_at_ns=next_stamp(),
         meta_crc=crc32c(meta), pixel_crc=crc32c(pixel),
     )  # fmt: skip
-    patient_id = attrs.get("PatientID", "")
-    entry = IndexEntry(
-        sop_uid, uids["SeriesInstanceUID"], uids["StudyInstanceUID"],
-        patient_id if isinstance(patient_id, str) else str(patient_id), attrs,
-        Location(0, 0, header.total, header.meta_span, header.stored_at_ns),
-    )  # fmt: skip
+    entry = _entry(attrs, Location(0, 0, header.total, header.meta_span, header.stored_at_ns))
     parts: list[bytes | memoryview] = [pack_record_header(header, sop_uid.encode()), meta]
     if pixel:
         parts.append(pixel)
@@ -146,13 +141,17 @@ def tombstone(sop_uid: str) -> tuple[list[bytes | memoryview], int, int]:
     return [pack_record_header(h, sop_uid.encode())], h.total, stamp
 
 
-def entry_from_meta(meta: bytes, loc: Location, flags: int) -> IndexEntry:
+def _entry(attrs: dict[str, Any], loc: Location) -> IndexEntry:
+    """The index entry of scanned attributes (TransferSyntaxUID included) at `loc`."""
+    return IndexEntry(
+        str(attrs["SOPInstanceUID"]), str(attrs["SeriesInstanceUID"]),
+        str(attrs["StudyInstanceUID"]), str(attrs.get("PatientID", "")), attrs, loc,
+    )  # fmt: skip
+
+
+def entry_from_meta(meta: bytes, loc: Location) -> IndexEntry:
     """Rebuild the index entry of a stored record from its metadata part (replay, reindex)."""
     r = scan(meta)
     attrs: dict[str, Any] = dict(r.attributes)
     attrs["TransferSyntaxUID"] = r.transfer_syntax
-    patient_id = attrs.get("PatientID", "")
-    return IndexEntry(
-        str(attrs["SOPInstanceUID"]), str(attrs["SeriesInstanceUID"]),
-        str(attrs["StudyInstanceUID"]), str(patient_id), attrs, loc,
-    )  # fmt: skip
+    return _entry(attrs, loc)

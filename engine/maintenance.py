@@ -130,7 +130,7 @@ def _apply_one(catalog: Catalog, txn: Any, seg_id: int, rec: RecoveredRecord,
         return  # deleted after this record was written
     loc = K.Location(seg_id, rec.offset, h.total, h.meta_span, h.stored_at_ns)
     try:
-        entry = entry_from_meta(rec.meta, loc, h.flags)
+        entry = entry_from_meta(rec.meta, loc)
     except (EngineError, KeyError) as exc:
         report.append(f"segment {seg_id} @ {rec.offset}: cannot index record: {exc}")
         return

@@ -31,6 +31,7 @@ def _split_levels(attrs: dict[str, Value]) -> dict[str, dict[str, Value]]:
     return out
 
 
+_COUNTED = ("instances", "series", "studies")  # counted by LMDB itself (entries)
 _IX_ATTRS = ("PatientID", "PatientName", "StudyDate", "AccessionNumber")
 
 
@@ -115,15 +116,15 @@ class Catalog:
         txn.put(key, str((int(raw) if raw else 0) + by).encode(), db=self.db["meta"])
 
     def counters(self) -> dict[str, int]:
+        """Kept counters (bytes, duplicates) and the entry counts of the hierarchy."""
         with self.env.read() as txn:
+            out = {name: int(txn.stat(self.db[name])["entries"]) for name in _COUNTED}
             cur = txn.cursor(db=self.db["meta"])
-            if not cur.set_range(b"count:"):
-                return {}
-            out = {}
-            for k, v in cur:
-                if not k.startswith(b"count:"):
-                    break
-                out[k[6:].decode()] = int(v)
+            if cur.set_range(b"count:"):
+                for k, v in cur:
+                    if not k.startswith(b"count:"):
+                        break
+                    out[k[6:].decode()] = int(v)
             return out
 
     # -- instances --------------------------------------------------------------
@@ -161,7 +162,6 @@ class Catalog:
         txn.put(e.sop_uid.encode(), K.pack_instance(e.loc, doc), db=db["instances"])
         txn.put(K.child_key(e.series_uid, e.sop_uid), b"", db=db["series_instances"])
         self._account(txn, e.loc.segment_id, e.loc.total, 0)
-        self.bump(txn, "instances")
         self.bump(txn, "bytes", e.loc.total)
 
         patient = self._doc(txn, "patients", K.patient_key(e.patient_id)) or {
@@ -182,7 +182,6 @@ class Catalog:
                 K.child_key(K.patient_key(e.patient_id), e.study_uid), b"", db=db["patient_studies"]
             )
             patient["n_studies"] += 1
-            self.bump(txn, "studies")
         series = self._doc(txn, "series", e.series_uid)
         if series is None:
             series = {"study": e.study_uid, "a": {}, "n": 0}
@@ -192,7 +191,6 @@ class Catalog:
             modality = str(levels["SERIES"].get("Modality", ""))
             if modality:
                 study["mods"][modality] = study["mods"].get(modality, 0) + 1
-            self.bump(txn, "series")
         series["n"] += 1
         series["a"].update(levels["SERIES"])
         study["n"] += 1
@@ -239,7 +237,6 @@ class Catalog:
         txn.delete(sop_uid.encode(), db=db["instances"])
         txn.delete(K.child_key(series_uid, sop_uid), db=db["series_instances"])
         self._account(txn, loc.segment_id, -loc.total, loc.total)
-        self.bump(txn, "instances", -1)
         self.bump(txn, "bytes", -loc.total)
         series = self._doc(txn, "series", series_uid)
         study = self._doc(txn, "studies", study_uid)
@@ -260,7 +257,6 @@ class Catalog:
         if series["n"] <= 0:
             txn.delete(series_uid.encode(), db=db["series"])
             txn.delete(K.child_key(study_uid, series_uid), db=db["study_series"])
-            self.bump(txn, "series", -1)
             study["n_series"] -= 1
             if patient is not None:
                 patient["n_series"] -= 1
@@ -274,7 +270,6 @@ class Catalog:
         if study["n"] <= 0:
             txn.delete(study_uid.encode(), db=db["studies"])
             txn.delete(K.child_key(patient_key, study_uid), db=db["patient_studies"])
-            self.bump(txn, "studies", -1)
             for key in old_ix:
                 txn.delete(key, db=db["ix_study"])
             if patient is not None:

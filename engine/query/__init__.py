@@ -7,6 +7,7 @@ keys made by ``normalise_for_index`` / ``index_keys``, the same functions the
 index writer uses.
 """
 
+from engine.query._values import parse_int
 from engine.query.compiled import RETURN_ONLY, Query, compile_query, normalise_level
 from engine.query.matching import (
     Matcher,
@@ -38,5 +39,6 @@ __all__ = [
     "matching_type",
     "normalise_for_index",
     "normalise_level",
+    "parse_int",
     "parse_range",
 ]
