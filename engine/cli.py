@@ -330,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="counts and sizes")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_stats)
+
+    from engine.bench.cli import add_parsers as add_bench_parsers  # a client: needs no Archive
+
+    add_bench_parsers(sub)
     return p
 
 

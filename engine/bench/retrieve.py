@@ -1,0 +1,347 @@
+"""``pacs bench retrieve``: whole series by C-GET, C-MOVE and WADO-RS; instances/s, MB/s, first byte.
+
+C-GET
+    One lean association (:mod:`engine.bench.dimse`) offering the SCP role
+    for the storage classes (PS3.7 D.3.3.4); each C-STORE sub-operation is
+    counted, its data set dropped unread, and answered with success.
+    Time to first instance: C-GET-RQ sent to the first C-STORE-RQ read.
+C-MOVE (``--move-dest AET``)
+    The tool starts DCMTK ``storescp --ignore`` (receives, stores nothing)
+    on ``--move-port``; the target must know AET at that port. The count is
+    the C-MOVE-RSP's completed sub-operations, checked against the
+    receiver's log; time to first instance comes from the receiver's
+    "Received Store Request" timestamp.
+WADO-RS (``--http URL``)
+    ``GET {URL}/studies/{study}/series/{series}`` as
+    ``multipart/related; type="application/dicom"``, streamed; instances are
+    the parts counted by their boundary; time to first instance is the
+    arrival of the first body bytes.
+
+MB/s counts the data set bytes received (C-GET, WADO-RS: the whole body);
+for C-MOVE the bytes the corpus manifest lists for the series, when known.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from engine.bench import dimse
+from engine.bench.corpus import MULTIFRAME_SOP_CLASS, SOP_CLASSES
+from engine.bench.ingest import CALLING_AE
+from engine.bench.query import SYNTAXES, encode_identifier
+from engine.bench.report import metric, percentile
+from engine.bench.target import Target
+from engine.net import pdu as P
+
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STORESCP = "/usr/bin/storescp"
+RECEIVER_START_TIMEOUT_S = 30.0
+HTTP_TIMEOUT_S = 600.0
+_STORAGE_SYNTAXES = [str(u) for u in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless,
+                                      JPEGLSLossless, JPEG2000Lossless, JPEGBaseline8Bit)]  # fmt: skip
+_LOG_CONFIG = """\
+log4cplus.rootLogger = INFO, console
+log4cplus.appender.console = log4cplus::ConsoleAppender
+log4cplus.appender.console.layout = log4cplus::PatternLayout
+log4cplus.appender.console.layout.ConversionPattern = %D{%s.%Q} %p: %m%n
+"""
+_RECEIVED = re.compile(r"^(\d+)\.(\d{3})\.(\d{3}) \w+: Received Store Request")
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRef:
+    study_uid: str
+    series_uid: str
+    instances: int = 0  # from the manifest; 0 when discovered
+    nbytes: int = 0
+
+
+@dataclass(slots=True)
+class Samples:
+    """Per-series samples of one retrieval method."""
+
+    seconds: list[float] = field(default_factory=list)
+    first_s: list[float] = field(default_factory=list)
+    instances: int = 0
+    nbytes: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, seconds: float, first_s: float | None, instances: int, nbytes: int) -> None:
+        self.seconds.append(seconds)
+        if first_s is not None:
+            self.first_s.append(first_s)
+        self.instances += instances
+        self.nbytes += nbytes
+
+
+def series_from_manifest(manifest: dict[str, Any]) -> list[SeriesRef]:
+    sizes: dict[tuple[int, int], int] = {}
+    for f in manifest["files"]:
+        key = (f["study"], f["series"])
+        sizes[key] = sizes.get(key, 0) + f["bytes"]
+    return [SeriesRef(st["StudyInstanceUID"], se["SeriesInstanceUID"], se["instances"],
+                      sizes.get((i, k), 0))
+            for i, st in enumerate(manifest["study_list"])
+            for k, se in enumerate(st["series"])]  # fmt: skip
+
+
+def _identifier(ref: SeriesRef, ts: str) -> bytes:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    ds.StudyInstanceUID = ref.study_uid
+    ds.SeriesInstanceUID = ref.series_uid
+    return encode_identifier(ds, ts)
+
+
+def storage_classes() -> list[str]:
+    return [*map(str, SOP_CLASSES.values()), str(MULTIFRAME_SOP_CLASS)]
+
+
+# -- C-GET ------------------------------------------------------------------------------------
+
+
+def get_contexts() -> list[tuple[str, list[str]]]:
+    """The C-GET context, then one context per storage class and syntax (the peer picks)."""
+    storage = [(c, [ts]) for c in storage_classes() for ts in _STORAGE_SYNTAXES]
+    return [(STUDY_ROOT_GET, SYNTAXES), *storage]
+
+
+def run_get(target: Target, refs: list[SeriesRef], advance: Any = None) -> Samples:
+    samples = Samples()
+    with dimse.Association.open(target.host, target.port, CALLING_AE, target.ae_title,
+                                get_contexts(), scp_roles=storage_classes()) as assoc:  # fmt: skip
+        ts = assoc.accepted[assoc.context_for(STUDY_ROOT_GET)][1]
+        for ref in refs:
+            identifier = _identifier(ref, ts)
+            _get_series(assoc, ref, identifier, samples)
+            if advance:
+                advance(1)
+    return samples
+
+
+def _get_series(assoc: dimse.Association, ref: SeriesRef, identifier: bytes,
+                samples: Samples) -> None:  # fmt: skip
+    cid = assoc.context_for(STUDY_ROOT_GET)
+    t0 = time.perf_counter()
+    assoc.send(cid, dimse.request(dimse.C_GET_RQ, assoc.next_message_id(), STUDY_ROOT_GET),
+               identifier)  # fmt: skip
+    first: float | None = None
+    received = nbytes = 0
+    while True:
+        msg = assoc.read_message()
+        if msg.field == dimse.C_STORE_RQ:
+            if first is None:
+                first = time.perf_counter() - t0
+            received += 1
+            nbytes += msg.dataset_bytes
+            rsp = P.encode_response(dimse.C_STORE_RSP, dimse.us(msg.command, P.MessageID),
+                                    dimse.uid(msg.command, P.AffectedSOPClassUID), 0,
+                                    sop_instance_uid=dimse.uid(msg.command,
+                                                               P.AffectedSOPInstanceUID))  # fmt: skip
+            assoc.sock.sendall(P.encode_p_data(msg.context_id, rsp, assoc.peer_max_pdu))
+        elif msg.status not in dimse.PENDING:
+            break
+    samples.add(time.perf_counter() - t0, first, received, nbytes)
+    failed = dimse.us(msg.command, dimse.NumberOfFailedSuboperations)
+    if msg.status != 0 or failed:
+        samples.failures.append(f"C-GET {ref.series_uid}: status {msg.status:#06x}, "
+                                f"{failed} failed sub-operations")  # fmt: skip
+    elif ref.instances and received != ref.instances:
+        samples.failures.append(f"C-GET {ref.series_uid}: {received} of {ref.instances} instances")
+
+
+# -- C-MOVE -----------------------------------------------------------------------------------
+
+
+class Receiver:
+    """DCMTK ``storescp --ignore`` as the C-MOVE destination; its log times each arrival."""
+
+    def __init__(self, ae_title: str, port: int) -> None:
+        if not Path(STORESCP).is_file():
+            raise FileNotFoundError(f"{STORESCP} is missing: C-MOVE needs DCMTK's storescp "
+                                    "as the local receiver")  # fmt: skip
+        self._tmp = tempfile.TemporaryDirectory(prefix="pacs-bench-recv-")
+        config = Path(self._tmp.name) / "log.cfg"
+        config.write_text(_LOG_CONFIG)
+        env = dict(os.environ, TCP_NODELAY="1")
+        self.proc = subprocess.Popen(
+            [STORESCP, "-lc", str(config), "--ignore", "+xa", "-aet", ae_title, str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
+        )  # fmt: skip
+        self.arrivals: list[float] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+        self._wait_listening(port)
+
+    def _wait_listening(self, port: int) -> None:
+        import socket
+
+        deadline = time.monotonic() + RECEIVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"storescp exited with {self.proc.returncode}: is port "
+                                   f"{port} free?")  # fmt: skip
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return  # storescp logs the refused probe connection; harmless
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"storescp did not listen on port {port}")
+
+    def _follow(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            m = _RECEIVED.match(line)
+            if m:
+                with self._lock:
+                    self.arrivals.append(int(m[1]) + int(m[2]) / 1e3 + int(m[3]) / 1e6)
+
+    def since(self, t0: float) -> list[float]:
+        """Arrival times (epoch seconds) at or after `t0`."""
+        with self._lock:
+            return [a for a in self.arrivals if a >= t0]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._thread.join(timeout=10)
+        self._tmp.cleanup()
+
+
+def run_move(target: Target, refs: list[SeriesRef], move_dest: str, receiver: Receiver,
+             advance: Any = None) -> Samples:  # fmt: skip
+    samples = Samples()
+    with dimse.Association.open(target.host, target.port, CALLING_AE, target.ae_title,
+                                [(STUDY_ROOT_MOVE, SYNTAXES)]) as assoc:  # fmt: skip
+        cid = assoc.context_for(STUDY_ROOT_MOVE)
+        ts = assoc.accepted[cid][1]
+        for ref in refs:
+            identifier = _identifier(ref, ts)
+            t0_epoch, t0 = time.time(), time.perf_counter()
+            assoc.send(cid, dimse.request(dimse.C_MOVE_RQ, assoc.next_message_id(),
+                                          STUDY_ROOT_MOVE, move_destination=move_dest),
+                       identifier)  # fmt: skip
+            while True:
+                msg = assoc.read_message()
+                if msg.status not in dimse.PENDING:
+                    break
+            seconds = time.perf_counter() - t0
+            done = dimse.us(msg.command, dimse.NumberOfCompletedSuboperations)
+            failed = dimse.us(msg.command, dimse.NumberOfFailedSuboperations)
+            arrivals = _settled(receiver, t0_epoch, done)
+            first = min(arrivals) - t0_epoch if arrivals else None
+            samples.add(seconds, first, done, ref.nbytes)
+            if msg.status != 0 or failed or (ref.instances and done != ref.instances):
+                samples.failures.append(f"C-MOVE {ref.series_uid}: status {msg.status:#06x}, "
+                                        f"{done} completed, {failed} failed")  # fmt: skip
+            elif len(arrivals) != done:
+                samples.failures.append(f"C-MOVE {ref.series_uid}: the receiver logged "
+                                        f"{len(arrivals)} of {done} instances")  # fmt: skip
+            if advance:
+                advance(1)
+    return samples
+
+
+def _settled(receiver: Receiver, t0_epoch: float, expected: int) -> list[float]:
+    """The receiver's arrivals for this move; its log lines may trail the final C-MOVE-RSP."""
+    deadline = time.monotonic() + 10
+    while True:
+        arrivals = receiver.since(t0_epoch)
+        if len(arrivals) >= expected or time.monotonic() > deadline:
+            return arrivals
+        time.sleep(0.01)
+
+
+# -- WADO-RS ----------------------------------------------------------------------------------
+
+
+def run_wado(base_url: str, refs: list[SeriesRef], advance: Any = None) -> Samples:
+    samples = Samples()
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    with httpx.Client(base_url=base_url, timeout=HTTP_TIMEOUT_S) as client:
+        for ref in refs:
+            t0 = time.perf_counter()
+            first: float | None = None
+            path = f"/studies/{ref.study_uid}/series/{ref.series_uid}"
+            with client.stream("GET", path, headers={"Accept": accept}) as rsp:
+                if rsp.status_code != 200:
+                    rsp.read()
+                    samples.failures.append(f"WADO-RS {path}: HTTP {rsp.status_code}")
+                    continue
+                counter = _PartCounter(rsp.headers.get("content-type", ""))
+                nbytes = 0
+                for chunk in rsp.iter_bytes():
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    nbytes += len(chunk)
+                    counter.feed(chunk)
+            samples.add(time.perf_counter() - t0, first, counter.parts, nbytes)
+            if ref.instances and counter.parts != ref.instances:
+                samples.failures.append(f"WADO-RS {path}: {counter.parts} of {ref.instances} parts")
+            if advance:
+                advance(1)
+    return samples
+
+
+class _PartCounter:
+    """Counts the parts of a multipart body by its delimiters (RFC 2046 5.1.1), streamed."""
+
+    def __init__(self, content_type: str) -> None:
+        m = re.search(r'boundary="?([^";]+)"?', content_type)
+        if not m:
+            raise ValueError(f"WADO-RS answered {content_type!r}, not a multipart with a boundary")
+        self.delimiter = b"\r\n--" + m[1].encode()
+        self.tail = b"\r\n"  # the first delimiter may open the body without a CRLF before it
+        self.delimiters = 0
+
+    def feed(self, chunk: bytes) -> None:
+        data = self.tail + chunk
+        self.delimiters += data.count(self.delimiter)
+        self.tail = data[-(len(self.delimiter) - 1) :]
+
+    @property
+    def parts(self) -> int:
+        return max(0, self.delimiters - 1)  # the last delimiter closes the body
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def figures(prefix: str, s: Samples) -> dict[str, dict[str, Any]]:
+    seconds = sum(s.seconds)
+    ms = [x * 1e3 for x in s.first_s]
+    return {
+        f"{prefix}.instances": metric(s.instances, "instances"),
+        f"{prefix}.failures": metric(len(s.failures), "series", "lower"),
+        f"{prefix}.instances_per_s": metric(s.instances / seconds if seconds else 0, "instances/s"),
+        f"{prefix}.mb_per_s": metric(s.nbytes / 1e6 / seconds if seconds else 0, "MB/s"),
+        f"{prefix}.first_instance_p50_ms": metric(percentile(ms, 50), "ms", "lower"),
+        f"{prefix}.series_p50_ms": metric(percentile([x * 1e3 for x in s.seconds], 50), "ms",
+                                          "lower"),  # fmt: skip
+    }
