@@ -21,20 +21,25 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 def add_parsers(subparsers: Any) -> None:
     """Add ``bench`` and its sub-commands to the ``pacs`` parser."""
-    bench = subparsers.add_parser("bench", help="benchmark any PACS: corpus, ingest, query, "
-                                                "retrieve, compare")  # fmt: skip
+    bench = subparsers.add_parser(
+        "bench", help="benchmark any PACS: corpus, ingest, query, retrieve, compare"
+    )
     sub = bench.add_subparsers(dest="bench_command", required=True)
 
     s = sub.add_parser("corpus", help="write a deterministic corpus of Part 10 files")
     s.add_argument("dir")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--studies", type=int, default=2)
-    s.add_argument("--modality", type=str.upper, default="CT",
-                   choices=["CT", "MR", "CR", "DX", "MIXED"])  # fmt: skip
+    s.add_argument(
+        "--modality", type=str.upper, default="CT", choices=["CT", "MR", "CR", "DX", "MIXED"]
+    )
     s.add_argument("--slices", type=int, default=200, help="instances per CT/MR series")
     s.add_argument("--multiframe", action="store_true", help="one multi-frame instance a series")
-    s.add_argument("--syntax", default="explicit", choices=["explicit", "implicit", "rle",
-                                                            "jpeg-ls", "jpeg2000", "jpeg-baseline"])  # fmt: skip
+    s.add_argument(
+        "--syntax",
+        default="explicit",
+        choices=["explicit", "implicit", "rle", "jpeg-ls", "jpeg2000", "jpeg-baseline"],
+    )
     s.add_argument("--small", action="store_true", help="16x16 instances, for scale runs")
     s.add_argument("--jobs", type=int, help="writer processes (default: one per core)")
     s.set_defaults(fn=cmd_corpus)
@@ -74,8 +79,13 @@ def _target_args(s: argparse.ArgumentParser, http: bool = True) -> None:
     s.add_argument("--json", help="write the result here")
 
 
-def _finish(mode: str, args: argparse.Namespace, target: Target, metrics: dict[str, Any],
-            details: dict[str, Any]) -> int:  # fmt: skip
+def _finish(
+    mode: str,
+    args: argparse.Namespace,
+    target: Target,
+    metrics: dict[str, Any],
+    details: dict[str, Any],
+) -> int:
     data = report.result(mode, target.as_json(), metrics, details)
     report.print_result(data)
     report.write_json(data, args.json)
@@ -88,13 +98,23 @@ def _finish(mode: str, args: argparse.Namespace, target: Target, metrics: dict[s
 def cmd_corpus(args: argparse.Namespace) -> int:
     from engine.bench.corpus import CorpusSpec, write_corpus
 
-    spec = CorpusSpec(seed=args.seed, studies=args.studies, modality=args.modality,
-                      slices=args.slices, multiframe=args.multiframe, syntax=args.syntax,
-                      small=args.small)  # fmt: skip
+    spec = CorpusSpec(
+        seed=args.seed,
+        studies=args.studies,
+        modality=args.modality,
+        slices=args.slices,
+        multiframe=args.multiframe,
+        syntax=args.syntax,
+        small=args.small,
+    )
     with report.progress() as progress:
         task = progress.add_task("corpus", total=None)
-        m = write_corpus(Path(args.dir), spec, jobs=args.jobs,
-                         progress=lambda n: progress.update(task, completed=n))  # fmt: skip
+        m = write_corpus(
+            Path(args.dir),
+            spec,
+            jobs=args.jobs,
+            progress=lambda n: progress.update(task, completed=n),
+        )
     report.out.print(
         f"wrote {m['instances']:,} instances ({decimal(m['bytes'])}): {m['patients']} patients, "
         f"{m['studies']} studies, {m['series']} series, {args.modality} {args.syntax}; "
@@ -116,8 +136,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     manifest = _manifest(args.dir) if (root / "manifest.json").is_file() else None
     with report.progress() as progress:
-        metrics, details = ingest(target, root, manifest, associations=args.associations,
-                                  sender=args.sender, progress=progress)  # fmt: skip
+        metrics, details = ingest(
+            target,
+            root,
+            manifest,
+            associations=args.associations,
+            sender=args.sender,
+            progress=progress,
+        )
     return _finish("ingest", args, target, metrics, details)
 
 
@@ -129,8 +155,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     if manifest is not None:
         values = query.values_from_manifest(manifest)
     else:
-        with dimse.Association.open(target.host, target.port, "PACSBENCH", target.ae_title,
-                                    query.find_contexts()) as assoc:  # fmt: skip
+        with dimse.Association.open(
+            target.host, target.port, "PACSBENCH", target.ae_title, query.find_contexts()
+        ) as assoc:
             values = query.discover(assoc)
     metrics: dict[str, Any] = {}
     failures: list[str] = []
@@ -141,13 +168,17 @@ def cmd_query(args: argparse.Namespace) -> int:
         failures += [f for t in timings.values() for f in t.failures]
         if target.http:
             task = progress.add_task("QIDO-RS", total=args.repeat * (len(query.QUERY_TYPES) - 1))
-            timings = query.run_qido(target.http, values, args.repeat,
-                                     lambda n: progress.advance(task, n))  # fmt: skip
+            timings = query.run_qido(
+                target.http, values, args.repeat, lambda n: progress.advance(task, n)
+            )
             metrics |= query.figures("qido", timings)
             failures += [f for t in timings.values() for f in t.failures]
-    details = {"repeat": args.repeat, "studies_used": len(values),
-               "values_from": "manifest" if manifest else "broad query",
-               "failures": failures[:20]}  # fmt: skip
+    details = {
+        "repeat": args.repeat,
+        "studies_used": len(values),
+        "values_from": "manifest" if manifest else "broad query",
+        "failures": failures[:20],
+    }
     return _finish("query", args, target, metrics, details)
 
 
@@ -159,8 +190,9 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     if manifest is not None:
         refs = retrieve.series_from_manifest(manifest)
     else:
-        with dimse.Association.open(target.host, target.port, "PACSBENCH", target.ae_title,
-                                    query.find_contexts()) as assoc:  # fmt: skip
+        with dimse.Association.open(
+            target.host, target.port, "PACSBENCH", target.ae_title, query.find_contexts()
+        ) as assoc:
             refs = [retrieve.SeriesRef(v.study_uid, v.series_uid) for v in query.discover(assoc)]
     refs = refs[: args.series] if args.series else refs
     metrics: dict[str, Any] = {}

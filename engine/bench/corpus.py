@@ -80,11 +80,27 @@ PROJECTION_IMAGES_PER_SERIES = 2  # CR/DX series: a PA and a lateral view
 SMALL_PIXELS = 16
 UID_DIGITS = 39  # "2.25." + 39 digits: 44 characters, even, so every UID has the same width
 _SIZES = {"CT": (512, 512), "MR": (256, 256), "CR": (2048, 2048), "DX": (2560, 2048)}
-_SURNAMES = ("Smith", "Garcia", "Muller", "Rossi", "Tanaka", "Nowak", "Dubois", "Silva",
-             "Kim", "Olsen", "Ahmed", "Berg")  # fmt: skip
+_SURNAMES = (
+    "Smith",
+    "Garcia",
+    "Muller",
+    "Rossi",
+    "Tanaka",
+    "Nowak",
+    "Dubois",
+    "Silva",
+    "Kim",
+    "Olsen",
+    "Ahmed",
+    "Berg",
+)
 _GIVEN = ("Anna", "Ben", "Chloe", "David", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas")
-_BODY_PARTS = {"CT": ("HEAD", "CHEST", "ABDOMEN", "PELVIS"), "MR": ("BRAIN", "KNEE", "SPINE"),
-               "CR": ("CHEST", "HAND"), "DX": ("CHEST", "PELVIS")}  # fmt: skip
+_BODY_PARTS = {
+    "CT": ("HEAD", "CHEST", "ABDOMEN", "PELVIS"),
+    "MR": ("BRAIN", "KNEE", "SPINE"),
+    "CR": ("CHEST", "HAND"),
+    "DX": ("CHEST", "PELVIS"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,18 +144,26 @@ def plan(spec: CorpusSpec) -> list[SeriesPlan]:
         patient = patients[int(rng.integers(n_patients))] if s >= n_patients else patients[s]
         modality = MODALITIES[s % 4] if spec.modality == "MIXED" else spec.modality
         body = _BODY_PARTS[modality][int(rng.integers(len(_BODY_PARTS[modality])))]
-        study = dict(patient, StudyInstanceUID=fixed_uid(rng),
-                     StudyDate=_date(rng), StudyTime=f"{int(rng.integers(7, 19)):02d}3000",
-                     AccessionNumber=f"ACC{int(rng.integers(10**9)):09d}",
-                     StudyDescription=f"{modality} {body.title()}"[:16].ljust(16),
-                     BodyPartExamined=body)  # fmt: skip
+        study = dict(
+            patient,
+            StudyInstanceUID=fixed_uid(rng),
+            StudyDate=_date(rng),
+            StudyTime=f"{int(rng.integers(7, 19)):02d}3000",
+            AccessionNumber=f"ACC{int(rng.integers(10**9)):09d}",
+            StudyDescription=f"{modality} {body.title()}"[:16].ljust(16),
+            BodyPartExamined=body,
+        )
         n_series = 2 if spec.modality == "MIXED" and modality == "CT" else 1
         for k in range(n_series):
             kind = modality if k == 0 else "CR"  # a mixed CT study also holds a scout CR
             count = _instances(spec, kind)
-            attrs = dict(study, SeriesInstanceUID=fixed_uid(rng), Modality=kind,
-                         SeriesNumber=str(k + 1),
-                         SeriesDescription=f"{body.title()} {'scout' if k else 'series'}")  # fmt: skip
+            attrs = dict(
+                study,
+                SeriesInstanceUID=fixed_uid(rng),
+                Modality=kind,
+                SeriesNumber=str(k + 1),
+                SeriesDescription=f"{body.title()} {'scout' if k else 'series'}",
+            )
             series.append(SeriesPlan(s, k, int(rng.integers(2**63)), kind, count, attrs))
     return series
 
@@ -155,19 +179,29 @@ def _instances(spec: CorpusSpec, modality: str) -> int:
 def _patient(rng: np.random.Generator, i: int) -> dict[str, str]:
     n = int(rng.integers(10**6))
     name = f"{_SURNAMES[n % len(_SURNAMES)]}^{_GIVEN[(n // 12) % len(_GIVEN)]}"
-    return {"PatientID": f"PID{i:07d}", "PatientName": name.ljust(16)[:16],
-            "PatientBirthDate": f"19{30 + n % 60:02d}{1 + n % 12:02d}{1 + n % 28:02d}",
-            "PatientSex": "FM"[n % 2]}  # fmt: skip
+    return {
+        "PatientID": f"PID{i:07d}",
+        "PatientName": name.ljust(16)[:16],
+        "PatientBirthDate": f"19{30 + n % 60:02d}{1 + n % 12:02d}{1 + n % 28:02d}",
+        "PatientSex": "FM"[n % 2],
+    }
 
 
 def _date(rng: np.random.Generator) -> str:
-    return f"20{10 + int(rng.integers(16)):02d}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
+    year, month, day = (
+        2010 + int(rng.integers(16)),
+        int(rng.integers(1, 13)),
+        int(rng.integers(1, 29)),
+    )
+    return f"{year}{month:02d}{day:02d}"
 
 
 # -- pixels -------------------------------------------------------------------------
 
 
-def pixels(rng: np.random.Generator, modality: str, rows: int, columns: int, z: float) -> np.ndarray:
+def pixels(
+    rng: np.random.Generator, modality: str, rows: int, columns: int, z: float
+) -> np.ndarray:
     """One frame for `modality`: structure plus noise (signed for CT, unsigned otherwise)."""
     if modality == "CT":
         return ct_pixels(rng, rows, columns, z)
@@ -189,8 +223,9 @@ def pixels(rng: np.random.Generator, modality: str, rows: int, columns: int, z: 
 # -- datasets -----------------------------------------------------------------------
 
 
-def _dataset(series: SeriesPlan, index: int, sop_uid: str, rows: int, columns: int,
-             frames: int, syntax: UID) -> Dataset:  # fmt: skip
+def _dataset(
+    series: SeriesPlan, index: int, sop_uid: str, rows: int, columns: int, frames: int, syntax: UID
+) -> Dataset:
     a = series.attrs
     multiframe = frames > 1
     ds = Dataset()
@@ -234,7 +269,7 @@ def _dataset(series: SeriesPlan, index: int, sop_uid: str, rows: int, columns: i
         ds.RescaleIntercept, ds.RescaleSlope = "-1024", "1"
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.file_meta.TransferSyntaxUID = syntax
     return ds
 
@@ -251,7 +286,7 @@ def _write_series(root: str, spec: CorpusSpec, series: SeriesPlan) -> list[dict[
     rows, columns = _size(spec, series.modality)
     frames = spec.slices if spec.multiframe and series.modality in ("CT", "MR") else 1
     syntax = SYNTAXES[spec.syntax]
-    native = syntax if spec.syntax in ("explicit", "implicit") else ExplicitVRLittleEndian
+    native = syntax if spec.syntax in ("explicit", "implicit") else UID(ExplicitVRLittleEndian)
     template = _Template(spec, series, rows, columns, native) if spec.small else None
     files = []
     for i in range(series.instances):
@@ -261,9 +296,16 @@ def _write_series(root: str, spec: CorpusSpec, series: SeriesPlan) -> list[dict[
             data = template.render(sop_uid, i)
         else:
             ds = _dataset(series, i, sop_uid, rows, columns, frames, native)
-            arr = np.stack([pixels(rng, series.modality, rows, columns, (i + f) / 10)
-                            for f in range(frames)]) if frames > 1 else \
-                pixels(rng, series.modality, rows, columns, i / 10)  # fmt: skip
+            arr = (
+                np.stack(
+                    [
+                        pixels(rng, series.modality, rows, columns, (i + f) / 10)
+                        for f in range(frames)
+                    ]
+                )
+                if frames > 1
+                else pixels(rng, series.modality, rows, columns, i / 10)
+            )
             ds.PixelData = arr.tobytes()
             if spec.syntax in ("rle", "jpeg2000"):
                 ds.compress(syntax, arr, generate_instance_uid=False)
@@ -271,9 +313,15 @@ def _write_series(root: str, spec: CorpusSpec, series: SeriesPlan) -> list[dict[
         path.write_bytes(data)
         if spec.syntax in DCMTK_ENCODERS:
             _dcmtk_encode(spec.syntax, path)
-        files.append({"path": str(path.relative_to(root)), "sop_instance_uid": sop_uid,
-                      "bytes": path.stat().st_size, "study": series.study,
-                      "series": series.index})  # fmt: skip
+        files.append(
+            {
+                "path": str(path.relative_to(root)),
+                "sop_instance_uid": sop_uid,
+                "bytes": path.stat().st_size,
+                "study": series.study,
+                "series": series.index,
+            }
+        )
     return files
 
 
@@ -289,8 +337,9 @@ def _dcmtk_encode(syntax: str, path: Path) -> None:
 class _Template:
     """One small instance encoded once; each render patches fixed-width fields in its bytes."""
 
-    def __init__(self, spec: CorpusSpec, series: SeriesPlan, rows: int, columns: int,
-                 syntax: UID) -> None:  # fmt: skip
+    def __init__(
+        self, spec: CorpusSpec, series: SeriesPlan, rows: int, columns: int, syntax: UID
+    ) -> None:
         self.placeholder_uid = "2.25." + "9" * UID_DIGITS
         ds = _dataset(series, 0, self.placeholder_uid, rows, columns, 1, syntax)
         ds.InstanceNumber = 99999  # five digits wide, patched per instance
@@ -322,8 +371,9 @@ def _find_all(data: bytes, needle: bytes) -> Iterator[int]:
 # -- the whole corpus ---------------------------------------------------------------
 
 
-def write_corpus(root: Path, spec: CorpusSpec, *, jobs: int | None = None,
-                 progress: Any = None) -> dict[str, Any]:  # fmt: skip
+def write_corpus(
+    root: Path, spec: CorpusSpec, *, jobs: int | None = None, progress: Any = None
+) -> dict[str, Any]:
     """Write the corpus under `root` and its ``manifest.json``; return the manifest.
 
     Parameters
@@ -360,29 +410,54 @@ def write_corpus(root: Path, spec: CorpusSpec, *, jobs: int | None = None,
     return manifest
 
 
-def _manifest(spec: CorpusSpec, series: list[SeriesPlan],
-              files: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+def _manifest(
+    spec: CorpusSpec, series: list[SeriesPlan], files: list[dict[str, Any]]
+) -> dict[str, Any]:
     studies: dict[int, dict[str, Any]] = {}
     for s in series:
         a = s.attrs
-        study = studies.setdefault(s.study, {
-            k: a[k].rstrip() for k in ("StudyInstanceUID", "PatientID", "PatientName",
-                                       "StudyDate", "AccessionNumber", "StudyDescription")
-        } | {"ModalitiesInStudy": [], "series": []})  # fmt: skip
+        study = studies.setdefault(
+            s.study,
+            {
+                k: a[k].rstrip()
+                for k in (
+                    "StudyInstanceUID",
+                    "PatientID",
+                    "PatientName",
+                    "StudyDate",
+                    "AccessionNumber",
+                    "StudyDescription",
+                )
+            }
+            | {"ModalitiesInStudy": [], "series": []},
+        )
         if s.modality not in study["ModalitiesInStudy"]:
             study["ModalitiesInStudy"].append(s.modality)
-        study["series"].append({"SeriesInstanceUID": a["SeriesInstanceUID"],
-                                "Modality": s.modality, "SeriesDescription": a["SeriesDescription"],
-                                "instances": s.instances})  # fmt: skip
+        study["series"].append(
+            {
+                "SeriesInstanceUID": a["SeriesInstanceUID"],
+                "Modality": s.modality,
+                "SeriesDescription": a["SeriesDescription"],
+                "instances": s.instances,
+            }
+        )
     return {
-        "schema": MANIFEST_SCHEMA, "seed": spec.seed, "modality": spec.modality,
-        "syntax": spec.syntax, "transfer_syntax_uid": str(SYNTAXES[spec.syntax]),
-        "small": spec.small, "multiframe": spec.multiframe, "slices": spec.slices,
-        "instances": len(files), "bytes": sum(f["bytes"] for f in files),
-        "studies": len(studies), "series": len(series),
+        "schema": MANIFEST_SCHEMA,
+        "seed": spec.seed,
+        "modality": spec.modality,
+        "syntax": spec.syntax,
+        "transfer_syntax_uid": str(SYNTAXES[spec.syntax]),
+        "small": spec.small,
+        "multiframe": spec.multiframe,
+        "slices": spec.slices,
+        "instances": len(files),
+        "bytes": sum(f["bytes"] for f in files),
+        "studies": len(studies),
+        "series": len(series),
         "patients": len({st["PatientID"] for st in studies.values()}),
-        "study_list": [studies[k] for k in sorted(studies)], "files": files,
-    }  # fmt: skip
+        "study_list": [studies[k] for k in sorted(studies)],
+        "files": files,
+    }
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -396,7 +471,9 @@ def load_manifest(root: Path) -> dict[str, Any]:
     """The manifest of a corpus written by :func:`write_corpus`."""
     path = root / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: write the corpus with `pacs bench corpus {root}`")
+        raise FileNotFoundError(
+            f"{path} is missing: write the corpus with `pacs bench corpus {root}`"
+        )
     manifest: dict[str, Any] = orjson.loads(path.read_bytes())
     if manifest.get("schema") != MANIFEST_SCHEMA:
         raise ValueError(f"{path}: not a {MANIFEST_SCHEMA} manifest")

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.pdu import A_ASSOCIATE_AC as AssociateAcPDU
@@ -74,13 +75,21 @@ def _ui(uid: str) -> bytes:
 
 def command_set(elements: dict[int, bytes]) -> bytes:
     """An implicit VR command set, elements in tag order, Command Group Length first."""
-    body = b"".join(_ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
-                    for tag, value in sorted(elements.items()))  # fmt: skip
+    body = b"".join(
+        _ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
+        for tag, value in sorted(elements.items())
+    )
     return _ELEMENT.pack(0, 0, 4) + _UL.pack(len(body)) + body
 
 
-def request(command_field: int, message_id: int, sop_class_uid: str, *,
-            sop_instance_uid: str = "", move_destination: str = "") -> bytes:  # fmt: skip
+def request(
+    command_field: int,
+    message_id: int,
+    sop_class_uid: str,
+    *,
+    sop_instance_uid: str = "",
+    move_destination: str = "",
+) -> bytes:
     """A C-STORE/C-FIND/C-GET/C-MOVE request command, with a data set to follow."""
     elements = {
         P.AffectedSOPClassUID: _ui(sop_class_uid),
@@ -197,9 +206,16 @@ class Association:
         self.reader = PDUReader(self.sock)
 
     @classmethod
-    def open(cls, host: str, port: int, calling: str, called: str,
-             contexts: Sequence[tuple[str, Sequence[str]]], *,
-             scp_roles: Sequence[str] = ()) -> Association:  # fmt: skip
+    def open(
+        cls,
+        host: str,
+        port: int,
+        calling: str,
+        called: str,
+        contexts: Sequence[tuple[str, Sequence[str]]],
+        *,
+        scp_roles: Sequence[str] = (),
+    ) -> Association:
         """Request an association proposing `contexts` (abstract syntax, transfer syntaxes).
 
         `scp_roles` are abstract syntaxes for which we offer the SCP role
@@ -218,8 +234,9 @@ class Association:
             raise
 
     @classmethod
-    def _accepted(cls, sock: socket.socket, contexts: Sequence[tuple[str, Sequence[str]]]
-                  ) -> Association:  # fmt: skip
+    def _accepted(
+        cls, sock: socket.socket, contexts: Sequence[tuple[str, Sequence[str]]]
+    ) -> Association:
         reader = PDUReader(sock)
         kind, length = reader.pdu_header()
         body = reader.read(length)
@@ -264,8 +281,11 @@ class Association:
             chunk = view[pos : pos + limit]
             pos += len(chunk)
             mch = P.MCH_LAST if pos >= total else 0
-            sendall(P.PDU_HEADER.pack(P.P_DATA_TF, len(chunk) + P.PDV_HEADER_BYTES)
-                    + P.PDV_HEADER.pack(len(chunk) + 2, context_id, mch) + chunk)  # fmt: skip
+            sendall(
+                P.PDU_HEADER.pack(P.P_DATA_TF, len(chunk) + P.PDV_HEADER_BYTES)
+                + P.PDV_HEADER.pack(len(chunk) + 2, context_id, mch)
+                + chunk
+            )
             if pos >= total:
                 return
 
@@ -358,8 +378,12 @@ class Association:
             self.close()
 
 
-def _associate_rq(calling: str, called: str, contexts: Sequence[tuple[str, Sequence[str]]],
-                  scp_roles: Sequence[str]) -> bytes:  # fmt: skip
+def _associate_rq(
+    calling: str,
+    called: str,
+    contexts: Sequence[tuple[str, Sequence[str]]],
+    scp_roles: Sequence[str],
+) -> bytes:
     rq = A_ASSOCIATE()
     rq.application_context_name = APPLICATION_CONTEXT_NAME
     rq.calling_ae_title = calling
@@ -378,7 +402,7 @@ def _associate_rq(calling: str, called: str, contexts: Sequence[tuple[str, Seque
     class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     version = ImplementationVersionNameNotification()
     version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    items: list[object] = [max_length, class_uid, version]
+    items: list[Any] = [max_length, class_uid, version]
     for abstract in scp_roles:
         role = SCP_SCU_RoleSelectionNegotiation()
         role.sop_class_uid = abstract

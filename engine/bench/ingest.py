@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.bench import dimse
-from engine.bench.corpus import SOP_CLASSES, MULTIFRAME_SOP_CLASS
+from engine.bench.corpus import MULTIFRAME_SOP_CLASS, SOP_CLASSES
 from engine.bench.report import metric, percentile
 from engine.bench.target import Target
 
@@ -44,8 +43,14 @@ CALLING_AE = "PACSBENCH"
 ARG_MAX_BYTES = 1 << 20  # file lists longer than this go to storescu as folders
 STORESCU_TIMEOUT_S = 24 * 3600.0
 # storescu proposes uncompressed syntaxes unless told which compressed one to add
-STORESCU_SYNTAX_OPTION = {"explicit": [], "implicit": [], "rle": ["-xr"], "jpeg-ls": ["-xt"],
-                          "jpeg2000": ["-xv"], "jpeg-baseline": ["-xy"]}  # fmt: skip
+STORESCU_SYNTAX_OPTION = {
+    "explicit": [],
+    "implicit": [],
+    "rle": ["-xr"],
+    "jpeg-ls": ["-xt"],
+    "jpeg2000": ["-xv"],
+    "jpeg-baseline": ["-xy"],
+}
 _LOG_CONFIG = """\
 log4cplus.rootLogger = INFO, console
 log4cplus.appender.console = log4cplus::ConsoleAppender
@@ -101,8 +106,9 @@ def split(files: Sequence[Path], n: int) -> list[list[Path]]:
 # -- DCMTK storescu -------------------------------------------------------------------
 
 
-def run_storescu(target: Target, groups: list[list[Path]], syntax: str,
-                 advance: Callable[[int], None]) -> Tally:  # fmt: skip
+def run_storescu(
+    target: Target, groups: list[list[Path]], syntax: str, advance: Callable[[int], None]
+) -> Tally:
     """One storescu per group, all at once; their log lines give each instance's latency."""
     if not Path(STORESCU).is_file():
         raise FileNotFoundError(f"{STORESCU} is missing: install DCMTK or use --sender internal")
@@ -112,14 +118,36 @@ def run_storescu(target: Target, groups: list[list[Path]], syntax: str,
         config.write_text(_LOG_CONFIG)
         procs = []
         for group in groups:
-            cmd = [STORESCU, "-lc", str(config), "-nh", "-aet", CALLING_AE, "-aec",
-                   target.ae_title, *STORESCU_SYNTAX_OPTION.get(syntax, []),
-                   target.host, str(target.port), *_storescu_inputs(group, Path(tmp))]  # fmt: skip
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          env=env, text=True, bufsize=1))  # fmt: skip
+            cmd = [
+                STORESCU,
+                "-lc",
+                str(config),
+                "-nh",
+                "-aet",
+                CALLING_AE,
+                "-aec",
+                target.ae_title,
+                *STORESCU_SYNTAX_OPTION.get(syntax, []),
+                target.host,
+                str(target.port),
+                *_storescu_inputs(group, Path(tmp)),
+            ]
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    text=True,
+                    bufsize=1,
+                )
+            )
         with ThreadPoolExecutor(max_workers=len(procs)) as pool:
-            tallies = list(pool.map(lambda p: _follow(p[0], len(p[1]), advance),
-                                    zip(procs, groups, strict=True)))  # fmt: skip
+            tallies = list(
+                pool.map(
+                    lambda p: _follow(p[0], len(p[1]), advance), zip(procs, groups, strict=True)
+                )
+            )
     total = Tally()
     for t in tallies:
         total.add(t)
@@ -159,6 +187,7 @@ def _follow(proc: subprocess.Popen[str], expected: int, advance: Callable[[int],
             advance(1)
         elif level in ("ERROR", "FATAL"):
             tail.append(text)
+    proc.stdout.close()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     tally.cpu_s = usage.ru_utime + usage.ru_stime
@@ -172,8 +201,9 @@ def _follow(proc: subprocess.Popen[str], expected: int, advance: Callable[[int],
 # -- the internal sender ------------------------------------------------------------------
 
 
-def storage_contexts(manifest: dict[str, Any] | None, parts: Sequence[dimse.Part10] = ()
-                     ) -> list[tuple[str, list[str]]]:  # fmt: skip
+def storage_contexts(
+    manifest: dict[str, Any] | None, parts: Sequence[dimse.Part10] = ()
+) -> list[tuple[str, list[str]]]:
     """Presentation contexts for the corpus: its SOP classes, each with its transfer syntax.
 
     The files are sent as they are, so each context proposes exactly one syntax: the files'.
@@ -190,8 +220,12 @@ def storage_contexts(manifest: dict[str, Any] | None, parts: Sequence[dimse.Part
     return [(c, [ts]) for c, syntaxes in pairs.items() for ts in syntaxes]
 
 
-def run_internal(target: Target, groups: list[list[Path]], contexts: list[tuple[str, list[str]]],
-                 advance: Callable[[int], None]) -> Tally:  # fmt: skip
+def run_internal(
+    target: Target,
+    groups: list[list[Path]],
+    contexts: list[tuple[str, list[str]]],
+    advance: Callable[[int], None],
+) -> Tally:
     """One thread per group, each with its own lean association."""
     with ThreadPoolExecutor(max_workers=len(groups)) as pool:
         tallies = list(pool.map(lambda g: _send_group(target, g, contexts, advance), groups))
@@ -201,13 +235,18 @@ def run_internal(target: Target, groups: list[list[Path]], contexts: list[tuple[
     return total
 
 
-def _send_group(target: Target, group: list[Path], contexts: list[tuple[str, list[str]]],
-                advance: Callable[[int], None]) -> Tally:  # fmt: skip
+def _send_group(
+    target: Target,
+    group: list[Path],
+    contexts: list[tuple[str, list[str]]],
+    advance: Callable[[int], None],
+) -> Tally:
     tally = Tally(sent=len(group))
     cpu0 = time.thread_time()
     try:
-        with dimse.Association.open(target.host, target.port, CALLING_AE, target.ae_title,
-                                    contexts) as assoc:  # fmt: skip
+        with dimse.Association.open(
+            target.host, target.port, CALLING_AE, target.ae_title, contexts
+        ) as assoc:
             for path in group:
                 _store_one(assoc, path, tally)
                 advance(1)
@@ -225,8 +264,12 @@ def _store_one(assoc: dimse.Association, path: Path, tally: Tally) -> None:
     except dimse.DimseError as exc:
         tally.failures.append(f"{path.name}: {exc}")
         return
-    command = dimse.request(dimse.C_STORE_RQ, assoc.next_message_id(), part.sop_class_uid,
-                            sop_instance_uid=part.sop_instance_uid)  # fmt: skip
+    command = dimse.request(
+        dimse.C_STORE_RQ,
+        assoc.next_message_id(),
+        part.sop_class_uid,
+        sop_instance_uid=part.sop_instance_uid,
+    )
     t0 = time.perf_counter()
     assoc.send(cid, command, part.dataset)
     rsp = assoc.read_message()
@@ -241,8 +284,15 @@ def _store_one(assoc: dimse.Association, path: Path, tally: Tally) -> None:
 # -- the run ---------------------------------------------------------------------------------
 
 
-def ingest(target: Target, root: Path, manifest: dict[str, Any] | None, *, associations: int,
-           sender: str, progress: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def ingest(
+    target: Target,
+    root: Path,
+    manifest: dict[str, Any] | None,
+    *,
+    associations: int,
+    sender: str,
+    progress: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Send the corpus; (metrics, details) for :func:`engine.bench.report.result`."""
     files = corpus_files(root, manifest)
     if not files:
@@ -258,8 +308,11 @@ def ingest(target: Target, root: Path, manifest: dict[str, Any] | None, *, assoc
             with lock:
                 progress.advance(task, n)
 
-    nbytes = sum(f["bytes"] for f in manifest["files"]) if manifest else \
-        sum(p.stat().st_size for p in files)  # fmt: skip
+    nbytes = (
+        sum(f["bytes"] for f in manifest["files"])
+        if manifest
+        else sum(p.stat().st_size for p in files)
+    )
     t0 = time.perf_counter()
     if sender == "storescu":
         syntax = manifest["syntax"] if manifest else "explicit"
@@ -273,8 +326,9 @@ def ingest(target: Target, root: Path, manifest: dict[str, Any] | None, *, assoc
     return _figures(tally, seconds, nbytes, len(groups), sender, len(files))
 
 
-def _figures(tally: Tally, seconds: float, nbytes: int, associations: int, sender: str,
-             files: int) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def _figures(
+    tally: Tally, seconds: float, nbytes: int, associations: int, sender: str, files: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
     stored = tally.stored
     sent_bytes = nbytes * stored / files if files else 0
     wall_per_instance = seconds * associations / stored if stored else 0.0
@@ -290,13 +344,22 @@ def _figures(tally: Tally, seconds: float, nbytes: int, associations: int, sende
         "latency_p99_ms": metric(percentile(ms, 99), "ms", "lower"),
         "sender_cpu_ms_per_instance": metric(cpu_per_instance * 1e3, "ms", "lower"),
         "wall_ms_per_instance_per_association": metric(wall_per_instance * 1e3, "ms", "lower"),
-        "sender_busy_share": metric(cpu_per_instance / wall_per_instance
-                                    if wall_per_instance else 0, "fraction", "lower"),  # fmt: skip
+        "sender_busy_share": metric(
+            cpu_per_instance / wall_per_instance if wall_per_instance else 0, "fraction", "lower"
+        ),
     }
-    latency_source = ("storescu log timestamps: 'Sending Store Request' to 'Received Store "
-                      "Response', microseconds" if sender == "storescu" else
-                      "internal sender: perf_counter around each C-STORE request and response")  # fmt: skip
-    details = {"sender": sender, "associations": associations, "files": files,
-               "bytes": nbytes, "latency_source": latency_source,
-               "failures": tally.failures[:20]}  # fmt: skip
+    latency_source = (
+        "storescu log timestamps: 'Sending Store Request' to 'Received Store "
+        "Response', microseconds"
+        if sender == "storescu"
+        else "internal sender: perf_counter around each C-STORE request and response"
+    )
+    details = {
+        "sender": sender,
+        "associations": associations,
+        "files": files,
+        "bytes": nbytes,
+        "latency_source": latency_source,
+        "failures": tally.failures[:20],
+    }
     return metrics, details

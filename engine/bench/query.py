@@ -27,6 +27,7 @@ QIDO-RS resource and is left out there).
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,14 +53,29 @@ DISCOVER_STUDIES_MAX = 50  # values for the mix come from at most this many stud
 HTTP_TIMEOUT_S = 300.0
 RETURN_KEYS = {
     "PATIENT": ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"),
-    "STUDY": ("StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "PatientName",
-              "PatientID", "StudyDescription", "ModalitiesInStudy"),
+    "STUDY": (
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "PatientName",
+        "PatientID",
+        "StudyDescription",
+        "ModalitiesInStudy",
+    ),
     "SERIES": ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription"),
     "IMAGE": ("SOPInstanceUID", "SOPClassUID", "InstanceNumber"),
-}  # fmt: skip
-QUERY_TYPES = ("patient_by_id", "study_by_patient_id", "study_by_name_wildcard",
-               "study_by_date_range", "study_by_modality", "all_studies", "series_of_study",
-               "instances_of_series")  # fmt: skip
+}
+QUERY_TYPES = (
+    "patient_by_id",
+    "study_by_patient_id",
+    "study_by_name_wildcard",
+    "study_by_date_range",
+    "study_by_modality",
+    "all_studies",
+    "series_of_study",
+    "instances_of_series",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,21 +133,34 @@ def mix(values: StudyValues) -> list[Query]:
     return [
         Query("patient_by_id", patient, "PATIENT", {"PatientID": values.patient_id}),
         Query("study_by_patient_id", study, "STUDY", {"PatientID": values.patient_id}),
-        Query("study_by_name_wildcard", study, "STUDY",
-              {"PatientName": values.patient_name[:3] + "*"}),
+        Query(
+            "study_by_name_wildcard", study, "STUDY", {"PatientName": values.patient_name[:3] + "*"}
+        ),
         Query("study_by_date_range", study, "STUDY", {"StudyDate": f"{year}0101-{year}1231"}),
         Query("study_by_modality", study, "STUDY", {"ModalitiesInStudy": values.modality}),
         Query("all_studies", study, "STUDY", {}),
         Query("series_of_study", study, "SERIES", {"StudyInstanceUID": values.study_uid}),
-        Query("instances_of_series", study, "IMAGE",
-              {"StudyInstanceUID": values.study_uid, "SeriesInstanceUID": values.series_uid}),
-    ]  # fmt: skip
+        Query(
+            "instances_of_series",
+            study,
+            "IMAGE",
+            {"StudyInstanceUID": values.study_uid, "SeriesInstanceUID": values.series_uid},
+        ),
+    ]
 
 
 def values_from_manifest(manifest: dict[str, Any]) -> list[StudyValues]:
-    return [StudyValues(s["StudyInstanceUID"], s["PatientID"], s["PatientName"], s["StudyDate"],
-                        s["ModalitiesInStudy"][0], s["series"][0]["SeriesInstanceUID"])
-            for s in manifest["study_list"]]  # fmt: skip
+    return [
+        StudyValues(
+            s["StudyInstanceUID"],
+            s["PatientID"],
+            s["PatientName"],
+            s["StudyDate"],
+            s["ModalitiesInStudy"][0],
+            s["series"][0]["SeriesInstanceUID"],
+        )
+        for s in manifest["study_list"]
+    ]
 
 
 def encode_identifier(ds: Dataset, transfer_syntax: str) -> bytes:
@@ -143,7 +172,8 @@ def encode_identifier(ds: Dataset, transfer_syntax: str) -> bytes:
 
 
 def _decode(data: bytes, transfer_syntax: str) -> Dataset:
-    return read_dataset(DicomBytesIO(data), transfer_syntax == str(ImplicitVRLittleEndian), True)
+    implicit = transfer_syntax == str(ImplicitVRLittleEndian)
+    return read_dataset(io.BytesIO(data), implicit, True)
 
 
 # -- C-FIND -----------------------------------------------------------------------------------
@@ -163,12 +193,13 @@ def find_contexts() -> list[tuple[str, list[str]]]:
     return [(STUDY_ROOT_FIND, SYNTAXES), (PATIENT_ROOT_FIND, SYNTAXES)]
 
 
-def c_find(assoc: dimse.Association, root: str, identifier: bytes, *,
-           keep: bool = False) -> tuple[int, int, list[bytes]]:  # fmt: skip
+def c_find(
+    assoc: dimse.Association, root: str, identifier: bytes, *, keep: bool = False
+) -> tuple[int, int, list[bytes]]:
     """Send one C-FIND; (matches, final status, the match data sets if `keep`)."""
     cid = assoc.context_for(root)
     assoc.send(cid, dimse.request(dimse.C_FIND_RQ, assoc.next_message_id(), root), identifier)
-    matches, kept = 0, []
+    matches, kept = 0, list[bytes]()
     while True:
         rsp = assoc.read_message(keep_dataset=keep)
         if rsp.status not in dimse.PENDING:
@@ -186,28 +217,40 @@ def discover(assoc: dimse.Association) -> list[StudyValues]:
     values = []
     for raw in found[:DISCOVER_STUDIES_MAX]:
         st = _decode(raw, ts)
-        series_q = Query("series_of_study", STUDY_ROOT_FIND, "SERIES",
-                         {"StudyInstanceUID": st.StudyInstanceUID}).identifier()  # fmt: skip
+        series_q = Query(
+            "series_of_study", STUDY_ROOT_FIND, "SERIES", {"StudyInstanceUID": st.StudyInstanceUID}
+        ).identifier()
         _, _, series = c_find(assoc, STUDY_ROOT_FIND, encode_identifier(series_q, ts), keep=True)
         if not series:
             continue
         se = _decode(series[0], ts)
         modality = str(se.get("Modality", "") or "CT")
-        values.append(StudyValues(str(st.StudyInstanceUID), str(st.get("PatientID", "")),
-                                  str(st.get("PatientName", "")), str(st.get("StudyDate", "")),
-                                  modality, str(se.SeriesInstanceUID)))  # fmt: skip
+        values.append(
+            StudyValues(
+                str(st.StudyInstanceUID),
+                str(st.get("PatientID", "")),
+                str(st.get("PatientName", "")),
+                str(st.get("StudyDate", "")),
+                modality,
+                str(se.SeriesInstanceUID),
+            )
+        )
     if not values:
-        raise ValueError(f"the archive answered no studies (status {status:#06x}): "
-                         "ingest a corpus first, or give --corpus DIR")  # fmt: skip
+        raise ValueError(
+            f"the archive answered no studies (status {status:#06x}): "
+            "ingest a corpus first, or give --corpus DIR"
+        )
     return values
 
 
-def run_dimse(target: Target, values: list[StudyValues], repeat: int,
-              advance: Any = None) -> dict[str, Timings]:  # fmt: skip
+def run_dimse(
+    target: Target, values: list[StudyValues], repeat: int, advance: Any = None
+) -> dict[str, Timings]:
     """Run the mix `repeat` times over one association."""
     timings = {kind: Timings() for kind in QUERY_TYPES}
-    with dimse.Association.open(target.host, target.port, CALLING_AE, target.ae_title,
-                                find_contexts()) as assoc:  # fmt: skip
+    with dimse.Association.open(
+        target.host, target.port, CALLING_AE, target.ae_title, find_contexts()
+    ) as assoc:
         for query in _queries(values, repeat):
             ts = assoc.accepted[assoc.context_for(query.root)][1]
             identifier = encode_identifier(query.identifier(), ts)
@@ -232,8 +275,9 @@ def _queries(values: list[StudyValues], repeat: int) -> Iterator[Query]:
 # -- QIDO-RS ----------------------------------------------------------------------------------
 
 
-def run_qido(base_url: str, values: list[StudyValues], repeat: int,
-             advance: Any = None) -> dict[str, Timings]:  # fmt: skip
+def run_qido(
+    base_url: str, values: list[StudyValues], repeat: int, advance: Any = None
+) -> dict[str, Timings]:
     """The same mix through QIDO-RS, over one keep-alive connection."""
     timings = {kind: Timings() for kind in QUERY_TYPES if kind != "patient_by_id"}
     headers = {"Accept": "application/dicom+json"}
@@ -269,8 +313,10 @@ def figures(prefix: str, timings: dict[str, Timings]) -> dict[str, dict[str, Any
         metrics[f"{prefix}.{kind}.p50_ms"] = metric(percentile(ms, 50), "ms", "lower")
         metrics[f"{prefix}.{kind}.p99_ms"] = metric(percentile(ms, 99), "ms", "lower")
         metrics[f"{prefix}.{kind}.matches"] = metric(
-            sum(t.matches) / len(t.matches) if t.matches else 0, "responses")
+            sum(t.matches) / len(t.matches) if t.matches else 0, "responses"
+        )
         metrics[f"{prefix}.{kind}.client_cpu_share"] = metric(
-            sum(t.cpu_s) / wall if wall else 0, "fraction", "lower")
+            sum(t.cpu_s) / wall if wall else 0, "fraction", "lower"
+        )
         metrics[f"{prefix}.{kind}.failures"] = metric(len(t.failures), "queries", "lower")
     return metrics

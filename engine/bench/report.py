@@ -20,6 +20,7 @@ results compare key by key; ``better`` says which direction wins.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import platform
 import shlex
@@ -41,16 +42,22 @@ err = Console(stderr=True, highlight=False)
 
 def progress() -> Progress:
     """A progress bar on stderr (the table and JSON go to stdout)."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err, transient=True)  # fmt: skip
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The `q`-th percentile (nearest rank, PS: no interpolation between two samples)."""
+    """The `q`-th percentile by nearest rank: always one of the samples, never interpolated."""
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -72,22 +79,38 @@ def machine() -> dict[str, Any]:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (OSError, ValueError):
         memory = 0
-    return {"hostname": socket.gethostname(), "platform": platform.platform(),
-            "python": platform.python_version(), "cpus": os.cpu_count(),
-            "cpu_model": model, "memory_bytes": memory}  # fmt: skip
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_bytes": memory,
+    }
 
 
-def result(mode: str, target: dict[str, Any], metrics: dict[str, dict[str, Any]],
-           details: dict[str, Any], argv: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def result(
+    mode: str,
+    target: dict[str, Any],
+    metrics: dict[str, dict[str, Any]],
+    details: dict[str, Any],
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
     """A result in the documented schema."""
     from engine import __version__
 
     return {
-        "schema": RESULT_SCHEMA, "tool": "pacs bench", "version": __version__, "mode": mode,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
+        "schema": RESULT_SCHEMA,
+        "tool": "pacs bench",
+        "version": __version__,
+        "mode": mode,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
         "command": "pacs bench " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "target": target, "metrics": metrics, "details": details,
-    }  # fmt: skip
+        "target": target,
+        "metrics": metrics,
+        "details": details,
+    }
 
 
 def write_json(data: dict[str, Any], path: str | None) -> None:
@@ -111,9 +134,13 @@ def _fmt(value: float | None) -> str:
 def print_result(data: dict[str, Any]) -> None:
     """The metrics of one result as a table."""
     t = data["target"]
-    table = Table("metric", "value", "unit",
-                  title=f"pacs bench {data['mode']}: {t.get('ae_title')}@{t.get('host')}:"
-                        f"{t.get('port')}  ({data['date']})")  # fmt: skip
+    table = Table(
+        "metric",
+        "value",
+        "unit",
+        title=f"pacs bench {data['mode']}: {t.get('ae_title')}@{t.get('host')}:"
+        f"{t.get('port')}  ({data['date']})",
+    )
     for name, m in data["metrics"].items():
         table.add_row(name, _fmt(m["value"]), m["unit"])
     out.print(table)
@@ -121,8 +148,14 @@ def print_result(data: dict[str, Any]) -> None:
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> Table:
     """Both results metric by metric, with B/A and whether B is better."""
-    table = Table("metric", "A", "B", "B/A", "unit",
-                  title=f"A: {a['command']} ({a['date']})\nB: {b['command']} ({b['date']})")  # fmt: skip
+    table = Table(
+        "metric",
+        "A",
+        "B",
+        "B/A",
+        "unit",
+        title=f"A: {a['command']} ({a['date']})\nB: {b['command']} ({b['date']})",
+    )
     for name in dict.fromkeys([*a["metrics"], *b["metrics"]]):
         ma, mb = a["metrics"].get(name), b["metrics"].get(name)
         va = ma["value"] if ma else None
@@ -133,6 +166,11 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> Table:
         if ratio is not None and ratio != 1:
             wins = ratio > 1 if better == "higher" else ratio < 1
             mark = " [green]B better[/]" if wins else " [red]B worse[/]"
-        table.add_row(name, _fmt(va), _fmt(vb), (f"{ratio:.2f}x" if ratio else "-") + mark,
-                      (ma or mb or {}).get("unit", ""))  # fmt: skip
+        table.add_row(
+            name,
+            _fmt(va),
+            _fmt(vb),
+            (f"{ratio:.2f}x" if ratio else "-") + mark,
+            (ma or mb or {}).get("unit", ""),
+        )
     return table

@@ -1,4 +1,4 @@
-"""``pacs bench retrieve``: whole series by C-GET, C-MOVE and WADO-RS; instances/s, MB/s, first byte.
+"""``pacs bench retrieve``: whole series by C-GET, C-MOVE and WADO-RS: rates and first byte.
 
 C-GET
     One lean association (:mod:`engine.bench.dimse`) offering the SCP role
@@ -47,7 +47,7 @@ from pydicom.uid import (
 from engine.bench import dimse
 from engine.bench.corpus import MULTIFRAME_SOP_CLASS, SOP_CLASSES
 from engine.bench.ingest import CALLING_AE
-from engine.bench.query import SYNTAXES, encode_identifier
+from engine.bench.query import STUDY_ROOT_FIND, SYNTAXES, encode_identifier
 from engine.bench.report import metric, percentile
 from engine.bench.target import Target
 from engine.net import pdu as P
@@ -57,8 +57,17 @@ STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STORESCP = "/usr/bin/storescp"
 RECEIVER_START_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 600.0
-_STORAGE_SYNTAXES = [str(u) for u in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless,
-                                      JPEGLSLossless, JPEG2000Lossless, JPEGBaseline8Bit)]  # fmt: skip
+_STORAGE_SYNTAXES = [
+    str(u)
+    for u in (
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        RLELossless,
+        JPEGLSLossless,
+        JPEG2000Lossless,
+        JPEGBaseline8Bit,
+    )
+]
 _LOG_CONFIG = """\
 log4cplus.rootLogger = INFO, console
 log4cplus.appender.console = log4cplus::ConsoleAppender
@@ -99,10 +108,13 @@ def series_from_manifest(manifest: dict[str, Any]) -> list[SeriesRef]:
     for f in manifest["files"]:
         key = (f["study"], f["series"])
         sizes[key] = sizes.get(key, 0) + f["bytes"]
-    return [SeriesRef(st["StudyInstanceUID"], se["SeriesInstanceUID"], se["instances"],
-                      sizes.get((i, k), 0))
-            for i, st in enumerate(manifest["study_list"])
-            for k, se in enumerate(st["series"])]  # fmt: skip
+    return [
+        SeriesRef(
+            st["StudyInstanceUID"], se["SeriesInstanceUID"], se["instances"], sizes.get((i, k), 0)
+        )
+        for i, st in enumerate(manifest["study_list"])
+        for k, se in enumerate(st["series"])
+    ]
 
 
 def _identifier(ref: SeriesRef, ts: str) -> bytes:
@@ -128,8 +140,14 @@ def get_contexts() -> list[tuple[str, list[str]]]:
 
 def run_get(target: Target, refs: list[SeriesRef], advance: Any = None) -> Samples:
     samples = Samples()
-    with dimse.Association.open(target.host, target.port, CALLING_AE, target.ae_title,
-                                get_contexts(), scp_roles=storage_classes()) as assoc:  # fmt: skip
+    with dimse.Association.open(
+        target.host,
+        target.port,
+        CALLING_AE,
+        target.ae_title,
+        get_contexts(),
+        scp_roles=storage_classes(),
+    ) as assoc:
         ts = assoc.accepted[assoc.context_for(STUDY_ROOT_GET)][1]
         for ref in refs:
             identifier = _identifier(ref, ts)
@@ -139,12 +157,14 @@ def run_get(target: Target, refs: list[SeriesRef], advance: Any = None) -> Sampl
     return samples
 
 
-def _get_series(assoc: dimse.Association, ref: SeriesRef, identifier: bytes,
-                samples: Samples) -> None:  # fmt: skip
+def _get_series(
+    assoc: dimse.Association, ref: SeriesRef, identifier: bytes, samples: Samples
+) -> None:
     cid = assoc.context_for(STUDY_ROOT_GET)
     t0 = time.perf_counter()
-    assoc.send(cid, dimse.request(dimse.C_GET_RQ, assoc.next_message_id(), STUDY_ROOT_GET),
-               identifier)  # fmt: skip
+    assoc.send(
+        cid, dimse.request(dimse.C_GET_RQ, assoc.next_message_id(), STUDY_ROOT_GET), identifier
+    )
     first: float | None = None
     received = nbytes = 0
     while True:
@@ -154,18 +174,22 @@ def _get_series(assoc: dimse.Association, ref: SeriesRef, identifier: bytes,
                 first = time.perf_counter() - t0
             received += 1
             nbytes += msg.dataset_bytes
-            rsp = P.encode_response(dimse.C_STORE_RSP, dimse.us(msg.command, P.MessageID),
-                                    dimse.uid(msg.command, P.AffectedSOPClassUID), 0,
-                                    sop_instance_uid=dimse.uid(msg.command,
-                                                               P.AffectedSOPInstanceUID))  # fmt: skip
+            rsp = P.encode_response(
+                dimse.C_STORE_RSP,
+                dimse.us(msg.command, P.MessageID),
+                dimse.uid(msg.command, P.AffectedSOPClassUID),
+                0,
+                sop_instance_uid=dimse.uid(msg.command, P.AffectedSOPInstanceUID),
+            )
             assoc.sock.sendall(P.encode_p_data(msg.context_id, rsp, assoc.peer_max_pdu))
         elif msg.status not in dimse.PENDING:
             break
     samples.add(time.perf_counter() - t0, first, received, nbytes)
     failed = dimse.us(msg.command, dimse.NumberOfFailedSuboperations)
     if msg.status != 0 or failed:
-        samples.failures.append(f"C-GET {ref.series_uid}: status {msg.status:#06x}, "
-                                f"{failed} failed sub-operations")  # fmt: skip
+        samples.failures.append(
+            f"C-GET {ref.series_uid}: status {msg.status:#06x}, {failed} failed sub-operations"
+        )
     elif ref.instances and received != ref.instances:
         samples.failures.append(f"C-GET {ref.series_uid}: {received} of {ref.instances} instances")
 
@@ -178,16 +202,21 @@ class Receiver:
 
     def __init__(self, ae_title: str, port: int) -> None:
         if not Path(STORESCP).is_file():
-            raise FileNotFoundError(f"{STORESCP} is missing: C-MOVE needs DCMTK's storescp "
-                                    "as the local receiver")  # fmt: skip
+            raise FileNotFoundError(
+                f"{STORESCP} is missing: C-MOVE needs DCMTK's storescp as the local receiver"
+            )
         self._tmp = tempfile.TemporaryDirectory(prefix="pacs-bench-recv-")
         config = Path(self._tmp.name) / "log.cfg"
         config.write_text(_LOG_CONFIG)
         env = dict(os.environ, TCP_NODELAY="1")
         self.proc = subprocess.Popen(
             [STORESCP, "-lc", str(config), "--ignore", "+xa", "-aet", ae_title, str(port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            bufsize=1,
+        )
         self.arrivals: list[float] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -201,8 +230,9 @@ class Receiver:
         deadline = time.monotonic() + RECEIVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"storescp exited with {self.proc.returncode}: is port "
-                                   f"{port} free?")  # fmt: skip
+                raise RuntimeError(
+                    f"storescp exited with {self.proc.returncode}: is port {port} free?"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     return  # storescp logs the refused probe connection; harmless
@@ -231,22 +261,37 @@ class Receiver:
             self.proc.kill()
             self.proc.wait()
         self._thread.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._tmp.cleanup()
 
 
-def run_move(target: Target, refs: list[SeriesRef], move_dest: str, receiver: Receiver,
-             advance: Any = None) -> Samples:  # fmt: skip
+def run_move(
+    target: Target, refs: list[SeriesRef], move_dest: str, receiver: Receiver, advance: Any = None
+) -> Samples:
     samples = Samples()
-    with dimse.Association.open(target.host, target.port, CALLING_AE, target.ae_title,
-                                [(STUDY_ROOT_MOVE, SYNTAXES)]) as assoc:  # fmt: skip
+    with dimse.Association.open(
+        target.host,
+        target.port,
+        CALLING_AE,
+        target.ae_title,
+        [(STUDY_ROOT_MOVE, SYNTAXES), (STUDY_ROOT_FIND, SYNTAXES)],
+    ) as assoc:  # dcmqrscp wants FIND beside MOVE
         cid = assoc.context_for(STUDY_ROOT_MOVE)
         ts = assoc.accepted[cid][1]
         for ref in refs:
             identifier = _identifier(ref, ts)
             t0_epoch, t0 = time.time(), time.perf_counter()
-            assoc.send(cid, dimse.request(dimse.C_MOVE_RQ, assoc.next_message_id(),
-                                          STUDY_ROOT_MOVE, move_destination=move_dest),
-                       identifier)  # fmt: skip
+            assoc.send(
+                cid,
+                dimse.request(
+                    dimse.C_MOVE_RQ,
+                    assoc.next_message_id(),
+                    STUDY_ROOT_MOVE,
+                    move_destination=move_dest,
+                ),
+                identifier,
+            )
             while True:
                 msg = assoc.read_message()
                 if msg.status not in dimse.PENDING:
@@ -258,11 +303,15 @@ def run_move(target: Target, refs: list[SeriesRef], move_dest: str, receiver: Re
             first = min(arrivals) - t0_epoch if arrivals else None
             samples.add(seconds, first, done, ref.nbytes)
             if msg.status != 0 or failed or (ref.instances and done != ref.instances):
-                samples.failures.append(f"C-MOVE {ref.series_uid}: status {msg.status:#06x}, "
-                                        f"{done} completed, {failed} failed")  # fmt: skip
+                samples.failures.append(
+                    f"C-MOVE {ref.series_uid}: status {msg.status:#06x}, "
+                    f"{done} completed, {failed} failed"
+                )
             elif len(arrivals) != done:
-                samples.failures.append(f"C-MOVE {ref.series_uid}: the receiver logged "
-                                        f"{len(arrivals)} of {done} instances")  # fmt: skip
+                samples.failures.append(
+                    f"C-MOVE {ref.series_uid}: the receiver logged "
+                    f"{len(arrivals)} of {done} instances"
+                )
             if advance:
                 advance(1)
     return samples
@@ -342,6 +391,7 @@ def figures(prefix: str, s: Samples) -> dict[str, dict[str, Any]]:
         f"{prefix}.instances_per_s": metric(s.instances / seconds if seconds else 0, "instances/s"),
         f"{prefix}.mb_per_s": metric(s.nbytes / 1e6 / seconds if seconds else 0, "MB/s"),
         f"{prefix}.first_instance_p50_ms": metric(percentile(ms, 50), "ms", "lower"),
-        f"{prefix}.series_p50_ms": metric(percentile([x * 1e3 for x in s.seconds], 50), "ms",
-                                          "lower"),  # fmt: skip
+        f"{prefix}.series_p50_ms": metric(
+            percentile([x * 1e3 for x in s.seconds], 50), "ms", "lower"
+        ),
     }

@@ -1,0 +1,68 @@
+"""`pacs bench retrieve`: C-GET, C-MOVE (to the tool's own receiver) and WADO-RS of whole series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.bench.conftest import MOVE_DEST, Corpus, Peer, run_bench
+
+
+def _check_sane(result: dict, prefix: str, corpus: Corpus) -> None:
+    m = {k: v["value"] for k, v in result["metrics"].items()}
+    assert m[f"{prefix}.instances"] == corpus.manifest["instances"]
+    assert m[f"{prefix}.failures"] == 0
+    assert m[f"{prefix}.instances_per_s"] > 0 and m[f"{prefix}.mb_per_s"] > 0
+    assert 0 < m[f"{prefix}.first_instance_p50_ms"] <= m[f"{prefix}.series_p50_ms"]
+
+
+def test_retrieve_from_pacs(loaded_pacs: Peer, corpus: Corpus, tmp_path: Path) -> None:
+    assert loaded_pacs.http is not None
+    code, result = run_bench(
+        tmp_path,
+        "retrieve",
+        "--target",
+        loaded_pacs.target,
+        "--http",
+        loaded_pacs.http,
+        "--corpus",
+        str(corpus.root),
+        "--move-dest",
+        MOVE_DEST,
+        "--move-port",
+        str(loaded_pacs.move_port),
+    )
+    assert code == 0, result["details"]["failures"]
+    for prefix in ("get", "move", "wado"):
+        _check_sane(result, prefix, corpus)
+    # C-GET and WADO-RS count the bytes they received: at least the pixel data of every file
+    pixels = corpus.manifest["bytes"] * 0.9
+    assert result["metrics"]["get.mb_per_s"]["value"] > 0
+    assert result["details"]["series"] == corpus.manifest["series"]
+    assert pixels > 0
+
+
+def test_retrieve_from_dcmqrscp(loaded_dcmqrscp: Peer, corpus: Corpus, tmp_path: Path) -> None:
+    code, result = run_bench(
+        tmp_path,
+        "retrieve",
+        "--target",
+        loaded_dcmqrscp.target,
+        "--corpus",
+        str(corpus.root),
+        "--move-dest",
+        MOVE_DEST,
+        "--move-port",
+        str(loaded_dcmqrscp.move_port),
+    )
+    assert code == 0, result["details"]["failures"]
+    for prefix in ("get", "move"):
+        _check_sane(result, prefix, corpus)
+
+
+def test_retrieve_series_discovered_without_a_manifest(
+    loaded_pacs: Peer, corpus: Corpus, tmp_path: Path
+) -> None:
+    code, result = run_bench(tmp_path, "retrieve", "--target", loaded_pacs.target, "--series", "2")
+    assert code == 0, result["details"]["failures"]
+    assert result["details"]["series"] == 2
+    assert result["metrics"]["get.instances"]["value"] > 0
