@@ -14,7 +14,7 @@ from typing import Any
 from rich.filesize import decimal
 
 from engine.bench import report
-from engine.bench.target import Target
+from engine.bench.target import DEFAULT_CALLING_AE, Target
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -74,6 +74,9 @@ def add_parsers(subparsers: Any) -> None:
 
 def _target_args(s: argparse.ArgumentParser, http: bool = True) -> None:
     s.add_argument("--target", required=True, help="AET@HOST:PORT of the archive")
+    s.add_argument(
+        "--calling", default=DEFAULT_CALLING_AE, help="our AE title (default: %(default)s)"
+    )
     if http:
         s.add_argument("--http", help="its DICOMweb root URL, for QIDO-RS / WADO-RS")
     s.add_argument("--json", help="write the result here")
@@ -132,7 +135,7 @@ def _manifest(folder: str | None) -> dict[str, Any] | None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from engine.bench.ingest import ingest
 
-    target = Target.parse(args.target)
+    target = Target.parse(args.target, calling=args.calling)
     root = Path(args.dir)
     manifest = _manifest(args.dir) if (root / "manifest.json").is_file() else None
     with report.progress() as progress:
@@ -150,13 +153,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from engine.bench import dimse, query
 
-    target = Target.parse(args.target, args.http)
+    target = Target.parse(args.target, args.http, args.calling)
     manifest = _manifest(args.corpus)
     if manifest is not None:
         values = query.values_from_manifest(manifest)
     else:
         with dimse.Association.open(
-            target.host, target.port, "PACSBENCH", target.ae_title, query.find_contexts()
+            target.host, target.port, target.calling, target.ae_title, query.find_contexts()
         ) as assoc:
             values = query.discover(assoc)
     metrics: dict[str, Any] = {}
@@ -185,13 +188,13 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_retrieve(args: argparse.Namespace) -> int:
     from engine.bench import dimse, query, retrieve
 
-    target = Target.parse(args.target, args.http)
+    target = Target.parse(args.target, args.http, args.calling)
     manifest = _manifest(args.corpus)
     if manifest is not None:
         refs = retrieve.series_from_manifest(manifest)
     else:
         with dimse.Association.open(
-            target.host, target.port, "PACSBENCH", target.ae_title, query.find_contexts()
+            target.host, target.port, target.calling, target.ae_title, query.find_contexts()
         ) as assoc:
             refs = [retrieve.SeriesRef(v.study_uid, v.series_uid) for v in query.discover(assoc)]
     refs = refs[: args.series] if args.series else refs

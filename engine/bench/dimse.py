@@ -61,8 +61,11 @@ _US = struct.Struct("<H")
 _UL = struct.Struct("<I")
 
 
-class DimseError(Exception):
-    """The association could not be made, or the peer broke off or broke the protocol."""
+class DimseError(ConnectionError):
+    """The association could not be made, or the peer broke off or broke the protocol.
+
+    A ConnectionError (an OSError), so the ``pacs`` command reports it as a failed I/O.
+    """
 
 
 # -- command sets -----------------------------------------------------------------
@@ -300,7 +303,10 @@ class Association:
                 self._pdu_left = length
             elif kind == P.A_ABORT:
                 reader.skip(length)
-                raise DimseError("the peer aborted the association")
+                raise DimseError(
+                    "the peer aborted the association (does it accept our calling AE title? "
+                    "see --calling)"
+                )
             elif kind == P.A_RELEASE_RQ:
                 reader.skip(length)
                 raise DimseError("the peer asked to release the association mid-operation")

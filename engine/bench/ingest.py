@@ -39,7 +39,6 @@ from engine.bench.report import metric, percentile
 from engine.bench.target import Target
 
 STORESCU = "/usr/bin/storescu"
-CALLING_AE = "PACSBENCH"
 ARG_MAX_BYTES = 1 << 20  # file lists longer than this go to storescu as folders
 STORESCU_TIMEOUT_S = 24 * 3600.0
 # storescu proposes uncompressed syntaxes unless told which compressed one to add
@@ -124,7 +123,7 @@ def run_storescu(
                 str(config),
                 "-nh",
                 "-aet",
-                CALLING_AE,
+                target.calling,
                 "-aec",
                 target.ae_title,
                 *STORESCU_SYNTAX_OPTION.get(syntax, []),
@@ -245,7 +244,7 @@ def _send_group(
     cpu0 = time.thread_time()
     try:
         with dimse.Association.open(
-            target.host, target.port, CALLING_AE, target.ae_title, contexts
+            target.host, target.port, target.calling, target.ae_title, contexts
         ) as assoc:
             for path in group:
                 _store_one(assoc, path, tally)

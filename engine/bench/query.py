@@ -42,7 +42,6 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from engine.bench import dimse
-from engine.bench.ingest import CALLING_AE
 from engine.bench.report import metric, percentile
 from engine.bench.target import Target
 
@@ -249,7 +248,7 @@ def run_dimse(
     """Run the mix `repeat` times over one association."""
     timings = {kind: Timings() for kind in QUERY_TYPES}
     with dimse.Association.open(
-        target.host, target.port, CALLING_AE, target.ae_title, find_contexts()
+        target.host, target.port, target.calling, target.ae_title, find_contexts()
     ) as assoc:
         for query in _queries(values, repeat):
             ts = assoc.accepted[assoc.context_for(query.root)][1]

@@ -46,7 +46,6 @@ from pydicom.uid import (
 
 from engine.bench import dimse
 from engine.bench.corpus import MULTIFRAME_SOP_CLASS, SOP_CLASSES
-from engine.bench.ingest import CALLING_AE
 from engine.bench.query import STUDY_ROOT_FIND, SYNTAXES, encode_identifier
 from engine.bench.report import metric, percentile
 from engine.bench.target import Target
@@ -143,7 +142,7 @@ def run_get(target: Target, refs: list[SeriesRef], advance: Any = None) -> Sampl
     with dimse.Association.open(
         target.host,
         target.port,
-        CALLING_AE,
+        target.calling,
         target.ae_title,
         get_contexts(),
         scp_roles=storage_classes(),
@@ -273,7 +272,7 @@ def run_move(
     with dimse.Association.open(
         target.host,
         target.port,
-        CALLING_AE,
+        target.calling,
         target.ae_title,
         [(STUDY_ROOT_MOVE, SYNTAXES), (STUDY_ROOT_FIND, SYNTAXES)],
     ) as assoc:  # dcmqrscp wants FIND beside MOVE

@@ -28,7 +28,13 @@ def test_result_carries_the_documented_fields(tmp_path: Path) -> None:
     assert back == data
     assert back["schema"] == RESULT_SCHEMA and back["command"] == "pacs bench x"
     assert {"hostname", "cpus", "cpu_model", "platform"} <= set(back["machine"])
-    assert back["target"] == {"ae_title": "PACS", "host": "127.0.0.1", "port": 11112, "http": None}
+    assert back["target"] == {
+        "ae_title": "PACS",
+        "host": "127.0.0.1",
+        "port": 11112,
+        "http": None,
+        "calling_ae_title": "PACSBENCH",
+    }
 
 
 def test_a_file_of_another_schema_is_refused(tmp_path: Path) -> None:
