@@ -283,11 +283,7 @@ def _write_series(root: str, spec: CorpusSpec, series: SeriesPlan) -> list[dict[
     rng = np.random.default_rng(series.seed)
     folder = Path(root) / f"{series.study:04d}" / str(series.index)
     folder.mkdir(parents=True, exist_ok=True)
-    rows, columns = _size(spec, series.modality)
-    frames = spec.slices if spec.multiframe and series.modality in ("CT", "MR") else 1
-    syntax = SYNTAXES[spec.syntax]
-    native = syntax if spec.syntax in ("explicit", "implicit") else UID(ExplicitVRLittleEndian)
-    template = _Template(spec, series, rows, columns, native) if spec.small else None
+    template = _Template(spec, series, folder) if spec.small else None
     files = []
     for i in range(series.instances):
         sop_uid = fixed_uid(rng)
@@ -295,29 +291,13 @@ def _write_series(root: str, spec: CorpusSpec, series: SeriesPlan) -> list[dict[
         if template is not None:
             data = template.render(sop_uid, i)
         else:
-            ds = _dataset(series, i, sop_uid, rows, columns, frames, native)
-            arr = (
-                np.stack(
-                    [
-                        pixels(rng, series.modality, rows, columns, (i + f) / 10)
-                        for f in range(frames)
-                    ]
-                )
-                if frames > 1
-                else pixels(rng, series.modality, rows, columns, i / 10)
-            )
-            ds.PixelData = arr.tobytes()
-            if spec.syntax in ("rle", "jpeg2000"):
-                ds.compress(syntax, arr, generate_instance_uid=False)
-            data = encode(ds)
+            data = _instance(spec, series, i, sop_uid, rng, folder)
         path.write_bytes(data)
-        if spec.syntax in DCMTK_ENCODERS:
-            _dcmtk_encode(spec.syntax, path)
         files.append(
             {
                 "path": str(path.relative_to(root)),
                 "sop_instance_uid": sop_uid,
-                "bytes": path.stat().st_size,
+                "bytes": len(data),
                 "study": series.study,
                 "series": series.index,
             }
@@ -325,29 +305,57 @@ def _write_series(root: str, spec: CorpusSpec, series: SeriesPlan) -> list[dict[
     return files
 
 
-def _dcmtk_encode(syntax: str, path: Path) -> None:
+def _instance(
+    spec: CorpusSpec,
+    series: SeriesPlan,
+    index: int,
+    sop_uid: str,
+    rng: np.random.Generator,
+    folder: Path,
+) -> bytes:
+    """One instance as Part 10 bytes in the corpus's transfer syntax."""
+    rows, columns = _size(spec, series.modality)
+    frames = spec.slices if spec.multiframe and series.modality in ("CT", "MR") else 1
+    syntax = SYNTAXES[spec.syntax]
+    native = syntax if spec.syntax in ("explicit", "implicit") else UID(ExplicitVRLittleEndian)
+    ds = _dataset(series, index, sop_uid, rows, columns, frames, native)
+    planes = [pixels(rng, series.modality, rows, columns, (index + f) / 10) for f in range(frames)]
+    arr = np.stack(planes) if frames > 1 else planes[0]
+    ds.PixelData = arr.tobytes()
+    if spec.syntax in ("rle", "jpeg2000"):
+        ds.compress(syntax, arr, generate_instance_uid=False)
+    data = encode(ds)
+    return _dcmtk_encode(spec.syntax, data, folder) if spec.syntax in DCMTK_ENCODERS else data
+
+
+def _dcmtk_encode(syntax: str, data: bytes, folder: Path) -> bytes:
     tool = DCMTK_ENCODERS[syntax]
     if not Path(tool[0]).is_file():
         raise RuntimeError(f"{tool[0]} is missing: install DCMTK to write {syntax} corpora")
-    tmp = path.with_suffix(".tmp")
-    subprocess.run([*tool, str(path), str(tmp)], check=True, capture_output=True)
-    tmp.replace(path)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".encode") as tmp:
+        src, dst = Path(tmp) / "in.dcm", Path(tmp) / "out.dcm"
+        src.write_bytes(data)
+        subprocess.run([*tool, str(src), str(dst)], check=True, capture_output=True)
+        return dst.read_bytes()
 
 
 class _Template:
-    """One small instance encoded once; each render patches fixed-width fields in its bytes."""
+    """One small instance encoded once; each render patches fixed-width fields in its bytes.
 
-    def __init__(
-        self, spec: CorpusSpec, series: SeriesPlan, rows: int, columns: int, syntax: UID
-    ) -> None:
-        self.placeholder_uid = "2.25." + "9" * UID_DIGITS
-        ds = _dataset(series, 0, self.placeholder_uid, rows, columns, 1, syntax)
-        ds.InstanceNumber = 99999  # five digits wide, patched per instance
+    The template is made like any other instance (same syntax, same encoder),
+    with a placeholder SOP Instance UID of the same width as every real one
+    and InstanceNumber 99999, so patching never moves a byte.
+    """
+
+    PLACEHOLDER_UID = "2.25." + "9" * UID_DIGITS
+    PLACEHOLDER_INDEX = 99998  # InstanceNumber 99999: five digits, wide enough for any series
+
+    def __init__(self, spec: CorpusSpec, series: SeriesPlan, folder: Path) -> None:
         rng = np.random.default_rng(series.seed ^ 0x5A5A)
-        ds.PixelData = pixels(rng, series.modality, rows, columns, 0.0).tobytes()
-        self.data = encode(ds)
-        uid = self.placeholder_uid.encode()
-        self.uid_at = list(_find_all(self.data, uid))
+        self.data = _instance(
+            spec, series, self.PLACEHOLDER_INDEX, self.PLACEHOLDER_UID, rng, folder
+        )
+        self.uid_at = list(_find_all(self.data, self.PLACEHOLDER_UID.encode()))
         # (0020,0013) InstanceNumber, explicit or implicit VR: its value is the next "99999"
         self.number_at = self.data.index(b"99999", self.data.index(b"\x20\x00\x13\x00"))
         assert len(self.uid_at) == 2, "the SOP Instance UID appears in the meta and the data set"

@@ -109,11 +109,16 @@ def test_multiframe_holds_every_slice_in_one_instance(tmp_path: Path) -> None:
     assert int(ds.NumberOfFrames) == 5 and ds.pixel_array.shape == (5, 512, 512)
 
 
-def test_small_instances_are_patched_copies_with_their_own_uids(tmp_path: Path) -> None:
-    m = write_corpus(tmp_path, CorpusSpec(studies=3, slices=50, small=True, modality="MIXED"))
+@pytest.mark.parametrize("syntax", ["explicit", "implicit", "rle", "jpeg-ls"])
+def test_small_instances_are_patched_copies_with_their_own_uids(
+    tmp_path: Path, syntax: str
+) -> None:
+    spec = CorpusSpec(studies=3, slices=30, small=True, modality="MIXED", syntax=syntax)
+    m = write_corpus(tmp_path, spec)
     datasets = _read(tmp_path, m)
     assert [ds.SOPInstanceUID for ds in datasets] == [f["sop_instance_uid"] for f in m["files"]]
     assert all(ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID for ds in datasets)
+    assert all(ds.file_meta.TransferSyntaxUID == SYNTAXES[syntax] for ds in datasets)
     first = [ds for ds in datasets if ds.SeriesInstanceUID == datasets[0].SeriesInstanceUID]
     assert [int(ds.InstanceNumber) for ds in first] == list(range(1, len(first) + 1))
     assert all(ds.pixel_array.shape == (16, 16) for ds in datasets)

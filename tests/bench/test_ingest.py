@@ -7,6 +7,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from engine.bench.corpus import CorpusSpec, write_corpus
 from engine.bench.report import RESULT_SCHEMA
 from tests.bench.conftest import Corpus, Peer, run_bench
 from tests.net._support import free_port
@@ -113,3 +114,17 @@ def test_a_bad_target_is_a_usage_error(corpus: Corpus) -> None:
     from engine.cli import main
 
     assert main(["bench", "ingest", "--target", "127.0.0.1:11112", str(corpus.root)]) == 2
+
+
+@pytest.mark.parametrize("syntax", ["rle", "jpeg2000"])
+@pytest.mark.parametrize("sender", ["storescu", "internal"])
+def test_compressed_corpus_is_sent_as_it_is(
+    pacs: Peer, tmp_path: Path, syntax: str, sender: str
+) -> None:
+    root = tmp_path / "corpus"
+    manifest = write_corpus(root, CorpusSpec(seed=11, studies=1, slices=3, syntax=syntax), jobs=1)
+    code, result = run_bench(
+        tmp_path, "ingest", "--target", pacs.target, "--sender", sender, str(root)
+    )
+    assert code == 0, result["details"]["failures"]
+    _check_sane(result, Corpus(root, manifest), sender)
