@@ -28,6 +28,7 @@ and names are patched in place, so a million of them take minutes, not hours.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -407,10 +408,13 @@ def write_corpus(
         if old.is_dir() and old.name.isdigit():
             shutil.rmtree(old)
     files: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        futures = [pool.submit(_write_series, str(root), spec, s) for s in series]
-        for future in futures:
-            files.extend(future.result())
+    workers = jobs or os.cpu_count() or 1
+    # many one-instance series (a scale corpus): hand them out in chunks, not one IPC each
+    chunk = max(1, len(series) // (workers * 16))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        write = functools.partial(_write_series, str(root), spec)
+        for rows in pool.map(write, series, chunksize=chunk):
+            files.extend(rows)
             if progress is not None:
                 progress(len(files))
     manifest = _manifest(spec, series, files)

@@ -150,9 +150,19 @@ class Part10:
 _LONG_VRS = (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV")
 
 
-def read_part10(path: Path) -> Part10:
-    """Read a Part 10 file's meta header (PS3.10 7.1: explicit VR LE, group 0002)."""
-    data = path.read_bytes()
+META_READ_BYTES = 64 << 10  # the File Meta Information is a few hundred bytes
+
+
+def read_part10(path: Path, *, meta_only: bool = False) -> Part10:
+    """Read a Part 10 file and its meta header (PS3.10 7.1: explicit VR LE, group 0002).
+
+    With `meta_only`, only the file's head is read: enough for its UIDs and syntax.
+    """
+    if meta_only:
+        with open(path, "rb") as f:
+            data = f.read(META_READ_BYTES)
+    else:
+        data = path.read_bytes()
     if data[128:132] != b"DICM":
         raise DimseError(f"{path}: not a DICOM Part 10 file (no DICM prefix)")
     pos, meta = 132, {}
