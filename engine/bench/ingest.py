@@ -7,7 +7,8 @@ Two senders:
     ``TCP_NODELAY=1``. Each logs through a log4cplus pattern with
     microsecond timestamps; the latency of an instance is the time from its
     "Sending Store Request" line to its "Received Store Response" line.
-    The sender's CPU is each process's rusage (``os.wait4``).
+    The sender's CPU is each process's rusage (``os.wait4``) plus what this
+    process spent reading their logs.
 ``internal``
     N threads of :mod:`engine.bench.dimse` associations sending the file's
     bytes after its meta header as they are; latency is ``perf_counter``
@@ -314,7 +315,7 @@ def ingest(
         if manifest
         else sum(p.stat().st_size for p in files)
     )
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     if sender == "storescu":
         syntax = manifest["syntax"] if manifest else "explicit"
         tally = run_storescu(target, groups, syntax, advance)
@@ -324,6 +325,8 @@ def ingest(
     else:
         raise ValueError(f"unknown sender {sender!r}: auto, storescu or internal")
     seconds = time.perf_counter() - t0
+    if sender == "storescu":  # our own process only reads their logs: count it with them
+        tally.cpu_s += time.process_time() - cpu0
     return _figures(tally, seconds, nbytes, len(groups), sender, len(files))
 
 
