@@ -83,3 +83,15 @@ def test_target_with_http_root() -> None:
         4242,
         "http://localhost:8042/dicom-web",
     )
+
+
+def test_unreachable_target_and_missing_corpus_are_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.net._support import free_port
+
+    target = f"PACS@127.0.0.1:{free_port()}"
+    assert main(["bench", "query", "--target", target, "--repeat", "1"]) == 1
+    assert "refused" in capsys.readouterr().err.lower()
+    assert main(["bench", "retrieve", "--target", target, "--corpus", str(tmp_path)]) == 1
+    assert "pacs bench corpus" in capsys.readouterr().err
