@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +124,12 @@ class Query:
         if self.level in ("SERIES", "IMAGE"):
             return {}
         return {key: value for key, value in self.keys.items() if value}
+
+    def qido_query_string(self) -> str:
+        """``?key=value&...`` with ``*`` left as it is: RFC 3986 2.2 makes ``*`` reserved, so
+        ``%2A`` need not mean the wildcard (Orthanc's plugin matches it literally)."""
+        params = self.qido_params()
+        return "?" + urllib.parse.urlencode(params, safe="*") if params else ""
 
 
 def mix(values: StudyValues) -> list[Query]:
@@ -287,7 +294,7 @@ def run_qido(
                 continue
             t = timings[query.kind]
             c0, t0 = time.thread_time(), time.perf_counter()
-            rsp = client.get(path, params=query.qido_params())
+            rsp = client.get(path + query.qido_query_string())
             body = rsp.content
             t.wall_s.append(time.perf_counter() - t0)
             t.cpu_s.append(time.thread_time() - c0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.bench.query import QUERY_TYPES
+from engine.bench.query import QUERY_TYPES, StudyValues, mix
 from tests.bench.conftest import Corpus, Peer, run_bench
 
 REPEAT = "3"
@@ -79,3 +79,13 @@ def test_query_dcmqrscp(loaded_dcmqrscp: Peer, corpus: Corpus, tmp_path: Path) -
     )
     assert code == 0, result["details"]["failures"]
     _check_sane(_values(result), "find", QUERY_TYPES, corpus)
+
+
+def test_qido_wildcard_goes_out_as_a_literal_star() -> None:
+    # RFC 3986 2.2: "*" is reserved, and Orthanc's DICOMweb plugin matches "%2A" literally
+    values = StudyValues("1.2.3", "PID1", "Tanaka^Chloe", "20140301", "CT", "1.2.3.4")
+    (wildcard,) = [q for q in mix(values) if q.kind == "study_by_name_wildcard"]
+    assert wildcard.qido_query_string() == "?PatientName=Tan*"
+    (series,) = [q for q in mix(values) if q.kind == "instances_of_series"]
+    assert series.qido_path() == "/studies/1.2.3/series/1.2.3.4/instances"
+    assert series.qido_query_string() == ""
