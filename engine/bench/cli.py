@@ -89,7 +89,7 @@ def _finish(
     metrics: dict[str, Any],
     details: dict[str, Any],
 ) -> int:
-    data = report.result(mode, target.as_json(), metrics, details)
+    data = report.result(mode, target.as_json(), metrics, details, getattr(args, "argv", None))
     report.print_result(data)
     report.write_json(data, args.json)
     failures = sum(m["value"] for k, m in metrics.items() if k.endswith("failures"))

@@ -106,7 +106,7 @@ def result(
         "mode": mode,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "command": "pacs bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": "pacs " + shlex.join(sys.argv[1:] if argv is None else argv),
         "target": target,
         "metrics": metrics,
         "details": details,

@@ -17,6 +17,7 @@ def _check_sane(result: dict, corpus: Corpus, sender: str) -> None:
     m = {k: v["value"] for k, v in result["metrics"].items()}
     assert result["schema"] == RESULT_SCHEMA and result["mode"] == "ingest"
     assert result["details"]["sender"] == sender
+    assert result["command"].startswith("pacs bench ingest --target ")
     assert m["instances"] == corpus.manifest["instances"] and m["failures"] == 0
     assert 0 < m["latency_p50_ms"] <= m["latency_p99_ms"]
     assert m["instances_per_s"] > 0 and m["mb_per_s"] > 0

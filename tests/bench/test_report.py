@@ -17,7 +17,9 @@ def _result(rate: float, p99: float) -> dict:
         "instances_per_s": metric(rate, "instances/s"),
         "latency_p99_ms": metric(p99, "ms", "lower"),
     }
-    return result("ingest", Target.parse("PACS@127.0.0.1:11112").as_json(), metrics, {}, ["x"])
+    return result(
+        "ingest", Target.parse("PACS@127.0.0.1:11112").as_json(), metrics, {}, ["bench", "x"]
+    )
 
 
 def test_result_carries_the_documented_fields(tmp_path: Path) -> None:
