@@ -150,18 +150,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return _finish("ingest", args, target, metrics, details)
 
 
-def cmd_query(args: argparse.Namespace) -> int:
+def _discover(target: Target) -> list[Any]:
+    """Query values from the archive itself (a broad STUDY query, then SERIES queries)."""
     from engine.bench import dimse, query
+
+    with dimse.Association.open(target, query.find_contexts()) as assoc:
+        return query.discover(assoc)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from engine.bench import query
 
     target = Target.parse(args.target, args.http, args.calling)
     manifest = _manifest(args.corpus)
-    if manifest is not None:
-        values = query.values_from_manifest(manifest)
-    else:
-        with dimse.Association.open(
-            target.host, target.port, target.calling, target.ae_title, query.find_contexts()
-        ) as assoc:
-            values = query.discover(assoc)
+    values = query.values_from_manifest(manifest) if manifest else _discover(target)
     metrics: dict[str, Any] = {}
     failures: list[str] = []
     with report.progress() as progress:
@@ -186,17 +188,14 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
-    from engine.bench import dimse, query, retrieve
+    from engine.bench import retrieve
 
     target = Target.parse(args.target, args.http, args.calling)
     manifest = _manifest(args.corpus)
     if manifest is not None:
         refs = retrieve.series_from_manifest(manifest)
     else:
-        with dimse.Association.open(
-            target.host, target.port, target.calling, target.ae_title, query.find_contexts()
-        ) as assoc:
-            refs = [retrieve.SeriesRef(v.study_uid, v.series_uid) for v in query.discover(assoc)]
+        refs = [retrieve.SeriesRef(v.study_uid, v.series_uid) for v in _discover(target)]
     refs = refs[: args.series] if args.series else refs
     metrics: dict[str, Any] = {}
     failures: list[str] = []

@@ -81,21 +81,22 @@ PROJECTION_IMAGES_PER_SERIES = 2  # CR/DX series: a PA and a lateral view
 SMALL_PIXELS = 16
 UID_DIGITS = 39  # "2.25." + 39 digits: 44 characters, even, so every UID has the same width
 _SIZES = {"CT": (512, 512), "MR": (256, 256), "CR": (2048, 2048), "DX": (2560, 2048)}
-_SURNAMES = (
-    "Smith",
-    "Garcia",
-    "Muller",
-    "Rossi",
-    "Tanaka",
-    "Nowak",
-    "Dubois",
-    "Silva",
-    "Kim",
-    "Olsen",
-    "Ahmed",
+# names for the generated patients: varied, so that PatientName wildcards select a few
+_SURNAMES = [
+    "Abe",
     "Berg",
-)
-_GIVEN = ("Anna", "Ben", "Chloe", "David", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas")
+    "Costa",
+    "Diallo",
+    "Eriksen",
+    "Fischer",
+    "Gomez",
+    "Haddad",
+    "Ivanova",
+    "Jensen",
+    "Khan",
+    "Lopez",
+]
+_GIVEN = ["Amir", "Bea", "Carla", "Dmitri", "Emma", "Femi", "Goran", "Hana", "Ivo", "Julia"]
 _BODY_PARTS = {
     "CT": ("HEAD", "CHEST", "ABDOMEN", "PELVIS"),
     "MR": ("BRAIN", "KNEE", "SPINE"),

@@ -37,6 +37,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
+from engine.bench.target import Target
 from engine.net import pdu as P
 from engine.net.pdu import PDUReader, PeerClosed
 from engine.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -221,10 +222,7 @@ class Association:
     @classmethod
     def open(
         cls,
-        host: str,
-        port: int,
-        calling: str,
-        called: str,
+        target: Target,
         contexts: Sequence[tuple[str, Sequence[str]]],
         *,
         scp_roles: Sequence[str] = (),
@@ -236,11 +234,11 @@ class Association:
         """
         if len(contexts) > 128:
             raise DimseError(f"{len(contexts)} presentation contexts; PS3.8 allows 128")
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        sock = socket.create_connection((target.host, target.port), timeout=CONNECT_TIMEOUT_S)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(NETWORK_TIMEOUT_S)
         try:
-            sock.sendall(_associate_rq(calling, called, contexts, scp_roles))
+            sock.sendall(_associate_rq(target.calling, target.ae_title, contexts, scp_roles))
             return cls._accepted(sock, contexts)
         except BaseException:
             sock.close()

@@ -53,14 +53,19 @@ STORESCU_SYNTAX_OPTION = {
     "jpeg2000": ["-xv"],
     "jpeg-baseline": ["-xy"],
 }
-_LOG_CONFIG = """\
+DCMTK_LOG_CONFIG = """\
 log4cplus.rootLogger = INFO, console
 log4cplus.appender.console = log4cplus::ConsoleAppender
 log4cplus.appender.console.layout = log4cplus::PatternLayout
 log4cplus.appender.console.layout.ConversionPattern = %D{%s.%Q} %p: %m%n
 """
 # "1795893215.174.267 INFO: Sending Store Request (MsgID 1, CT)": seconds.milli.micro
-_LINE = re.compile(r"^(\d+)\.(\d{3})\.(\d{3}) (\w+): (.*)$")
+DCMTK_LOG_LINE = re.compile(r"^(\d+)\.(\d{3})\.(\d{3}) (\w+): (.*)$")
+
+
+def log_time(m: re.Match[str]) -> float:
+    """Epoch seconds of a DCMTK_LOG_LINE match."""
+    return int(m[1]) + int(m[2]) / 1e3 + int(m[3]) / 1e6
 
 
 @dataclass(slots=True)
@@ -117,7 +122,7 @@ def run_storescu(
     env = dict(os.environ, TCP_NODELAY="1")  # Debian's DCMTK waits 40 ms per message without it
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
         config = Path(tmp) / "log.cfg"
-        config.write_text(_LOG_CONFIG)
+        config.write_text(DCMTK_LOG_CONFIG)
         procs = []
         for group in groups:
             cmd = [
@@ -171,10 +176,10 @@ def _follow(proc: subprocess.Popen[str], expected: int, advance: Callable[[int],
     tail: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
-        m = _LINE.match(line)
+        m = DCMTK_LOG_LINE.match(line)
         if not m:
             continue
-        at = int(m[1]) + int(m[2]) / 1e3 + int(m[3]) / 1e6
+        at = log_time(m)
         level, text = m[4], m[5]
         if text.startswith("Sending Store Request"):
             sent_at = at
@@ -246,9 +251,7 @@ def _send_group(
     tally = Tally(sent=len(group))
     cpu0 = time.thread_time()
     try:
-        with dimse.Association.open(
-            target.host, target.port, target.calling, target.ae_title, contexts
-        ) as assoc:
+        with dimse.Association.open(target, contexts) as assoc:
             for path in group:
                 _store_one(assoc, path, tally)
                 advance(1)

@@ -254,9 +254,7 @@ def run_dimse(
 ) -> dict[str, Timings]:
     """Run the mix `repeat` times over one association."""
     timings = {kind: Timings() for kind in QUERY_TYPES}
-    with dimse.Association.open(
-        target.host, target.port, target.calling, target.ae_title, find_contexts()
-    ) as assoc:
+    with dimse.Association.open(target, find_contexts()) as assoc:
         for query in _queries(values, repeat):
             ts = assoc.accepted[assoc.context_for(query.root)][1]
             identifier = encode_identifier(query.identifier(), ts)

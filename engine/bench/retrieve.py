@@ -35,17 +35,11 @@ from typing import Any
 
 import httpx
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGLSLossless,
-    RLELossless,
-)
 
 from engine.bench import dimse
 from engine.bench.corpus import MULTIFRAME_SOP_CLASS, SOP_CLASSES
+from engine.bench.corpus import SYNTAXES as CORPUS_SYNTAXES
+from engine.bench.ingest import DCMTK_LOG_CONFIG, DCMTK_LOG_LINE, log_time
 from engine.bench.query import STUDY_ROOT_FIND, SYNTAXES, encode_identifier
 from engine.bench.report import metric, percentile
 from engine.bench.target import Target
@@ -56,24 +50,7 @@ STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STORESCP = "/usr/bin/storescp"
 RECEIVER_START_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 600.0
-_STORAGE_SYNTAXES = [
-    str(u)
-    for u in (
-        ExplicitVRLittleEndian,
-        ImplicitVRLittleEndian,
-        RLELossless,
-        JPEGLSLossless,
-        JPEG2000Lossless,
-        JPEGBaseline8Bit,
-    )
-]
-_LOG_CONFIG = """\
-log4cplus.rootLogger = INFO, console
-log4cplus.appender.console = log4cplus::ConsoleAppender
-log4cplus.appender.console.layout = log4cplus::PatternLayout
-log4cplus.appender.console.layout.ConversionPattern = %D{%s.%Q} %p: %m%n
-"""
-_RECEIVED = re.compile(r"^(\d+)\.(\d{3})\.(\d{3}) \w+: Received Store Request")
+_STORAGE_SYNTAXES = [str(uid) for uid in CORPUS_SYNTAXES.values()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +117,7 @@ def get_contexts() -> list[tuple[str, list[str]]]:
 def run_get(target: Target, refs: list[SeriesRef], advance: Any = None) -> Samples:
     samples = Samples()
     with dimse.Association.open(
-        target.host,
-        target.port,
-        target.calling,
-        target.ae_title,
+        target,
         get_contexts(),
         scp_roles=storage_classes(),
     ) as assoc:
@@ -206,7 +180,7 @@ class Receiver:
             )
         self._tmp = tempfile.TemporaryDirectory(prefix="pacs-bench-recv-")
         config = Path(self._tmp.name) / "log.cfg"
-        config.write_text(_LOG_CONFIG)
+        config.write_text(DCMTK_LOG_CONFIG)
         env = dict(os.environ, TCP_NODELAY="1")
         self.proc = subprocess.Popen(
             [STORESCP, "-lc", str(config), "--ignore", "+xa", "-aet", ae_title, str(port)],
@@ -242,10 +216,10 @@ class Receiver:
     def _follow(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            m = _RECEIVED.match(line)
-            if m:
+            m = DCMTK_LOG_LINE.match(line)
+            if m and m[5].startswith("Received Store Request"):
                 with self._lock:
-                    self.arrivals.append(int(m[1]) + int(m[2]) / 1e3 + int(m[3]) / 1e6)
+                    self.arrivals.append(log_time(m))
 
     def since(self, t0: float) -> list[float]:
         """Arrival times (epoch seconds) at or after `t0`."""
@@ -270,10 +244,7 @@ def run_move(
 ) -> Samples:
     samples = Samples()
     with dimse.Association.open(
-        target.host,
-        target.port,
-        target.calling,
-        target.ae_title,
+        target,
         [(STUDY_ROOT_MOVE, SYNTAXES), (STUDY_ROOT_FIND, SYNTAXES)],
     ) as assoc:  # dcmqrscp wants FIND beside MOVE
         cid = assoc.context_for(STUDY_ROOT_MOVE)

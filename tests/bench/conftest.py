@@ -21,6 +21,7 @@ import pytest
 
 from engine.bench import dimse
 from engine.bench.corpus import CorpusSpec, write_corpus
+from engine.bench.target import Target
 from engine.cli import main
 from tests.net._support import Server, dcmtk, dcmtk_env, free_port
 
@@ -82,7 +83,8 @@ def _answers(port: int, called: str) -> bool:
     """An association with `called` on `port` can be made (Verification proposed)."""
     try:
         assoc = dimse.Association.open(
-            "127.0.0.1", port, "BENCHTEST", called, [(VERIFICATION, [EXPLICIT_VR_LE])]
+            Target(called, "127.0.0.1", port, calling="BENCHTEST"),
+            [(VERIFICATION, [EXPLICIT_VR_LE])],
         )
     except (OSError, dimse.DimseError):
         return False
