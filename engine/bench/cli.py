@@ -49,17 +49,20 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("dir")
     s.add_argument("--associations", type=int, default=4)
     s.add_argument("--sender", default="auto", choices=["auto", "storescu", "internal"])
+    _span_arg(s)
     s.set_defaults(fn=cmd_ingest)
 
     s = sub.add_parser("query", help="a fixed mix of C-FIND (and QIDO-RS) queries")
     _target_args(s)
     s.add_argument("--repeat", type=int, default=20, help="times the whole mix runs")
     s.add_argument("--corpus", help="corpus folder whose manifest gives the query values")
+    _span_arg(s)
     s.set_defaults(fn=cmd_query)
 
     s = sub.add_parser("retrieve", help="C-GET, C-MOVE and WADO-RS of whole series")
     _target_args(s)
     s.add_argument("--corpus", help="corpus folder whose manifest lists the series")
+    _span_arg(s)
     s.add_argument("--series", type=int, help="retrieve at most this many series")
     s.add_argument("--move-dest", help="AE title the target knows at --move-port (C-MOVE)")
     s.add_argument("--move-port", type=int, default=11113, help="port of the local receiver")
@@ -70,6 +73,15 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("a")
     s.add_argument("b")
     s.set_defaults(fn=cmd_compare)
+
+
+def _span_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--files",
+        metavar="START:END",
+        help="only the manifest's files START to END-1, and the studies whole in them "
+        "(scale runs: ingest 0:10000, query, ingest 10000:100000, query with 0:100000...)",
+    )
 
 
 def _target_args(s: argparse.ArgumentParser, http: bool = True) -> None:
@@ -126,10 +138,15 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _manifest(folder: str | None) -> dict[str, Any] | None:
-    from engine.bench.corpus import load_manifest
+def _manifest(folder: str | None, span: str | None = None) -> dict[str, Any] | None:
+    from engine.bench.corpus import load_manifest, parse_span, subset
 
-    return load_manifest(Path(folder)) if folder else None
+    if not folder:
+        if span:
+            raise ValueError("--files needs the corpus's manifest: give --corpus DIR")
+        return None
+    manifest = load_manifest(Path(folder))
+    return subset(manifest, *parse_span(span)) if span else manifest
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -137,7 +154,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     target = Target.parse(args.target, calling=args.calling)
     root = Path(args.dir)
-    manifest = _manifest(args.dir) if (root / "manifest.json").is_file() else None
+    has_manifest = (root / "manifest.json").is_file()
+    manifest = _manifest(args.dir, args.files) if has_manifest or args.files else None
     with report.progress() as progress:
         metrics, details = ingest(
             target,
@@ -162,7 +180,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     from engine.bench import query
 
     target = Target.parse(args.target, args.http, args.calling)
-    manifest = _manifest(args.corpus)
+    manifest = _manifest(args.corpus, args.files)
+    if manifest is not None and not manifest["study_list"]:
+        raise ValueError(f"no study lies whole in --files {args.files}: widen the span")
     values = query.values_from_manifest(manifest) if manifest else _discover(target)
     metrics: dict[str, Any] = {}
     failures: list[str] = []
@@ -191,7 +211,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     from engine.bench import retrieve
 
     target = Target.parse(args.target, args.http, args.calling)
-    manifest = _manifest(args.corpus)
+    manifest = _manifest(args.corpus, args.files)
     if manifest is not None:
         refs = retrieve.series_from_manifest(manifest)
     else:

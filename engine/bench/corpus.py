@@ -7,7 +7,7 @@ UIDs) and ``DIR/manifest.json`` (schema :data:`MANIFEST_SCHEMA`)::
      "syntax": "explicit", "transfer_syntax_uid": "1.2.840.10008.1.2.1",
      "small": false, "multiframe": false,
      "instances": 400, "bytes": 210000000, "studies": 2, "series": 2, "patients": 2,
-     "study_list": [{"StudyInstanceUID": ..., "PatientID": ..., "PatientName": ...,
+     "study_list": [{"index": 0, "StudyInstanceUID": ..., "PatientID": ..., "PatientName": ...,
                      "StudyDate": ..., "AccessionNumber": ..., "StudyDescription": ...,
                      "ModalitiesInStudy": ["CT"],
                      "series": [{"SeriesInstanceUID": ..., "Modality": "CT",
@@ -442,7 +442,7 @@ def _manifest(
                     "StudyDescription",
                 )
             }
-            | {"ModalitiesInStudy": [], "series": []},
+            | {"index": s.study, "ModalitiesInStudy": [], "series": []},
         )
         if s.modality not in study["ModalitiesInStudy"]:
             study["ModalitiesInStudy"].append(s.modality)
@@ -491,3 +491,44 @@ def load_manifest(root: Path) -> dict[str, Any]:
     if manifest.get("schema") != MANIFEST_SCHEMA:
         raise ValueError(f"{path}: not a {MANIFEST_SCHEMA} manifest")
     return manifest
+
+
+def parse_span(text: str) -> tuple[int, int | None]:
+    """``START:END`` (either side may be empty) as a slice of the manifest's files."""
+    start, colon, end = text.partition(":")
+    if (
+        not colon
+        or not (start or end)
+        or not (start or "0").isdigit()
+        or not (end or "0").isdigit()
+    ):
+        raise ValueError(f"bad span {text!r}: write START:END, e.g. 0:10000 or 10000:")
+    return int(start or 0), int(end) if end else None
+
+
+def subset(manifest: dict[str, Any], start: int, end: int | None) -> dict[str, Any]:
+    """The manifest of files[start:end]: for scale runs that ingest a corpus in steps.
+
+    Its study list keeps only the studies whose every file lies in the span,
+    so that queries built from it ask for what the archive holds in full.
+    """
+    files = manifest["files"][start:end]
+    inside: dict[int, int] = {}
+    for f in files:
+        inside[f["study"]] = inside.get(f["study"], 0) + 1
+    studies = [
+        st
+        for st in manifest["study_list"]
+        if inside.get(st["index"], 0) == sum(se["instances"] for se in st["series"])
+    ]
+    touched = [st for st in manifest["study_list"] if st["index"] in inside]
+    return manifest | {
+        "files": files,
+        "instances": len(files),
+        "bytes": sum(f["bytes"] for f in files),
+        "studies": len(touched),
+        "series": len({(f["study"], f["series"]) for f in files}),
+        "patients": len({st["PatientID"] for st in touched}),
+        "study_list": studies,
+        "span": [start, end],
+    }

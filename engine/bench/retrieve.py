@@ -86,9 +86,12 @@ def series_from_manifest(manifest: dict[str, Any]) -> list[SeriesRef]:
         sizes[key] = sizes.get(key, 0) + f["bytes"]
     return [
         SeriesRef(
-            st["StudyInstanceUID"], se["SeriesInstanceUID"], se["instances"], sizes.get((i, k), 0)
+            st["StudyInstanceUID"],
+            se["SeriesInstanceUID"],
+            se["instances"],
+            sizes.get((st["index"], k), 0),
         )
-        for i, st in enumerate(manifest["study_list"])
+        for st in manifest["study_list"]
         for k, se in enumerate(st["series"])
     ]
 

@@ -10,7 +10,14 @@ import pydicom
 import pytest
 import zstandard
 
-from engine.bench.corpus import SYNTAXES, CorpusSpec, load_manifest, write_corpus
+from engine.bench.corpus import (
+    SYNTAXES,
+    CorpusSpec,
+    load_manifest,
+    parse_span,
+    subset,
+    write_corpus,
+)
 from engine.cli import main
 from tests.bench.conftest import Corpus
 
@@ -131,3 +138,19 @@ def test_cli_writes_the_corpus_and_refuses_nonsense(tmp_path: Path) -> None:
     )
     assert load_manifest(tmp_path / "c")["instances"] == 2
     assert main(["bench", "corpus", str(tmp_path / "d"), "--studies", "0"]) == 2
+
+
+def test_a_span_of_files_keeps_only_the_studies_whole_in_it(corpus: Corpus) -> None:
+    m = corpus.manifest
+    first = m["study_list"][0]
+    size = sum(se["instances"] for se in first["series"])
+    part = subset(m, *parse_span(f":{size + 1}"))
+    assert part["instances"] == size + 1 == len(part["files"])
+    assert part["studies"] == 2  # the first whole, the second begun
+    assert [st["StudyInstanceUID"] for st in part["study_list"]] == [first["StudyInstanceUID"]]
+    assert subset(m, *parse_span("0:"))["study_list"] == m["study_list"]
+    rest = subset(m, *parse_span(f"{size}:"))
+    assert first not in rest["study_list"] and len(rest["study_list"]) == len(m["study_list"]) - 1
+    for bad in ("5", ":", "a:b", "-1:3"):
+        with pytest.raises(ValueError, match="START:END"):
+            parse_span(bad)

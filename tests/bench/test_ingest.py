@@ -150,3 +150,11 @@ def test_a_folder_without_manifest_is_sent_file_by_file(
     )
     assert code == 0, result["details"]["failures"]
     assert result["metrics"]["instances"]["value"] == 5
+
+
+def test_a_span_of_the_corpus_is_sent_alone(storescp: Peer, corpus: Corpus, tmp_path: Path) -> None:
+    code, result = run_bench(
+        tmp_path, "ingest", "--target", storescp.target, "--files", "2:7", str(corpus.root)
+    )
+    assert code == 0, result["details"]["failures"]
+    assert result["metrics"]["instances"]["value"] == 5

@@ -89,3 +89,18 @@ def test_qido_wildcard_goes_out_as_a_literal_star() -> None:
     (series,) = [q for q in mix(values) if q.kind == "instances_of_series"]
     assert series.qido_path() == "/studies/1.2.3/series/1.2.3.4/instances"
     assert series.qido_query_string() == ""
+
+
+def test_query_values_from_a_span_come_from_whole_studies(
+    loaded_pacs: Peer, corpus: Corpus, tmp_path: Path
+) -> None:
+    first = corpus.manifest["study_list"][0]
+    size = sum(se["instances"] for se in first["series"])
+    code, result = run_bench(
+        tmp_path, "query", "--target", loaded_pacs.target, "--repeat", "2",
+        "--corpus", str(corpus.root), "--files", f"0:{size}",
+    )  # fmt: skip
+    assert code == 0, result["details"]["failures"]
+    assert result["details"]["studies_used"] == 1
+    m = _values(result)
+    assert m["find.instances_of_series.matches"] == first["series"][0]["instances"]
