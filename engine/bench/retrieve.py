@@ -360,6 +360,7 @@ def figures(prefix: str, s: Samples) -> dict[str, dict[str, Any]]:
     ms = [x * 1e3 for x in s.first_s]
     return {
         f"{prefix}.instances": metric(s.instances, "instances"),
+        f"{prefix}.megabytes": metric(s.nbytes / 1e6, "MB"),
         f"{prefix}.failures": metric(len(s.failures), "series", "lower"),
         f"{prefix}.instances_per_s": metric(s.instances / seconds if seconds else 0, "instances/s"),
         f"{prefix}.mb_per_s": metric(s.nbytes / 1e6 / seconds if seconds else 0, "MB/s"),

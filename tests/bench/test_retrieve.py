@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.bench.conftest import MOVE_DEST, Corpus, Peer, run_bench
 
 
@@ -34,11 +36,14 @@ def test_retrieve_from_pacs(loaded_pacs: Peer, corpus: Corpus, tmp_path: Path) -
     assert code == 0, result["details"]["failures"]
     for prefix in ("get", "move", "wado"):
         _check_sane(result, prefix, corpus)
-    # C-GET and WADO-RS count the bytes they received: at least the pixel data of every file
-    pixels = corpus.manifest["bytes"] * 0.9
-    assert result["metrics"]["get.mb_per_s"]["value"] > 0
+    # C-GET counts data sets (the files less their meta headers), WADO-RS whole bodies (the
+    # files plus part headers), C-MOVE the manifest's sizes
+    corpus_mb = corpus.manifest["bytes"] / 1e6
+    mb = {p: result["metrics"][f"{p}.megabytes"]["value"] for p in ("get", "move", "wado")}
+    assert 0.95 * corpus_mb < mb["get"] < corpus_mb
+    assert corpus_mb < mb["wado"] < 1.05 * corpus_mb
+    assert mb["move"] == pytest.approx(corpus_mb, rel=1e-6)
     assert result["details"]["series"] == corpus.manifest["series"]
-    assert pixels > 0
 
 
 def test_retrieve_from_dcmqrscp(loaded_dcmqrscp: Peer, corpus: Corpus, tmp_path: Path) -> None:
