@@ -128,7 +128,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
             Path(args.dir),
             spec,
             jobs=args.jobs,
-            progress=lambda n: progress.update(task, completed=n),
+            progress=lambda n, total: progress.update(task, completed=n, total=total),
         )
     report.out.print(
         f"wrote {m['instances']:,} instances ({decimal(m['bytes'])}): {m['patients']} patients, "

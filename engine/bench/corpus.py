@@ -395,7 +395,7 @@ def write_corpus(
     jobs
         Processes that write series in parallel (default: the number of cores).
     progress
-        Called with the instances written so far after each series.
+        Called with (instances written so far, instances in all) after each series.
     """
     if spec.modality not in MODALITIES:
         raise ValueError(f"unknown modality {spec.modality!r}: choose one of {MODALITIES}")
@@ -412,12 +412,13 @@ def write_corpus(
     workers = jobs or os.cpu_count() or 1
     # many one-instance series (a scale corpus): hand them out in chunks, not one IPC each
     chunk = max(1, len(series) // (workers * 16))
+    total = sum(s.instances for s in series)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         write = functools.partial(_write_series, str(root), spec)
         for rows in pool.map(write, series, chunksize=chunk):
             files.extend(rows)
             if progress is not None:
-                progress(len(files))
+                progress(len(files), total)
     manifest = _manifest(spec, series, files)
     _write_atomic(root / "manifest.json", orjson.dumps(manifest))
     return manifest
