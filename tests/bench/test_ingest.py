@@ -21,6 +21,7 @@ def _check_sane(result: dict, corpus: Corpus, sender: str) -> None:
     assert m["instances"] == corpus.manifest["instances"] and m["failures"] == 0
     assert 0 < m["latency_p50_ms"] <= m["latency_p99_ms"]
     assert m["instances_per_s"] > 0 and m["mb_per_s"] > 0
+    assert 0 < m["seconds"] <= result["details"]["wall_s_with_sender_startup"]
     # the sender's claim not to be the bottleneck must be backed by its own figures
     assert 0 < m["sender_cpu_ms_per_instance"] < m["wall_ms_per_instance_per_association"]
     assert 0 < m["sender_cores_used"] < 2
