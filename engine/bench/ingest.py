@@ -185,6 +185,9 @@ def _follow(proc: subprocess.Popen[str], expected: int, advance: Callable[[int],
     tail: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
+        # most lines ("Sending file", "Converting transfer syntax") matter not: skip them cheaply
+        if "Store " not in line and "ERROR" not in line and "FATAL" not in line:
+            continue
         m = DCMTK_LOG_LINE.match(line)
         if not m:
             continue
