@@ -39,8 +39,9 @@ from starlette.routing import Route
 from engine.archive import Archive
 from engine.errors import NotFoundError, UnsupportedTransferSyntaxError
 from engine.web.context import WebContext, instance_url, path_uid
-from engine.web.dicomjson import dataset_to_json, resolve_bulk
+from engine.web.dicomjson import resolve_bulk
 from engine.web.errors import BadRequestError, NotAcceptableError
+from engine.web.metajson import metadata_to_json
 from engine.web.multipart import MediaRange, multipart_body, new_boundary, parse_accept
 
 DICOM = "application/dicom"
@@ -165,29 +166,21 @@ def _target(request: Request) -> tuple[str, str | None, str | None]:
 # -- metadata -----------------------------------------------------------------------
 
 
-def _metadata_json(archive: Archive, attrs: dict[str, Any], base: str) -> dict[str, Any]:
+def _metadata_json(archive: Archive, attrs: dict[str, Any], base: str) -> bytes:
     sop = str(attrs["SOPInstanceUID"])
     data, has_pixel = archive.read_metadata(sop)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     url = instance_url(base, str(attrs["StudyInstanceUID"]), str(attrs["SeriesInstanceUID"]), sop)
 
     def uri_for(path: list[str]) -> str:
         return f"{url}/bulkdata/{'/'.join(path)}"
 
-    pixel_vr = None
-    if has_pixel:
-        ts = UID(str(attrs.get("TransferSyntaxUID", "")))
-        bits = ds.get("BitsAllocated", 16)
-        pixel_vr = "OB" if ts.is_compressed or (isinstance(bits, int) and bits <= 8) else "OW"
-    return dataset_to_json(ds, uri_for, pixel_vr=pixel_vr)
+    return orjson.dumps(metadata_to_json(data, has_pixel, uri_for))
 
 
 def _metadata_body(archive: Archive, found: list[dict[str, Any]], base: str) -> Iterator[bytes]:
     yield b"["
     for i, attrs in enumerate(found):
-        doc = orjson.dumps(_metadata_json(archive, attrs, base))
+        doc = _metadata_json(archive, attrs, base)
         yield doc if i == 0 else b"," + doc
     yield b"]"
 
