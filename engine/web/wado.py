@@ -177,12 +177,14 @@ def _metadata_json(archive: Archive, attrs: dict[str, Any], base: str) -> bytes:
     return orjson.dumps(metadata_to_json(data, has_pixel, uri_for))
 
 
+METADATA_CHUNK = 32  # instances per chunk of a streamed metadata body: one thread hop each
+
+
 def _metadata_body(archive: Archive, found: list[dict[str, Any]], base: str) -> Iterator[bytes]:
-    yield b"["
-    for i, attrs in enumerate(found):
-        doc = _metadata_json(archive, attrs, base)
-        yield doc if i == 0 else b"," + doc
-    yield b"]"
+    for start in range(0, len(found), METADATA_CHUNK):
+        docs = [_metadata_json(archive, a, base) for a in found[start : start + METADATA_CHUNK]]
+        yield (b"[" if start == 0 else b",") + b",".join(docs)
+    yield b"]" if found else b"[]"
 
 
 async def metadata(request: Request) -> Response:
