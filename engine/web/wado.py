@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from engine.archive import Archive
 from engine.errors import NotFoundError, UnsupportedTransferSyntaxError
+from engine.frames import FrameSource
 from engine.web.context import WebContext, instance_url, path_uid
 from engine.web.dicomjson import resolve_bulk
 from engine.web.errors import BadRequestError, NotAcceptableError
@@ -277,24 +278,40 @@ def _frame_parts(archive: Archive, source: Any, numbers: list[int], media: str,
         yield ct, source.read(n), None
 
 
+FRAMES_IN_ONE_HOP = 8  # up to this many frames: read and framed in one thread call, not streamed
+
+
+def _open_frames(archive: Archive, study: str, series: str | None, sop: str,
+                 numbers: list[int]) -> FrameSource:  # fmt: skip
+    resolve(archive, study, series, sop)
+    source = archive.frames(sop)
+    for n in numbers:
+        if n > source.count:
+            raise NotFoundError(f"instance {sop} has {source.count} frame(s), not frame {n}")
+    return source
+
+
 async def frames(request: Request) -> Response:
-    """The listed frames of one instance (10.4.1.1.3), one positioned read each where possible."""
+    """The listed frames of one instance (10.4.1.1.3), one positioned read each where possible.
+
+    A viewer asks for one frame per request, a thousand times per series:
+    a few frames are read and framed in one hop to the thread pool; a longer
+    list is streamed, one frame in memory at a time.
+    """
     ctx: WebContext = request.app.state.ctx
     study, series, sop = _target(request)
     assert sop is not None  # the route has {instance}
     numbers = parse_frame_list(str(request.path_params["frames"]))
-    await ctx.call(resolve, ctx.archive, study, series, sop)
-    source = await ctx.call(ctx.archive.frames, sop)
-    for n in numbers:
-        if n > source.count:
-            raise NotFoundError(f"instance {sop} has {source.count} frame(s), not frame {n}")
+    source = await ctx.call(_open_frames, ctx.archive, study, series, sop, numbers)
     media, decode = frame_representation(parse_accept(request.headers.get("accept")),
                                          source.transfer_syntax, source.encapsulated)  # fmt: skip
     boundary = new_boundary()
-    body = multipart_body(_frame_parts(ctx.archive, source, numbers, media, decode), boundary)
-    return StreamingResponse(
-        body, media_type=f'multipart/related; type="{media}"; boundary={boundary}'
-    )
+    media_type = f'multipart/related; type="{media}"; boundary={boundary}'
+    parts = _frame_parts(ctx.archive, source, numbers, media, decode)
+    if len(numbers) <= FRAMES_IN_ONE_HOP:
+        body = await ctx.call(lambda: b"".join(multipart_body(parts, boundary)))
+        return Response(body, media_type=media_type)
+    return StreamingResponse(multipart_body(parts, boundary), media_type=media_type)
 
 
 # -- bulk data ----------------------------------------------------------------------
