@@ -20,7 +20,9 @@ What it does, element by element (PS3.18 F.2.2-F.2.7):
   numeric VRs numbers, AT hex text, PN an object of component groups;
 - binary values longer than :data:`BULK_INLINE_MAX` bytes become a
   ``BulkDataURI`` (the path of tags and item indices after ``bulkdata/``),
-  shorter ones ``InlineBinary``; Pixel Data is never read, only announced.
+  shorter ones ``InlineBinary``; Pixel Data is never read, only announced
+  (encapsulated Pixel Data, which only a deflated instance keeps in its
+  metadata part, is always a ``BulkDataURI``).
 
 Standard-allowed differences from pydicom's ``Dataset.to_json_dict`` (the
 reference of the differential test): group lengths are left out (F.2.1
