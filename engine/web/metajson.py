@@ -39,6 +39,7 @@ import base64
 import functools
 import math
 import struct
+import warnings
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -91,7 +92,9 @@ def metadata_to_json(data: bytes, has_pixel: bool, uri_for: UriFor | None) -> di
         body, start = zlib.decompress(data[start:], -zlib.MAX_WBITS), 0
     walk = _Walk(body, ts != _IMPLICIT_LE, ts != _EXPLICIT_BE, uri_for)
     try:
-        out, _ = walk.dataset(start, len(body), [], ["ISO_IR 6"], {})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns of odd charsets; it falls back itself
+            out, _ = walk.dataset(start, len(body), [], ["ISO_IR 6"], {})
     except struct.error as exc:  # an element header cut short: ingest should have refused it
         raise MalformedDicomError(len(body), f"metadata part ends in an element: {exc}") from exc
     if has_pixel and uri_for is not None and PIXEL_DATA not in out:
@@ -121,7 +124,10 @@ def _file_meta(data: bytes) -> tuple[str, int]:
 
 @functools.lru_cache(maxsize=64)
 def _python_encodings(charset: tuple[str, ...]) -> list[str]:
-    return list(convert_encodings(list(charset)))
+    try:
+        return list(convert_encodings(list(charset)))
+    except (ValueError, LookupError):  # a term codecs cannot even look up: the default repertoire
+        return list(convert_encodings(["ISO_IR 6"]))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pydicom.data
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -224,3 +225,32 @@ def test_bulk_threshold_and_inline() -> None:
     assert ours["00091002"]["BulkDataURI"] == uri_for(["00091002"])
     inline = metadata_to_json(_part10(ds, ExplicitVRLittleEndian), False, None)
     assert "InlineBinary" in inline["00091002"]
+
+
+def _fuzz_bases() -> list[bytes]:
+    from tests.web._util import corpus_path
+
+    charset = Path(pydicom.data.get_charset_files("chrSQEncoding.dcm")[0])
+    return [corpus_path("rtplan.dcm").read_bytes(), charset.read_bytes(),
+            _part10(Dataset.from_json(_CT_JSON), ImplicitVRLittleEndian)]  # fmt: skip
+
+
+_CT_JSON = {"00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Wang^XiaoDong"}]},
+            "00280010": {"vr": "US", "Value": [512]}}  # fmt: skip
+_BASES = _fuzz_bases()
+
+
+@settings(max_examples=300, deadline=None)
+@given(which=st.integers(0, len(_BASES) - 1), data=st.data())
+def test_damaged_bytes_give_json_or_malformed_error(which: int, data: st.DataObject) -> None:
+    """Whatever the bytes after the DICM prefix: an object, or MalformedDicomError (never a 500)."""
+    raw = bytearray(_BASES[which])
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(132, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(132, len(raw)))
+    try:
+        out = metadata_to_json(bytes(raw[:cut]), True, uri_for)
+    except MalformedDicomError:
+        return
+    assert isinstance(out, dict)
