@@ -165,6 +165,16 @@ def _implicit_vr(tag: int) -> str:
     return vr.split(" or ")[0]
 
 
+_KEYS: dict[int, str] = {}  # tag -> "0020000D": a few hundred tags recur in every instance
+
+
+def _key(tag: int) -> str:
+    key = f"{tag:08X}"
+    if len(_KEYS) < 65536:  # private tags are endless in principle; keep the cache bounded
+        _KEYS[tag] = key
+    return key
+
+
 class _Walk:
     """One pass over an encoded dataset; `little` and `explicit` fix its byte layout."""
 
@@ -192,8 +202,7 @@ class _Walk:
                 parent: dict[str, Any]) -> tuple[dict[str, Any], int]:  # fmt: skip
         """Elements from `pos` to `end` or to an item delimiter; (JSON object, next offset)."""
         out: dict[str, Any] = {}
-        size = len(self.buf)
-        end = min(end, size)
+        end = min(end, len(self.buf))
         while pos + 8 <= end:
             tag, raw_vr, length, at = self.header(pos)
             if tag == ITEM_END:
@@ -201,7 +210,7 @@ class _Walk:
             if tag == SEQ_END:  # a stray delimiter ends the dataset like pydicom's reader
                 return out, at
             vr = raw_vr.decode("ascii") if raw_vr is not None else _implicit_vr(tag)
-            key = f"{tag:08X}"
+            key = _KEYS.get(tag) or _key(tag)
             if vr == "UN":
                 known = _implicit_vr(tag)
                 if known == "UN" and tag >> 16 & 1:
@@ -230,7 +239,7 @@ class _Walk:
             pos = at + length
             if tag & 0xFFFF == 0:  # group lengths carry nothing in JSON
                 continue
-            value = self.buf[at : min(pos, size)]
+            value = self.buf[at:pos]  # a slice past the end stops at it
             if tag == 0x00080005:
                 charset = _charset_terms(value)
             out[key] = self.element(vr, value, [*path, key], charset)
@@ -308,7 +317,7 @@ class _Walk:
 
 def _values(vr: str, items: list[Any]) -> dict[str, Any]:
     out = [None if v == "" else v for v in items]
-    if all(v is None for v in out):
+    if out.count(None) == len(out):
         return {"vr": vr}
     return {"vr": vr, "Value": out}
 
