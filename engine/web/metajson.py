@@ -62,7 +62,6 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _NUMERIC = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 _NUMERIC_SIZE = {vr: struct.calcsize("<" + code) for vr, code in _NUMERIC.items()}
-_ASCII_STRIPPED = frozenset({"AE", "CS", "DA", "DT", "TM", "AS"})
 _CHARSET_MULTI = frozenset({"SH", "LO", "UC"})
 _CHARSET_SINGLE = frozenset({"ST", "LT", "UT"})
 _DELIMS = {"PN": {0x5E, 0x3D, 0x5C}, "multi": {0x5C}, "single": {0x0D, 0x0A, 0x09, 0x0C}}
@@ -89,7 +88,10 @@ def metadata_to_json(data: bytes, has_pixel: bool, uri_for: UriFor | None) -> di
     ts, start = _file_meta(data)
     body = data
     if ts in _DEFLATED:
-        body, start = zlib.decompress(data[start:], -zlib.MAX_WBITS), 0
+        try:
+            body, start = zlib.decompress(data[start:], -zlib.MAX_WBITS), 0
+        except zlib.error as exc:
+            raise MalformedDicomError(start, f"deflated dataset: {exc}") from exc
     walk = _Walk(body, ts != _IMPLICIT_LE, ts != _EXPLICIT_BE, uri_for)
     try:
         with warnings.catch_warnings():
