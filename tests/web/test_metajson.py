@@ -232,6 +232,7 @@ def _fuzz_bases() -> list[bytes]:
 
     charset = Path(pydicom.data.get_charset_files("chrSQEncoding.dcm")[0])
     return [corpus_path("rtplan.dcm").read_bytes(), charset.read_bytes(),
+            corpus_path("image_dfl.dcm").read_bytes(),
             _part10(Dataset.from_json(_CT_JSON), ImplicitVRLittleEndian)]  # fmt: skip
 
 
