@@ -30,6 +30,7 @@ from engine.errors import EngineError, MalformedDicomError
 from engine.web.metajson import BULK_INLINE_MAX, PIXEL_DATA, metadata_to_json
 from tests.corpus import corpus_id, real_files
 from tests.scan._support import charset_files
+from tests.web._util import corpus_path
 
 Stored = tuple[Archive, str] | EngineError
 URL = "http://h/dicom-web/studies/1/series/2/instances/3"
@@ -228,8 +229,6 @@ def test_bulk_threshold_and_inline() -> None:
 
 
 def _fuzz_bases() -> list[bytes]:
-    from tests.web._util import corpus_path
-
     charset = Path(pydicom.data.get_charset_files("chrSQEncoding.dcm")[0])
     return [corpus_path("rtplan.dcm").read_bytes(), charset.read_bytes(),
             corpus_path("image_dfl.dcm").read_bytes(),
