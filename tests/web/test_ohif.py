@@ -12,6 +12,7 @@ README.md's DICOMweb section carries the same configuration.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
@@ -202,3 +204,21 @@ def test_cors_preflight_from_the_viewer_origin(viewer: Viewer) -> None:
     assert "authorization" in r.headers["access-control-allow-headers"].lower()
     other = viewer.http.options(url, headers={**preflight, "Origin": "http://elsewhere.test"})
     assert other.headers.get("access-control-allow-origin") != "http://elsewhere.test"
+
+
+@pytest.mark.parametrize("rendering", ["thumbnail", "rendered"])
+def test_thumbnail_renderings_other_than_wadors(viewer: Viewer, rendering: str) -> None:
+    """thumbnailRendering 'thumbnail' or 'rendered' with thumbnailRequestStrategy 'fetch'."""
+    ds = viewer.ct[0]
+    url = f"{_series_url(viewer, ds)}/{rendering}" if rendering == "thumbnail" else (
+        f"{_series_url(viewer, ds)}/instances/{ds.SOPInstanceUID}/rendered")  # fmt: skip
+    r = _get(viewer, url, accept="image/jpeg", viewport="256,256")
+    assert r.headers["content-type"] == "image/jpeg"
+    image = Image.open(io.BytesIO(r.content))
+    assert image.format == "JPEG" and max(image.size) <= 256
+
+
+def _series_url(viewer: Viewer, ds: Dataset) -> str:
+    return (
+        f"{viewer.config['wadoRoot']}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    )
