@@ -1,10 +1,9 @@
-"""The DICOM JSON Model (PS3.18 F.2), from index records and from stored metadata.
+"""The DICOM JSON Model (PS3.18 F.2) from index records: QIDO-RS without pydicom Datasets.
 
 :func:`attrs_to_json` turns a record of the index (keyword -> value, as
 :meth:`engine.archive.Archive.find_attrs` yields it) into a DICOM JSON
 object, with no pydicom Dataset built: QIDO-RS's hot path. WADO-RS metadata
-is encoded from the stored bytes by :mod:`engine.web.metajson`;
-:func:`resolve_bulk` finds the value a ``BulkDataURI`` it handed out names.
+is encoded from the stored bytes by :mod:`engine.web.metajson`.
 
 Encoding rules (PS3.18 F.2.2-F.2.7): the key is the tag as 8 upper-case hex
 digits; ``vr`` is always present; an empty value has no ``Value``; PN is an
@@ -15,19 +14,14 @@ binary numeric VRs are JSON numbers; AT is the tag as hex text.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
 
 from engine.attributes import BY_KEYWORD, COMPUTED
 
 _NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
-
-UriFor = Callable[[list[str]], str]
 
 
 @functools.cache
@@ -98,27 +92,3 @@ def attrs_to_json(attrs: dict[str, Any]) -> dict[str, Any]:
         tag, vr = tag_and_vr(keyword)
         out[tag] = encode_value(vr, value)
     return dict(sorted(out.items()))
-
-
-def resolve_bulk(ds: Dataset, path: Iterable[str]) -> DataElement:
-    """The element a BulkDataURI path names (tag, item index, tag, ...).
-
-    Raises
-    ------
-    KeyError
-        If the path does not name an element of `ds`.
-    """
-    parts = list(path)
-    current: Dataset = ds
-    for i in range(0, len(parts), 2):
-        tag = int(parts[i], 16)
-        if tag not in current:
-            raise KeyError(parts[i])
-        elem = current[tag]
-        if i + 1 == len(parts):
-            return elem
-        index = int(parts[i + 1])
-        if elem.VR != "SQ" or not 0 <= index < len(elem.value):
-            raise KeyError(parts[i + 1])
-        current = elem.value[index]
-    raise KeyError("empty path")

@@ -84,7 +84,35 @@ def metadata_to_json(data: bytes, has_pixel: bool, uri_for: UriFor | None) -> di
     uri_for
         Makes a BulkDataURI from a tag path (``["00540016", "0", "00181072"]``);
         None puts every binary value inline.
+
+    Raises
+    ------
+    engine.errors.MalformedDicomError
+        If the bytes are not a complete encoded dataset.
     """
+    ts, out = _walk(data, uri_for, None)
+    if has_pixel and uri_for is not None and PIXEL_DATA not in out:
+        bits = out.get("00280100", {}).get("Value", [16])[0]
+        compressed = ts.startswith(_COMPRESSED_PREFIXES) or ts in _DEFLATED
+        vr = "OB" if compressed or (isinstance(bits, int) and bits <= 8) else "OW"
+        out[PIXEL_DATA] = {"vr": vr, "BulkDataURI": uri_for([PIXEL_DATA])}
+    return out
+
+
+def bulk_value(data: bytes, path: list[str]) -> bytes | None:
+    """The bytes of the binary value at `path` (a BulkDataURI's tag path), or None.
+
+    The same walk as :func:`metadata_to_json`, so a path it handed out is
+    found again, UN elements read as their known VR included.
+    """
+    found: dict[str, bytes] = {}
+    _walk(data, None, found)
+    return found.get("/".join(p.upper() for p in path))
+
+
+def _walk(data: bytes, uri_for: UriFor | None,
+          binary: dict[str, bytes] | None) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """(transfer syntax, DICOM JSON object) of a metadata part."""
     ts, start = _file_meta(data)
     body = data
     if ts in _DEFLATED:
@@ -93,18 +121,14 @@ def metadata_to_json(data: bytes, has_pixel: bool, uri_for: UriFor | None) -> di
         except zlib.error as exc:
             raise MalformedDicomError(start, f"deflated dataset: {exc}") from exc
     walk = _Walk(body, ts != _IMPLICIT_LE, ts != _EXPLICIT_BE, uri_for)
+    walk.binary = binary
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns of odd charsets; it falls back itself
             out, _ = walk.dataset(start, len(body), [], ["ISO_IR 6"], {})
     except struct.error as exc:  # an element header cut short: ingest should have refused it
         raise MalformedDicomError(len(body), f"metadata part ends in an element: {exc}") from exc
-    if has_pixel and uri_for is not None and PIXEL_DATA not in out:
-        bits = out.get("00280100", {}).get("Value", [16])[0]
-        compressed = ts.startswith(_COMPRESSED_PREFIXES) or ts in _DEFLATED
-        vr = "OB" if compressed or (isinstance(bits, int) and bits <= 8) else "OW"
-        out[PIXEL_DATA] = {"vr": vr, "BulkDataURI": uri_for([PIXEL_DATA])}
-    return out
+    return ts, out
 
 
 def _file_meta(data: bytes) -> tuple[str, int]:
@@ -188,6 +212,7 @@ class _Walk:
         self.short_header = struct.Struct(self.prefix + "HH2sH")
         self.length = struct.Struct(self.prefix + "L")
         self.uri_for = uri_for
+        self.binary: dict[str, bytes] | None = None  # set by bulk_value: every binary value
 
     def header(self, pos: int) -> tuple[int, bytes | None, int, int]:
         """(tag, VR as written or None, value length, value offset) of the element at `pos`."""
@@ -221,9 +246,9 @@ class _Walk:
                 if known != "UN":
                     vr = known
                     if vr == "SQ" or length == UNDEFINED:  # a sequence sent as UN is implicit LE
-                        doc, pos = _Walk(self.buf, False, True, self.uri_for).sequence(
-                            at, length, [*path, key], charset, out
-                        )
+                        implicit = _Walk(self.buf, False, True, self.uri_for)
+                        implicit.binary = self.binary
+                        doc, pos = implicit.sequence(at, length, [*path, key], charset, out)
                         out[key] = doc
                         continue
             if vr == "US or SS":
@@ -280,6 +305,8 @@ class _Walk:
         if not value:
             return {"vr": vr}
         if vr in _BINARY_VRS:
+            if self.binary is not None:
+                self.binary["/".join(path)] = value
             if self.uri_for is not None and len(value) > BULK_INLINE_MAX:
                 return {"vr": vr, "BulkDataURI": self.uri_for(path)}
             return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}

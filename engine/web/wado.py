@@ -30,7 +30,6 @@ from typing import Any
 
 import orjson
 import pydicom
-from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -40,9 +39,8 @@ from engine.archive import Archive
 from engine.errors import NotFoundError, UnsupportedTransferSyntaxError
 from engine.frames import FrameSource
 from engine.web.context import WebContext, instance_url, path_uid
-from engine.web.dicomjson import resolve_bulk
 from engine.web.errors import BadRequestError, NotAcceptableError
-from engine.web.metajson import metadata_to_json
+from engine.web.metajson import bulk_value, metadata_to_json
 from engine.web.multipart import MediaRange, multipart_body, new_boundary, parse_accept
 
 DICOM = "application/dicom"
@@ -319,17 +317,10 @@ async def frames(request: Request) -> Response:
 
 def _bulk_value(archive: Archive, sop: str, path: list[str]) -> bytes:
     data, _ = archive.read_metadata(sop)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds: Dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    try:
-        elem = resolve_bulk(ds, path)
-    except (KeyError, ValueError):
-        raise NotFoundError(f"instance {sop} has no bulk data at {'/'.join(path)}") from None
-    value = elem.value
-    if isinstance(value, bytes):
-        return value
-    raise NotFoundError(f"{'/'.join(path)} of instance {sop} is not a bulk data value")
+    value = bulk_value(data, path)
+    if value is None:
+        raise NotFoundError(f"instance {sop} has no binary value at {'/'.join(path)}")
+    return value
 
 
 async def bulkdata(request: Request) -> Response:

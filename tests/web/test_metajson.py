@@ -27,7 +27,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from engine.archive import Archive, open_archive
 from engine.errors import EngineError, MalformedDicomError
-from engine.web.metajson import BULK_INLINE_MAX, PIXEL_DATA, metadata_to_json
+from engine.web.metajson import BULK_INLINE_MAX, PIXEL_DATA, bulk_value, metadata_to_json
 from tests.corpus import corpus_id, real_files
 from tests.scan._support import charset_files
 from tests.web._util import corpus_path
@@ -159,6 +159,25 @@ def test_matches_pydicom(path: Path, stored: dict[str, Stored]) -> None:
     data, has_pixel = archive.read_metadata(sop)
     ours = metadata_to_json(data, has_pixel, uri_for)
     assert normalise(ours) == normalise(reference(data, has_pixel))
+    for path in _bulk_paths(ours, []):  # every BulkDataURI handed out finds its value again
+        assert bulk_value(data, path) == _pydicom_value(data, path), path
+
+
+def _bulk_paths(doc: dict[str, Any], path: list[str]) -> Iterator[list[str]]:
+    for key, elem in doc.items():
+        if "BulkDataURI" in elem and key != PIXEL_DATA:
+            yield [*path, key]
+        for i, item in enumerate(elem.get("Value", []) if elem["vr"] == "SQ" else []):
+            yield from _bulk_paths(item, [*path, key, str(i)])
+
+
+def _pydicom_value(data: bytes, path: list[str]) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        current: Any = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        for i in range(0, len(path) - 1, 2):
+            current = current[int(path[i], 16)].value[int(path[i + 1])]
+        return bytes(current[int(path[-1], 16)].value)
 
 
 # -- generated datasets --------------------------------------------------------------
