@@ -102,9 +102,11 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ours]:
     archive.close()
     server = Server(tmp, workers=2, http=True, archive=tmp / "archive").start()
     root = f"http://127.0.0.1:{server.http_port}/dicom-web"
-    with httpx.Client(timeout=120) as http:
-        yield Ours(http, root, sorted({st.patient_id for st in plan}), series, parts, middle)
-    assert server.stop() == 0
+    try:
+        with httpx.Client(timeout=120) as http:
+            yield Ours(http, root, sorted({st.patient_id for st in plan}), series, parts, middle)
+    finally:
+        assert server.stop() == 0
 
 
 @dataclass

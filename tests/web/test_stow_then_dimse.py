@@ -10,11 +10,11 @@ pixel for pixel as it was sent.
 
 from __future__ import annotations
 
-import io
 import socket
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -22,7 +22,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from engine.synthetic import ct_series
+from engine.synthetic import ct_series, encode
 from tests._helpers import dataset_diff
 from tests.net._support import (
     Server,
@@ -52,31 +52,24 @@ def _read_file(path: Path) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def sent(tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, list[Dataset], int]:
+def sent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, list[Dataset], int]]:
     """A running server (DIMSE + HTTP), what went in through STOW-RS, and the DEST port."""
     tmp = tmp_path_factory.mktemp("stow-dimse")
     dest_port = free_port()
     config = f'[remotes.DEST]\nhost = "127.0.0.1"\nport = {dest_port}\n'
     server = Server(tmp, workers=2, http=True, config=config).start()
-    datasets = []
-    for ds in ct_series(5151, 3, rows=32, columns=32):
-        datasets.append(read(_encode(ds)))
-    for i, name in enumerate(NATIVE_FILES):
-        datasets.append(read(corpus_instance(name, 5100 + i)))
-    client = DICOMwebClient(f"http://127.0.0.1:{server.http_port}/dicom-web")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        response = client.store_instances(datasets)
-    assert len(response.ReferencedSOPSequence) == len(datasets), response
-    assert "FailedSOPSequence" not in response, response
-    yield server, datasets, dest_port
-    assert server.stop() == 0
-
-
-def _encode(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    try:
+        datasets = [read(encode(ds)) for ds in ct_series(5151, 3, rows=32, columns=32)]
+        datasets += [read(corpus_instance(name, 5100 + i)) for i, name in enumerate(NATIVE_FILES)]
+        client = DICOMwebClient(f"http://127.0.0.1:{server.http_port}/dicom-web")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            response = client.store_instances(datasets)
+        assert len(response.ReferencedSOPSequence) == len(datasets), response
+        assert "FailedSOPSequence" not in response, response
+        yield server, datasets, dest_port
+    finally:  # a failed STOW must not leave the server running
+        assert server.stop() == 0
 
 
 def test_getscu_retrieves_each_stowed_study(
