@@ -9,8 +9,10 @@ if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
-    # dcmtk: the real DICOM peers (storescu, findscu, getscu, movescu) of the network tests
-    $SUDO apt-get install -y -qq --no-install-recommends dcmtk python3-venv >/dev/null
+    # dcmtk: the real DICOM peers (storescu, findscu, getscu, movescu) of the network tests;
+    # orthanc + orthanc-dicomweb: the baseline of benchmarks/bench_web.py
+    $SUDO apt-get install -y -qq --no-install-recommends dcmtk orthanc orthanc-dicomweb \
+        python3-venv >/dev/null
 fi
 
 python3 -m venv .venv

@@ -12,7 +12,7 @@ viewer served from another origin), then gzip for JSON bodies of at least
 binary or compressed already, and gzip would cost more than it saves).
 
 Starlette with uvicorn, JSON with orjson: the handlers spend their time in
-the archive (LMDB lookups, positioned reads, pydicom for metadata), not in
+the archive (LMDB lookups, positioned reads, DICOM JSON encoding), not in
 the framework; starlette adds tens of microseconds a request.
 """
 

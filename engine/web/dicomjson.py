@@ -1,14 +1,9 @@
-"""The DICOM JSON Model (PS3.18 F.2), from index records and from stored metadata.
+"""The DICOM JSON Model (PS3.18 F.2) from index records: QIDO-RS without pydicom Datasets.
 
-Two encoders:
-
-- :func:`attrs_to_json` turns a record of the index (keyword -> value, as
-  :meth:`engine.archive.Archive.find_attrs` yields it) into a DICOM JSON
-  object, with no pydicom Dataset built: QIDO-RS's hot path;
-- :func:`dataset_to_json` turns a dataset read from an instance's metadata
-  part into a DICOM JSON object; values of binary VRs above
-  :data:`BULK_DATA_THRESHOLD` bytes (and Pixel Data, never read) become a
-  ``BulkDataURI`` (PS3.18 F.2.6) that :func:`resolve_bulk` finds again.
+:func:`attrs_to_json` turns a record of the index (keyword -> value, as
+:meth:`engine.archive.Archive.find_attrs` yields it) into a DICOM JSON
+object, with no pydicom Dataset built: QIDO-RS's hot path. WADO-RS metadata
+is encoded from the stored bytes by :mod:`engine.web.metajson`.
 
 Encoding rules (PS3.18 F.2.2-F.2.7): the key is the tag as 8 upper-case hex
 digits; ``vr`` is always present; an empty value has no ``Value``; PN is an
@@ -19,22 +14,14 @@ binary numeric VRs are JSON numbers; AT is the tag as hex text.
 from __future__ import annotations
 
 import functools
-import warnings
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
 
 from engine.attributes import BY_KEYWORD, COMPUTED
 
-BULK_DATA_THRESHOLD = 1024  # bytes: larger binary values are served through BulkDataURI
-PIXEL_DATA = "7FE00010"
 _NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
-
-UriFor = Callable[[list[str]], str]
 
 
 @functools.cache
@@ -105,81 +92,3 @@ def attrs_to_json(attrs: dict[str, Any]) -> dict[str, Any]:
         tag, vr = tag_and_vr(keyword)
         out[tag] = encode_value(vr, value)
     return dict(sorted(out.items()))
-
-
-def dataset_to_json(
-    ds: Dataset, uri_for: UriFor | None, *, pixel_vr: str | None = None
-) -> dict[str, Any]:
-    """A DICOM JSON object for `ds`; large binary values (and Pixel Data) by BulkDataURI.
-
-    Parameters
-    ----------
-    ds
-        The dataset, read without Pixel Data.
-    uri_for
-        Makes the BulkDataURI of a value from its tag path (``["00540016",
-        "0", "00181072"]``: tag, item index, tag ...). None: values inline.
-    pixel_vr
-        When the stored instance has Pixel Data, its VR (OB or OW): a Pixel
-        Data entry with a BulkDataURI is added without reading the pixels.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a stored odd value is not the client's problem
-        out = _encode(ds, [], uri_for)
-    if pixel_vr and uri_for is not None:
-        out[PIXEL_DATA] = {"vr": pixel_vr, "BulkDataURI": uri_for([PIXEL_DATA])}
-    return out
-
-
-def _encode(ds: Dataset, path: list[str], uri_for: UriFor | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for elem in ds:
-        tag_int = int(elem.tag)
-        if tag_int & 0xFFFF == 0:  # group lengths carry nothing in JSON
-            continue
-        tag = f"{tag_int:08X}"
-        if elem.VR == "SQ":
-            items = [
-                _encode(item, [*path, tag, str(i)], uri_for) for i, item in enumerate(elem.value)
-            ]
-            out[tag] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-            continue
-        out[tag] = _element(elem, [*path, tag], uri_for)
-    return out
-
-
-def _element(elem: DataElement, path: list[str], uri_for: UriFor | None) -> dict[str, Any]:
-    def handler(_e: DataElement) -> str:
-        assert uri_for is not None  # threshold is infinite without a uri_for
-        return uri_for(path)
-
-    threshold = BULK_DATA_THRESHOLD if uri_for is not None else 1 << 62
-    try:
-        doc: dict[str, Any] = elem.to_json_dict(handler, threshold)
-    except (ValueError, TypeError, OverflowError):
-        doc = {"vr": str(elem.VR), "Value": [str(elem.value)]}
-    return doc
-
-
-def resolve_bulk(ds: Dataset, path: Iterable[str]) -> DataElement:
-    """The element a BulkDataURI path names (tag, item index, tag, ...).
-
-    Raises
-    ------
-    KeyError
-        If the path does not name an element of `ds`.
-    """
-    parts = list(path)
-    current: Dataset = ds
-    for i in range(0, len(parts), 2):
-        tag = int(parts[i], 16)
-        if tag not in current:
-            raise KeyError(parts[i])
-        elem = current[tag]
-        if i + 1 == len(parts):
-            return elem
-        index = int(parts[i + 1])
-        if elem.VR != "SQ" or not 0 <= index < len(elem.value):
-            raise KeyError(parts[i + 1])
-        current = elem.value[index]
-    raise KeyError("empty path")

@@ -30,7 +30,6 @@ from typing import Any
 
 import orjson
 import pydicom
-from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -38,9 +37,10 @@ from starlette.routing import Route
 
 from engine.archive import Archive
 from engine.errors import NotFoundError, UnsupportedTransferSyntaxError
+from engine.frames import FrameSource
 from engine.web.context import WebContext, instance_url, path_uid
-from engine.web.dicomjson import dataset_to_json, resolve_bulk
 from engine.web.errors import BadRequestError, NotAcceptableError
+from engine.web.metajson import bulk_value, metadata_to_json
 from engine.web.multipart import MediaRange, multipart_body, new_boundary, parse_accept
 
 DICOM = "application/dicom"
@@ -165,31 +165,25 @@ def _target(request: Request) -> tuple[str, str | None, str | None]:
 # -- metadata -----------------------------------------------------------------------
 
 
-def _metadata_json(archive: Archive, attrs: dict[str, Any], base: str) -> dict[str, Any]:
+def _metadata_json(archive: Archive, attrs: dict[str, Any], base: str) -> bytes:
     sop = str(attrs["SOPInstanceUID"])
     data, has_pixel = archive.read_metadata(sop)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     url = instance_url(base, str(attrs["StudyInstanceUID"]), str(attrs["SeriesInstanceUID"]), sop)
 
     def uri_for(path: list[str]) -> str:
         return f"{url}/bulkdata/{'/'.join(path)}"
 
-    pixel_vr = None
-    if has_pixel:
-        ts = UID(str(attrs.get("TransferSyntaxUID", "")))
-        bits = ds.get("BitsAllocated", 16)
-        pixel_vr = "OB" if ts.is_compressed or (isinstance(bits, int) and bits <= 8) else "OW"
-    return dataset_to_json(ds, uri_for, pixel_vr=pixel_vr)
+    return orjson.dumps(metadata_to_json(data, has_pixel, uri_for))
+
+
+METADATA_CHUNK = 32  # instances per chunk of a streamed metadata body: one thread hop each
 
 
 def _metadata_body(archive: Archive, found: list[dict[str, Any]], base: str) -> Iterator[bytes]:
-    yield b"["
-    for i, attrs in enumerate(found):
-        doc = orjson.dumps(_metadata_json(archive, attrs, base))
-        yield doc if i == 0 else b"," + doc
-    yield b"]"
+    for start in range(0, len(found), METADATA_CHUNK):
+        docs = [_metadata_json(archive, a, base) for a in found[start : start + METADATA_CHUNK]]
+        yield (b"[" if start == 0 else b",") + b",".join(docs)
+    yield b"]" if found else b"[]"
 
 
 async def metadata(request: Request) -> Response:
@@ -282,24 +276,40 @@ def _frame_parts(archive: Archive, source: Any, numbers: list[int], media: str,
         yield ct, source.read(n), None
 
 
+FRAMES_IN_ONE_HOP = 8  # up to this many frames: read and framed in one thread call, not streamed
+
+
+def _open_frames(archive: Archive, study: str, series: str | None, sop: str,
+                 numbers: list[int]) -> FrameSource:  # fmt: skip
+    resolve(archive, study, series, sop)
+    source = archive.frames(sop)
+    for n in numbers:
+        if n > source.count:
+            raise NotFoundError(f"instance {sop} has {source.count} frame(s), not frame {n}")
+    return source
+
+
 async def frames(request: Request) -> Response:
-    """The listed frames of one instance (10.4.1.1.3), one positioned read each where possible."""
+    """The listed frames of one instance (10.4.1.1.3), one positioned read each where possible.
+
+    A viewer asks for one frame per request, a thousand times per series:
+    a few frames are read and framed in one hop to the thread pool; a longer
+    list is streamed, one frame in memory at a time.
+    """
     ctx: WebContext = request.app.state.ctx
     study, series, sop = _target(request)
     assert sop is not None  # the route has {instance}
     numbers = parse_frame_list(str(request.path_params["frames"]))
-    await ctx.call(resolve, ctx.archive, study, series, sop)
-    source = await ctx.call(ctx.archive.frames, sop)
-    for n in numbers:
-        if n > source.count:
-            raise NotFoundError(f"instance {sop} has {source.count} frame(s), not frame {n}")
+    source = await ctx.call(_open_frames, ctx.archive, study, series, sop, numbers)
     media, decode = frame_representation(parse_accept(request.headers.get("accept")),
                                          source.transfer_syntax, source.encapsulated)  # fmt: skip
     boundary = new_boundary()
-    body = multipart_body(_frame_parts(ctx.archive, source, numbers, media, decode), boundary)
-    return StreamingResponse(
-        body, media_type=f'multipart/related; type="{media}"; boundary={boundary}'
-    )
+    media_type = f'multipart/related; type="{media}"; boundary={boundary}'
+    parts = _frame_parts(ctx.archive, source, numbers, media, decode)
+    if len(numbers) <= FRAMES_IN_ONE_HOP:
+        body = await ctx.call(lambda: b"".join(multipart_body(parts, boundary)))
+        return Response(body, media_type=media_type)
+    return StreamingResponse(multipart_body(parts, boundary), media_type=media_type)
 
 
 # -- bulk data ----------------------------------------------------------------------
@@ -307,17 +317,10 @@ async def frames(request: Request) -> Response:
 
 def _bulk_value(archive: Archive, sop: str, path: list[str]) -> bytes:
     data, _ = archive.read_metadata(sop)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds: Dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    try:
-        elem = resolve_bulk(ds, path)
-    except (KeyError, ValueError):
-        raise NotFoundError(f"instance {sop} has no bulk data at {'/'.join(path)}") from None
-    value = elem.value
-    if isinstance(value, bytes):
-        return value
-    raise NotFoundError(f"{'/'.join(path)} of instance {sop} is not a bulk data value")
+    value = bulk_value(data, path)
+    if value is None:
+        raise NotFoundError(f"instance {sop} has no binary value at {'/'.join(path)}")
+    return value
 
 
 async def bulkdata(request: Request) -> Response:
