@@ -127,10 +127,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _import_public_pem(data: bytes) -> Any:
+    problems = []
+    for kty in ("RSA", "EC", "OKP"):  # an explicit type: joserfc warns about guessing it
+        try:
+            return import_key(data, kty)
+        except (JoseError, ValueError, TypeError) as exc:
+            problems.append(f"{kty}: {exc}")
+    raise ValueError("not an RSA, EC or OKP public key in PEM (" + "; ".join(problems) + ")")
+
+
 def _load_keys(table: Mapping[str, Any]) -> Any:
     if table.get("jwt_key"):
         with open(table["jwt_key"], "rb") as f:
-            key = import_key(f.read())
+            key = _import_public_pem(f.read())
         if key.is_private:
             raise ValueError("auth.jwt_key must be a public key (the identity provider's)")
         return key
