@@ -1,4 +1,5 @@
-"""Certificates for the TLS tests, made with `cryptography`: a CA, a server, good and bad clients."""
+"""Certificates for the TLS tests, made with `cryptography`: a CA, a server, good and bad clients.
+"""
 
 from __future__ import annotations
 

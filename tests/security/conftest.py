@@ -80,12 +80,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="session")
 def idp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The identity provider's RSA key pair (public half in the server's config), and a stranger's."""
+    """The identity provider's RSA key (public half in the config), and a stranger's."""
     folder = tmp_path_factory.mktemp("idp")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+    pem, spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    public = key.public_key().public_bytes(pem, spki)
     (folder / "idp.pub.pem").write_bytes(public)
     return {"key": key, "other": other, "public_pem": public, "public_path": folder / "idp.pub.pem"}
 

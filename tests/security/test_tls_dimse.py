@@ -31,7 +31,6 @@ from tests.security._pki import Pki
 from tests.security.conftest import TlsServer, client_context, tls_echo
 
 
-
 def _tls_args(pki: Pki, cert: Any = None) -> list[str]:
     cert = pki.client if cert is None else cert
     return ["+tls", cert.key, cert.cert, "+cf", pki.ca.path]
