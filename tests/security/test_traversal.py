@@ -94,7 +94,8 @@ def test_traversal_urls_get_400_or_404(web: tuple[HttpServer, Path], url: str) -
 def _multipart(data: bytes, boundary: str = "trav") -> tuple[bytes, dict[str, str]]:
     body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data
             + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
-    return body, {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+    ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return body, {"Content-Type": ctype}
 
 
 def _evil_instance(uid: str, keyword: str) -> bytes:

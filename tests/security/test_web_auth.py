@@ -17,6 +17,7 @@ import json
 import ssl
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -207,3 +208,22 @@ def test_password_hash_round_trip_and_salt() -> None:
     assert a != b and a.startswith("scrypt$")  # a fresh salt each time
     assert verify_password("s3cret", a) and not verify_password("s3cret!", a)
     assert not verify_password("s3cret", "plain-text") and not verify_password("", "scrypt$x")
+
+
+def test_secrets_never_reach_the_log(https: httpx.Client, secure_server: TlsServer,
+                                     idp: dict[str, Any]) -> None:  # fmt: skip
+    token = _token(idp["key"], scope="read")
+    forged = _token(idp["other"])
+    https.get("/studies", auth=_basic("writer"))
+    https.get("/studies", auth=("writer", "Not-The-Passw0rd"))
+    https.get("/studies", headers={"Authorization": f"Bearer {token}"})
+    https.get("/studies", headers={"Authorization": f"Bearer {forged}"})
+    https.post("/studies", content=b"--x--", auth=_basic("reader"),
+               headers={"Content-Type": "multipart/related; boundary=x"})  # fmt: skip
+    text = secure_server.log() + (secure_server.archive / "audit.jsonl").read_text()
+    assert "401" in text or "authentication" in text  # the refusals were logged...
+    for secret in [*PASSWORDS.values(), "Not-The-Passw0rd", token, forged,
+                   token.split(".")[2], base64.b64encode(b"writer:wr1te-too").decode()]:
+        assert secret not in text  # ...without what was presented
+    key_pem = Path(secure_server.pki.server.key).read_text().splitlines()[1]
+    assert key_pem not in text
