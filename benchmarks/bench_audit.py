@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from engine import audit, open_archive
 
 ROUNDS = 5

@@ -37,6 +37,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from engine.archive import Archive
+from engine.codec import check_decoded_size
 from engine.errors import NotFoundError, UnsupportedTransferSyntaxError
 from engine.web.context import WebContext, instance_url, path_uid
 from engine.web.dicomjson import dataset_to_json, resolve_bulk
@@ -110,6 +111,7 @@ def transcode(data: bytes, target: str) -> bytes:
             return data
         try:
             if stored.is_compressed:
+                check_decoded_size(ds)  # before pylibjpeg allocates what the header claims
                 ds.decompress(generate_instance_uid=False)
             ds.file_meta.TransferSyntaxUID = UID(target)
             buf = io.BytesIO()
