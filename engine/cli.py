@@ -70,14 +70,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     nbytes = 0
     rejected: dict[str, list[str]] = {}
     t0 = time.perf_counter()
+    from engine import audit
+
+    _audit_locally(args)
+    user = _local_user()
     with _open(args) as archive, _progress() as progress:
         task = progress.add_task("ingest", total=len(files))
 
         def one(path: Path) -> tuple[Path, Any]:
             try:
-                return path, archive.store(path)
+                result = archive.store(path)
             except InvalidInstanceError as exc:
                 return path, exc
+            audit.emit(audit.Event.INSTANCES_TRANSFERRED, user=user, address=None,
+                       study=result.study_instance_uid, source=str(path),
+                       sop_instance_uid=result.sop_instance_uid)  # fmt: skip
+            return path, result
 
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for path, result in pool.map(one, files):

@@ -103,7 +103,7 @@ def _pacs(archive: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
 
 
-def test_export_and_delete_are_audited(tmp_path: Path) -> None:
+def test_ingest_export_and_delete_are_audited(tmp_path: Path) -> None:
     ds = small_ct(61)
     src = tmp_path / "in.dcm"
     ds.save_as(src, enforce_file_format=True)
@@ -113,9 +113,11 @@ def test_export_and_delete_are_audited(tmp_path: Path) -> None:
     r = _pacs(archive, "delete", "--study", ds.StudyInstanceUID)
     assert r.returncode == 0, r.stderr
     records = [json.loads(x) for x in (archive / "audit.jsonl").read_text().splitlines()]
-    assert [r["event_id"] for r in records] == ["110106", "110103"]
-    assert records[1]["action"] == "D" and records[1]["study"] == ds.StudyInstanceUID
-    assert records[0]["user"] and records[0]["detail"]["instances"] == 1
+    # ingest (Instances Transferred), export, delete
+    assert [r["event_id"] for r in records] == ["110104", "110106", "110103"]
+    assert records[0]["detail"]["sop_instance_uid"] == ds.SOPInstanceUID
+    assert records[2]["action"] == "D" and records[2]["study"] == ds.StudyInstanceUID
+    assert records[1]["user"] and records[1]["detail"]["instances"] == 1
 
 
 def test_anonymous_dicomweb_off_loopback_refuses_to_start(tmp_path: Path) -> None:
