@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -142,6 +143,11 @@ def peek_associate_rq(sock: socket.socket, timeout_s: float) -> bytes | None:
 
 def _set_timeouts(sock: socket.socket, seconds: float) -> None:
     """Kernel receive/send timeouts on a blocking socket: no poll() before each recv."""
+    if isinstance(sock, ssl.SSLSocket):
+        # OpenSSL retries a read that the kernel timed out (EAGAIN is "want read") forever:
+        # TLS needs Python's own timeout, a poll() before each read
+        sock.settimeout(seconds)
+        return
     whole = int(seconds)
     tv = _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)

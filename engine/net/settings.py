@@ -56,7 +56,7 @@ AE_TITLE_MAX_CHARS = 16  # PS3.5 6.2: AE is at most 16 characters
 SERVER_KEYS = ("ae_title", "dicom_port", "host", "workers", "max_associations", "http_port",
                "network_timeout_s", "max_instance_bytes")  # fmt: skip
 REMOTE_KEYS = ("host", "port", "store", "query", "retrieve", "move_destination", "move_to", "tls")
-PERMISSIONS = ("store", "query", "retrieve", "move_destination", "tls")
+FLAGS = ("store", "query", "retrieve", "move_destination", "tls")  # booleans of [remotes.X]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +196,7 @@ def _remotes(extra: Mapping[str, Any]) -> dict[str, Remote]:
         port = table.get("port")
         if port is not None and not (isinstance(port, int) and 0 < port < 65536):
             raise ValueError(f"[remotes.{title}]: port must be 1..65535")
-        perms = {p: table.get(p, p != "tls") for p in PERMISSIONS}
+        perms = {p: table.get(p, p != "tls") for p in FLAGS}  # all true but tls by default
         for p, v in perms.items():
             if not isinstance(v, bool):
                 raise ValueError(f"[remotes.{title}]: {p} must be true or false")

@@ -170,6 +170,8 @@ def auth_settings(table: Mapping[str, Any] | None, host: str) -> AuthSettings:
         raise ValueError(f"auth.jwt_algorithms: {bad} not allowed; use {ASYMMETRIC_ALGORITHMS}")
     users = {}
     for name, u in dict(t.get("users", {})).items():
+        if not isinstance(u, dict):
+            raise ValueError(f"[auth.users.{name}] must be a table with password and roles")
         roles = frozenset(u.get("roles", ()))
         if not isinstance(u.get("password"), str) or not u["password"].startswith("scrypt$"):
             raise ValueError(f"[auth.users.{name}]: password must be a `pacs hash-password` hash")
@@ -279,8 +281,9 @@ class Authenticator:
 # -- the middleware ----------------------------------------------------------------
 
 
-def _required_role(method: str) -> str | None:
-    return {"GET": "read", "HEAD": "read", "POST": "write", "DELETE": "delete"}.get(method)
+def _required_role(method: str) -> str:
+    # any other method (PUT, PATCH...) needs write: nothing is reachable by an unlisted verb
+    return {"GET": "read", "HEAD": "read", "POST": "write", "DELETE": "delete"}.get(method, "write")
 
 
 def _event(method: str, path: str) -> audit.Event:
@@ -329,7 +332,7 @@ class AuthMiddleware:
         try:
             who = await self.auth.identify(header)
             role = _required_role(method)
-            if role is not None and role not in who.roles:
+            if role not in who.roles:
                 raise Refused(403, f"{who.name} lacks the {role} role")
         except Refused as exc:
             kind = audit.Event.USER_AUTHENTICATION

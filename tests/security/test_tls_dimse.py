@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
@@ -213,3 +214,27 @@ def _wait_listening(port: int, timeout_s: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"storescp did not listen on {port}")
+
+
+def test_an_idle_tls_association_is_aborted_after_the_network_timeout(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """The storage fast path reads the TLS socket with kernel timeouts: an idle peer is aborted
+    (A-ABORT) like a plain one, and the worker goes on serving."""
+    config = (f'[server]\nnetwork_timeout_s = 2\n[tls]\ncert = "{pki.server.cert}"\n'
+              f'key = "{pki.server.key}"\nca = "{pki.ca.path}"\n')  # fmt: skip
+    server = TlsServer(tmp_path, pki, workers=1, config=config).start()
+    try:
+        ae = AE(ae_title="IDLESCU")
+        ae.add_requested_context(CTImageStorage)
+        aborted = threading.Event()
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS",
+                             tls_args=(client_context(pki), None),
+                             evt_handlers=[(evt.EVT_ABORTED, lambda e: aborted.set())])  # fmt: skip
+        assert assoc.is_established
+        assert aborted.wait(60), server.log()[-2000:]
+        assoc.release()
+        assert tls_echo(server.port, pki) == 0
+    finally:
+        assert server.stop() == 0
+    assert "IDLESCU at 127.0.0.1 idle for 2.0 s; aborting" in server.log()
