@@ -14,7 +14,10 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import ssl
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,7 +33,7 @@ from joserfc.jwk import RSAKey
 from pydicom.uid import generate_uid
 
 from engine.web.auth import hash_password, verify_password
-from tests._helpers import small_ct
+from tests._helpers import ROOT, small_ct
 from tests.security._pki import Pki
 from tests.security.conftest import AUDIENCE, ISSUER, PASSWORDS, TlsServer, client_context
 
@@ -227,3 +230,16 @@ def test_secrets_never_reach_the_log(https: httpx.Client, secure_server: TlsServ
         assert secret not in text  # ...without what was presented
     key_pem = Path(secure_server.pki.server.key).read_text().splitlines()[1]
     assert key_pem not in text
+
+
+def test_pacs_hash_password_reads_stdin_not_argv() -> None:
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "hash-password"], input="Ch0sen pw\n",
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    stored = r.stdout.strip()
+    assert verify_password("Ch0sen pw", stored) and not verify_password("Ch0sen", stored)
+    empty = subprocess.run([sys.executable, "-m", "engine.cli", "hash-password"], input="\n",
+                           capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    assert empty.returncode != 0
