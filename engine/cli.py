@@ -145,8 +145,15 @@ def _parse_keys(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_find(args: argparse.Namespace) -> int:
+    from engine import audit
+
     query = _parse_keys(args.keys)
+    _audit_locally(args)
     with _open(args) as archive:
+        audit.emit(audit.Event.QUERY, user=_local_user(), address=None,
+                   patient=query.get("PatientID") or None,
+                   study=query.get("StudyInstanceUID") or None, level=args.level,
+                   keys=query)  # fmt: skip
         rows = [
             {elem.keyword: _json_value(elem.value) for elem in ds}
             for ds in archive.find(args.level, query, limit=args.limit, offset=args.offset)
@@ -171,7 +178,7 @@ def _json_value(value: Any) -> Any:
 
 
 def _audit_locally(args: argparse.Namespace) -> None:
-    """The audit trail of a command run on the archive itself (export, delete)."""
+    """The audit trail of a command run on the archive itself (ingest, find, export, delete)."""
     from engine import audit
     from engine.config import load_config
 

@@ -26,10 +26,12 @@ import queue
 import signal
 import threading
 import time
+from dataclasses import replace
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any
 
+from engine.audit import AuditSettings
 from engine.config import Config
 from engine.net.settings import ServerSettings
 
@@ -126,10 +128,8 @@ def run_worker(
     log.info("worker %d stopped", index)
 
 
-def _audit_in(path: str, settings: ServerSettings) -> Any:
+def _audit_in(path: str, settings: ServerSettings) -> AuditSettings:
     """The audit settings with a relative file placed in the archive folder."""
-    from dataclasses import replace
-
     a = settings.audit
     return replace(a, file=os.path.join(path, a.file)) if a.file else a
 
@@ -160,7 +160,6 @@ def _unsafe(config: Config, s: ServerSettings) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
-
 
 
 class Supervisor:

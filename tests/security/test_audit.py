@@ -103,21 +103,23 @@ def _pacs(archive: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
 
 
-def test_ingest_export_and_delete_are_audited(tmp_path: Path) -> None:
+def test_local_commands_are_audited(tmp_path: Path) -> None:
     ds = small_ct(61)
     src = tmp_path / "in.dcm"
     ds.save_as(src, enforce_file_format=True)
     archive = tmp_path / "archive"
     assert _pacs(archive, "ingest", str(src)).returncode == 0
+    assert _pacs(archive, "find", "STUDY", f"PatientID={ds.PatientID}").returncode == 0
     assert _pacs(archive, "export", ds.StudyInstanceUID, str(tmp_path / "out")).returncode == 0
     r = _pacs(archive, "delete", "--study", ds.StudyInstanceUID)
     assert r.returncode == 0, r.stderr
     records = [json.loads(x) for x in (archive / "audit.jsonl").read_text().splitlines()]
-    # ingest (Instances Transferred), export, delete
-    assert [r["event_id"] for r in records] == ["110104", "110106", "110103"]
+    # ingest (Instances Transferred), find (Query), export, delete
+    assert [r["event_id"] for r in records] == ["110104", "110112", "110106", "110103"]
     assert records[0]["detail"]["sop_instance_uid"] == ds.SOPInstanceUID
-    assert records[2]["action"] == "D" and records[2]["study"] == ds.StudyInstanceUID
-    assert records[1]["user"] and records[1]["detail"]["instances"] == 1
+    assert records[1]["patient"] == ds.PatientID
+    assert records[3]["action"] == "D" and records[3]["study"] == ds.StudyInstanceUID
+    assert records[2]["user"] and records[2]["detail"]["instances"] == 1
 
 
 def test_anonymous_dicomweb_off_loopback_refuses_to_start(tmp_path: Path) -> None:
