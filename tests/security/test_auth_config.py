@@ -56,7 +56,8 @@ def jwks_client(tmp_path: Path) -> Any:
 def test_jwks_keys_are_picked_by_kid(jwks_client: Any) -> None:
     client, k1, k2 = jwks_client
     for key, kid in ((k1, "k1"), (k2, "k2")):
-        r = client.get("/dicom-web/studies", headers={"Authorization": f"Bearer {_token(key, kid)}"})
+        bearer = {"Authorization": f"Bearer {_token(key, kid)}"}
+        r = client.get("/dicom-web/studies", headers=bearer)
         assert r.status_code in (200, 204), r.text
     swapped = _token(k1, "k2")  # signed by k1, claiming to be k2
     r = client.get("/dicom-web/studies", headers={"Authorization": f"Bearer {swapped}"})
@@ -98,6 +99,7 @@ def test_a_private_key_is_not_a_verification_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="public key"):
         auth_settings({"jwt_key": str(private)}, "127.0.0.1")
     public = tmp_path / "public.pem"
-    public.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    spki = PublicFormat.SubjectPublicKeyInfo
+    public.write_bytes(key.public_key().public_bytes(Encoding.PEM, spki))
     assert auth_settings({"jwt_key": str(public), "jwt_algorithms": ["ES256"]},
                          "127.0.0.1").keys is not None  # fmt: skip
