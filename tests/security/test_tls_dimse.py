@@ -144,6 +144,10 @@ def test_dcmtk_refused_without_certificate_or_with_retired_profile(
     stranger = run_dcmtk("storescu", "-aet", "STORESCU", *_tls_args(pki, pki.stranger), *peer,
                          *files)  # fmt: skip
     assert stranger.returncode != 0
+    # the client trusts another CA: it refuses our server certificate
+    distrust = run_dcmtk("storescu", "-aet", "STORESCU", "+tls", pki.client.key, pki.client.cert,
+                         "+cf", pki.other_ca.path, *peer, *files)  # fmt: skip
+    assert distrust.returncode != 0
     # the retired AES profile: TLS_RSA_WITH_AES_128_CBC_SHA, no forward secrecy (not BCP 195)
     retired = run_dcmtk("storescu", "-aet", "STORESCU", *_tls_args(pki), "+pa", *peer, *files)
     assert retired.returncode != 0
