@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from engine.web.auth import hash_password
+from tests._helpers import ROOT
 from tests.net._support import START_TIMEOUT_S, Server, free_port
 from tests.security._pki import Pki, make_pki
 
@@ -28,9 +31,19 @@ ISSUER, AUDIENCE = "https://idp.test", "pacs"
 class TlsServer(Server):
     """`pacs serve` whose DICOM port speaks TLS: readiness is a C-ECHO over TLS."""
 
-    def __init__(self, tmp: Path, pki: Pki, **kw: Any) -> None:
+    def __init__(self, tmp: Path, pki: Pki, *, flags: tuple[str, ...] = (), **kw: Any) -> None:
         super().__init__(tmp, **kw)
-        self.pki = pki
+        self.pki, self.flags = pki, flags
+
+    def start(self) -> TlsServer:
+        """As Server.start, with `flags` (``--tls-cert`` ...) added to ``pacs serve``."""
+        cmd = [sys.executable, "-m", "engine.cli", "--config", str(self.config_path), "serve",
+               str(self.archive), "--dicom-port", str(self.port), "--workers", str(self.workers),
+               "--http-port", str(self.http_port), *self.flags]  # fmt: skip
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 -- closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+        return self
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -225,9 +225,9 @@ def test_an_idle_tls_association_is_aborted_after_the_network_timeout(
 ) -> None:
     """The storage fast path reads the TLS socket with kernel timeouts: an idle peer is aborted
     (A-ABORT) like a plain one, and the worker goes on serving."""
-    config = (f'[server]\nnetwork_timeout_s = 2\n[tls]\ncert = "{pki.server.cert}"\n'
-              f'key = "{pki.server.key}"\nca = "{pki.ca.path}"\n')  # fmt: skip
-    server = TlsServer(tmp_path, pki, workers=1, config=config).start()
+    flags = ("--tls-cert", pki.server.cert, "--tls-key", pki.server.key, "--tls-ca", pki.ca.path)
+    server = TlsServer(tmp_path, pki, workers=1, config="[server]\nnetwork_timeout_s = 2\n",
+                       flags=flags).start()  # TLS from the command line this time
     try:
         ae = AE(ae_title="IDLESCU")
         ae.add_requested_context(CTImageStorage)
