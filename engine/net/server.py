@@ -33,7 +33,7 @@ from typing import Any
 
 from engine.audit import AuditSettings
 from engine.config import Config
-from engine.net.settings import ServerSettings
+from engine.net.settings import ServerSettings, is_loopback
 
 log = logging.getLogger("engine.net")
 
@@ -162,15 +162,6 @@ def _unsafe(config: Config, s: ServerSettings) -> str | None:
     return None
 
 
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class Supervisor:
     """Starts, watches, restarts and stops the worker processes.
 
@@ -235,10 +226,10 @@ class Supervisor:
         if problem is not None:
             log.error("refusing to start: %s", problem)
             return 1
-        if s.access.allowed_calling is None and not _loopback(s.host):
+        if s.access.allowed_calling is None and not is_loopback(s.host):
             log.warning("any calling AE title may associate on %s: name them in [access] "
                         "allowed_calling", s.host)  # fmt: skip
-        if s.tls is None and not _loopback(s.host):
+        if s.tls is None and not is_loopback(s.host):
             log.warning("DICOM and DICOMweb in clear text on %s: configure [tls]", s.host)
         self._stop = _stop_on_signals()
         for i in range(s.workers):

@@ -162,6 +162,14 @@ class ServerSettings:
         return self.access.remotes
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine only."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _resolve(host: str) -> frozenset[str]:
     """Every address `host` names (an address names itself)."""
     try:

@@ -36,7 +36,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -53,6 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import audit
 from engine.errors import AuditError
+from engine.net.settings import is_loopback
 from engine.web.errors import problem_body
 
 log = logging.getLogger("engine.web")
@@ -118,15 +118,6 @@ class AuthSettings:
     users: Mapping[str, User] = field(default_factory=dict)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _import_public_pem(data: bytes) -> Any:
     problems = []
     for kty in ("RSA", "EC", "OKP"):  # an explicit type: joserfc warns about guessing it
@@ -186,7 +177,7 @@ def auth_settings(table: Mapping[str, Any] | None, host: str) -> AuthSettings:
     anonymous = t.get("anonymous", not configured)
     if not isinstance(anonymous, bool):
         raise ValueError("auth.anonymous must be true or false")
-    if anonymous and "anonymous" not in t and not _is_loopback(host):
+    if anonymous and "anonymous" not in t and not is_loopback(host):
         raise ValueError(f"DICOMweb on {host} without authentication: configure [auth] "
                          "(users, jwt_key or jwks), or set auth.anonymous = true")  # fmt: skip
     return AuthSettings(anonymous, keys, algorithms, t.get("issuer"), t.get("audience"),
