@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -93,6 +95,11 @@ def verify_password(password: str, stored: str) -> bool:
     except (ValueError, binascii.Error):
         return False
     return hmac.compare_digest(got, want)
+
+
+@functools.cache
+def _decoy_hash() -> str:
+    return hash_password(os.urandom(16).hex())
 
 
 # -- settings ---------------------------------------------------------------------
@@ -258,7 +265,7 @@ class Authenticator:
         name, sep, password = decoded.partition(":")
         user = self.settings.users.get(name)
         # scrypt also for an unknown user: the answer's timing must not tell which names exist
-        stored = user.password_hash if user else hash_password("", b"0" * 16)
+        stored = user.password_hash if user else _decoy_hash()
         ok = await run_in_threadpool(verify_password, password, stored)
         if not (sep and user and ok):
             raise Refused(401, "wrong user name or password")
@@ -331,29 +338,15 @@ class AuthMiddleware:
                 kind = audit.Event.SECURITY_ALERT
             await self._refuse(send, exc, kind, address, path, method)
             return
-        await self.app(scope, receive, self._audited(send, event, who.name, address, study, method,
-                                                     path))  # fmt: skip
-
-    def _audited(self, send: Send, event: audit.Event, user: str, address: str | None,
-                 study: str | None, method: str, path: str) -> Send:  # fmt: skip
-        failed = False
-
-        async def audited_send(message: Message) -> None:
-            nonlocal failed
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                outcome = audit.SUCCESS if status < 400 else audit.MINOR_FAILURE
-                try:
-                    audit.emit(event, outcome, user=user, address=address, study=study,
-                               method=method, path=path, status=status)  # fmt: skip
-                except AuditError as exc:
-                    failed = True
-                    await _send_problem(send, 503, "Audit trail unavailable", str(exc), [])
-                    return
-            if not failed:
-                await send(message)
-
-        return audited_send
+        audited = _AuditedSend(send, event, who.name, address, study, method, path)
+        try:
+            await self.app(scope, receive, audited)
+        except Exception:  # an unexpected error: the 500 goes out further up, audit it here
+            if not audited.started:
+                with contextlib.suppress(AuditError):  # logged by the trail
+                    audit.emit(event, audit.SERIOUS_FAILURE, user=who.name, address=address,
+                               study=study, method=method, path=path, status=500)  # fmt: skip
+            raise
 
     async def _refuse(self, send: Send, exc: Refused, kind: audit.Event, address: str | None,
                       path: str, method: str) -> None:  # fmt: skip
@@ -364,6 +357,32 @@ class AuthMiddleware:
         title = "Unauthorized" if exc.status == 401 else "Forbidden"
         await _send_problem(send, exc.status, title, exc.detail,
                             headers if exc.status == 401 else [])  # fmt: skip
+
+
+class _AuditedSend:
+    """The ASGI send of one request: audits it when its status is known (response start)."""
+
+    def __init__(self, send: Send, event: audit.Event, user: str, address: str | None,
+                 study: str | None, method: str, path: str) -> None:  # fmt: skip
+        self.send, self.event, self.user, self.address = send, event, user, address
+        self.study, self.method, self.path = study, method, path
+        self.started = self.failed = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            status = int(message["status"])
+            outcome = audit.SUCCESS if status < 400 else audit.MINOR_FAILURE
+            try:
+                audit.emit(self.event, outcome, user=self.user, address=self.address,
+                           study=self.study, method=self.method, path=self.path,
+                           status=status)  # fmt: skip
+            except AuditError as exc:
+                self.failed = True  # nothing goes out that the trail did not record
+                await _send_problem(self.send, 503, "Audit trail unavailable", str(exc), [])
+                return
+        if not self.failed:
+            await self.send(message)
 
 
 async def _send_problem(send: Send, status: int, title: str, detail: str,
