@@ -130,7 +130,7 @@ def handshake(sock: ssl.SSLSocket, timeout_s: float = HANDSHAKE_TIMEOUT_S) -> No
 
 
 def peer_identity(sock: Any) -> str | None:
-    """The subject common name of a verified client certificate, for the audit trail."""
+    """The subject common name of a verified client certificate, for the log."""
     if not isinstance(sock, ssl.SSLSocket):
         return None
     cert = sock.getpeercert()

@@ -38,7 +38,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from engine import audit
 from engine.net.pdu import PeerClosed
 from engine.net.settings import Access
-from engine.net.tls import handshake
+from engine.net.tls import handshake, peer_identity
 
 if TYPE_CHECKING:  # fastpath imports this module
     from engine.net.fastpath import StorageFastPath
@@ -132,6 +132,8 @@ def _tls_handshake(sock: ssl.SSLSocket, address: Any) -> bool:
                            description=f"TLS handshake failed: {exc}")  # fmt: skip
         sock.close()
         return False
+    log.info("TLS from %s: %s, client certificate %s", address[0], sock.version(),
+             peer_identity(sock) or "none")  # fmt: skip
     return True
 
 

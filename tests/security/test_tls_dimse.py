@@ -72,6 +72,7 @@ def test_storescu_over_tls_stores_and_is_audited(secure_server: TlsServer, pki: 
     assert len(stored) == 3
     assert {a["user"] for a in stored} == {"STORESCU"}
     assert all(a["outcome"] == 0 and a["address"] == "127.0.0.1" and a["study"] for a in stored)
+    assert "client certificate modality" in secure_server.log()  # the CN of pki.client
 
 
 def test_findscu_and_echoscu_over_tls(secure_server: TlsServer, pki: Pki, tmp_path: Path) -> None:
