@@ -27,7 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from tests._helpers import small_ct
-from tests.net._support import dcmtk, dcmtk_env, run_dcmtk
+from tests.net._support import Server, dcmtk, dcmtk_env, run_dcmtk
 from tests.security._pki import Pki
 from tests.security.conftest import TlsServer, client_context, tls_echo
 
@@ -243,3 +243,30 @@ def test_an_idle_tls_association_is_aborted_after_the_network_timeout(
     finally:
         assert server.stop() == 0
     assert "IDLESCU at 127.0.0.1 idle for 2.0 s; aborting" in server.log()
+
+
+def test_clients_refuse_a_server_whose_certificate_expired(tmp_path: Path, pki: Pki) -> None:
+    expired = pki.ca.issue("expired-server", expired=True, server=True)
+    config = f'[tls]\ncert = "{expired.cert}"\nkey = "{expired.key}"\n'
+    server = Server(tmp_path, workers=1, config=config)
+    server.wait_ready = lambda: _wait_for_log(server, "listening on")  # type: ignore[method-assign]
+    server.start()
+    try:
+        files = list(map(str, _files(tmp_path, range(60, 61))))
+        r = run_dcmtk("storescu", "-aet", "STORESCU", "+tls", pki.client.key, pki.client.cert,
+                      "+cf", pki.ca.path, "127.0.0.1", str(server.port), *files)  # fmt: skip
+        assert r.returncode != 0
+        _assert_refused(server.port, client_context(pki))  # Python's ssl refuses it too
+    finally:
+        assert server.stop() == 0
+    assert "TLS handshake with" in server.log()  # the server saw the client give up
+
+
+def _wait_for_log(server: Server, text: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.proc is not None and server.proc.poll() is None, server.log()
+        if text in server.log():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} in the log:\n{server.log()}")
