@@ -70,14 +70,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     nbytes = 0
     rejected: dict[str, list[str]] = {}
     t0 = time.perf_counter()
+    from engine import audit
+
+    _audit_locally(args)
+    user = _local_user()
     with _open(args) as archive, _progress() as progress:
         task = progress.add_task("ingest", total=len(files))
 
         def one(path: Path) -> tuple[Path, Any]:
             try:
-                return path, archive.store(path)
+                result = archive.store(path)
             except InvalidInstanceError as exc:
                 return path, exc
+            audit.emit(audit.Event.INSTANCES_TRANSFERRED, user=user, address=None,
+                       study=result.study_instance_uid, source=str(path),
+                       sop_instance_uid=result.sop_instance_uid)  # fmt: skip
+            return path, result
 
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for path, result in pool.map(one, files):
@@ -137,8 +145,15 @@ def _parse_keys(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_find(args: argparse.Namespace) -> int:
+    from engine import audit
+
     query = _parse_keys(args.keys)
+    _audit_locally(args)
     with _open(args) as archive:
+        audit.emit(audit.Event.QUERY, user=_local_user(), address=None,
+                   patient=query.get("PatientID") or None,
+                   study=query.get("StudyInstanceUID") or None, level=args.level,
+                   keys=query)  # fmt: skip
         rows = [
             {elem.keyword: _json_value(elem.value) for elem in ds}
             for ds in archive.find(args.level, query, limit=args.limit, offset=args.offset)
@@ -162,13 +177,40 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
+def _audit_locally(args: argparse.Namespace) -> None:
+    """The audit trail of a command run on the archive itself (ingest, find, export, delete)."""
+    from engine import audit
+    from engine.config import load_config
+
+    table = load_config(args.config).extra.get("audit")
+    settings = audit.audit_settings(table, audit.DEFAULT_FILE_NAME)
+    if settings.file:
+        settings = audit.AuditSettings(os.path.join(args.archive, settings.file), settings.syslog)
+    audit.configure(settings)
+
+
+def _local_user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    from engine import audit
+    from engine.ingest import validate_uid
+
     dest = Path(args.dest)
+    _audit_locally(args)
     with _open(args) as archive:
         uids = _resolve(archive, args.uid)
         if not uids:
             err.print(f"[red]error:[/] no patient, study, series or instance {args.uid!r}")
             return EXIT_USAGE
+        for uid in uids:  # a file name only from a valid UID, whatever the index says
+            validate_uid("SOPInstanceUID", uid)
+        audit.emit(audit.Event.DATA_EXPORT, user=_local_user(), address=None,
+                   description=f"to {dest.resolve()}", selector=args.uid,
+                   instances=len(uids))  # fmt: skip
         single_file = len(uids) == 1 and dest.suffix.lower() == ".dcm"
         if not single_file:
             dest.mkdir(parents=True, exist_ok=True)
@@ -203,8 +245,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
     if len(given) != 1:
         err.print("[red]error:[/] name exactly one of --patient, --study, --series, --instance")
         return EXIT_USAGE
+    from engine import audit
+
+    _audit_locally(args)
     with _open(args) as archive:
         count = archive.delete(**given)
+    audit.emit(audit.Event.INSTANCES_DELETED, user=_local_user(), address=None,
+               patient=given.get("patient_id"), study=given.get("study_instance_uid"),
+               instances=count, **given)  # fmt: skip
     if count == 0:
         err.print(f"nothing to delete: no instance under {next(iter(given.values()))}")
         return EXIT_USAGE
@@ -257,6 +305,25 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from engine.web.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            err.print("[red]error:[/] the passwords differ")
+            return EXIT_USAGE
+    else:  # piped: the first line (never a command-line argument: ps would show it)
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        err.print("[red]error:[/] empty password")
+        return EXIT_USAGE
+    print(hash_password(password))
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.config import load_config
     from engine.net.server import serve
@@ -267,6 +334,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = server_settings(
         config, ae_title=args.ae_title, dicom_port=args.dicom_port, host=args.host,
         workers=args.workers, max_associations=args.max_associations, http_port=args.http_port,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
     )  # fmt: skip
     return serve(args.data_dir or args.archive, config, settings)
 
@@ -324,8 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, help="DICOMweb port (default: 8042; 0: off)")
     s.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     s.add_argument("--max-associations", type=int, help="concurrent associations per worker")
+    s.add_argument("--tls-cert", help="PEM certificate: the DICOM port speaks TLS, HTTP is HTTPS")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    s.add_argument("--tls-ca", help="PEM CA that signs client certificates (then required)")
     s.add_argument("--config", dest="config", default=argparse.SUPPRESS, help="TOML config file")
     s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("hash-password", help="hash a password for [auth.users.NAME] password")
+    s.set_defaults(fn=cmd_hash_password)
 
     s = sub.add_parser("stats", help="counts and sizes")
     s.add_argument("--json", action="store_true")

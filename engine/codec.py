@@ -10,10 +10,12 @@ recompressed at COLD_ZSTD_LEVEL when the archive is idle or compacted.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import zstandard
 from pydicom.uid import UncompressedTransferSyntaxes
 
+from engine.errors import UnsupportedTransferSyntaxError
 from engine.storage.format import CODEC_RAW, CODEC_ZSTD
 
 COLD_ZSTD_LEVEL = 3  # best ratio per CPU second on CT; 6+ gains under 4%
@@ -66,3 +68,34 @@ def decode(data: bytes | memoryview, codec: int, raw_len: int) -> bytes | memory
             raise ValueError(f"zstd part decoded to {len(out)} bytes, header says {raw_len}")
         return out
     raise ValueError(f"unknown codec {codec}")
+
+
+# One decode (a transcode of every frame, or one rendered frame) may allocate at most this:
+# a header claiming 65535 x 65535 x 1000 frames must be refused before pylibjpeg allocates.
+MAX_DECODED_BYTES = 1 << 30
+
+
+def check_decoded_size(ds: Any, frames: int | None = None) -> int:
+    """The bytes decoding `frames` frames of `ds` yields (all when None), or raise if too many.
+
+    Raises
+    ------
+    UnsupportedTransferSyntaxError
+        Past :data:`MAX_DECODED_BYTES`: the client can ask for the stored syntax instead.
+    """
+    def number(keyword: str, default: int) -> int:
+        try:
+            return int(ds.get(keyword, default) or default)
+        except (TypeError, ValueError):
+            return default
+
+    count = number("NumberOfFrames", 1) if frames is None else frames
+    size = (number("Rows", 0) * number("Columns", 0) * number("SamplesPerPixel", 1)
+            * ((number("BitsAllocated", 16) + 7) // 8) * count)  # fmt: skip
+    if size > MAX_DECODED_BYTES:
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        raise UnsupportedTransferSyntaxError(
+            syntax, f"decoding needs {size:,} bytes, more than the limit of "
+            f"{MAX_DECODED_BYTES:,}; ask for the syntax it is stored in",
+        )  # fmt: skip
+    return size

@@ -108,3 +108,10 @@ class ArchiveClosedError(EngineError, RuntimeError):
 
 class ArchiveLockedError(EngineError, RuntimeError):
     """Another process holds an exclusive lock that this operation needs."""
+
+
+class AuditError(StorageIOError):
+    """The audit trail cannot be written; the request it would record is refused.
+
+    Check that the ``[audit] file`` is writable and its disk not full.
+    """

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -48,6 +49,8 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import AllStoragePresentationContexts, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from engine.audit import SERIOUS_FAILURE, Event
+from engine.errors import AuditError
 from engine.net import pdu as P
 from engine.net.pdu import Command, MessageBuffer, PDUReader, PeerClosed, ProtocolError
 from engine.net.scp import MAX_PDU_BYTES
@@ -59,7 +62,8 @@ from engine.net.status import (
     error_comment,
     failure_status,
 )
-from engine.net.transport import REJECT_CALLING_AE, REJECT_LIMIT
+from engine.net.store import audit_refusal, audit_store
+from engine.net.transport import REJECT_CALLING_AE, REJECT_LIMIT, refused
 from engine.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 if TYPE_CHECKING:
@@ -139,6 +143,11 @@ def peek_associate_rq(sock: socket.socket, timeout_s: float) -> bytes | None:
 
 def _set_timeouts(sock: socket.socket, seconds: float) -> None:
     """Kernel receive/send timeouts on a blocking socket: no poll() before each recv."""
+    if isinstance(sock, ssl.SSLSocket):
+        # OpenSSL retries a read that the kernel timed out (EAGAIN is "want read") forever:
+        # TLS needs Python's own timeout, a poll() before each read
+        sock.settimeout(seconds)
+        return
     whole = int(seconds)
     tv = _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
@@ -323,6 +332,7 @@ class FastAssociation:
         if not owner.settings.access.may_associate(self.calling, self.address):
             log.warning("association from %r at %s refused: calling AE title not allowed",
                         self.calling, self.address)  # fmt: skip
+            refused(self.calling, str(self.address), "calling AE title not allowed")
             self.sock.sendall(P.encode_reject(*REJECT_CALLING_AE))
             return False
         open_now = owner.count() + owner.pynetdicom_acceptors()
@@ -330,6 +340,7 @@ class FastAssociation:
             log.warning("association from %s at %s refused: %d associations open, limit %d",
                         self.calling, self.address, open_now - 1,
                         owner.settings.max_associations)  # fmt: skip
+            refused(self.calling, str(self.address), "association limit reached")
             self.sock.sendall(P.encode_reject(*REJECT_LIMIT))
             return False
         results, _roles = negotiate_as_acceptor(
@@ -456,14 +467,20 @@ class FastAssociation:
 
     def _store(self, command: Command, context: int, data: memoryview) -> tuple[int, str]:
         """Store the data set as received; (status, error comment) once it is durable."""
+        uid = str(command.sop_instance_uid)
         if not self.may_store:
             log.warning("C-STORE from %s refused: not allowed to store", self.calling)
+            audit_refusal(Event.INSTANCES_TRANSFERRED, self.calling, self.address, "may not store")
             return REFUSED_NOT_AUTHORISED, error_comment(f"{self.calling} may not store here")
         try:
-            self.owner.archive.store(data, transfer_syntax=self.accepted[context],
-                                     source_ae=self.calling)  # fmt: skip
+            result = self.owner.archive.store(data, transfer_syntax=self.accepted[context],
+                                              source_ae=self.calling)  # fmt: skip
+            audit_store(self.calling, self.address, uid, result.study_instance_uid)
         except Exception as exc:  # noqa: BLE001 -- every failure must become a status (status.py)
-            return failure_status(exc, f"C-STORE from {self.calling} of {command.sop_instance_uid}")
+            if not isinstance(exc, AuditError):
+                with contextlib.suppress(AuditError):  # logged by the trail
+                    audit_store(self.calling, self.address, uid, None, SERIOUS_FAILURE, str(exc))
+            return failure_status(exc, f"C-STORE from {self.calling} of {uid}")
         self.stored += 1
         return SUCCESS, ""
 

@@ -19,6 +19,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from engine import audit
 from engine.attributes import BY_KEYWORD, COMPUTED
 from engine.errors import InvalidQueryError
 from engine.net.settings import Access
@@ -31,6 +32,7 @@ from engine.net.status import (
     failure,
     status_dataset,
 )
+from engine.net.store import audit_refusal
 from engine.query import RETURN_ONLY, normalise_level
 
 if TYPE_CHECKING:
@@ -45,6 +47,14 @@ LOCAL_KEYS = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveA
                         "InstanceAvailability"})  # fmt: skip
 
 Response = tuple[int | Dataset, Dataset | None]
+
+
+def audit_query(ident: Identifier, calling: str, address: str) -> None:
+    """One audit record for a C-FIND; raises AuditError."""
+    audit.emit(audit.Event.QUERY, user=calling, address=address,
+               patient=ident.query.get("PatientID") or None,
+               study=ident.query.get("StudyInstanceUID") or None,
+               level=ident.level, keys=ident.query)  # fmt: skip
 
 
 class Identifier:
@@ -142,8 +152,10 @@ def handle_find(
         cancelled; a failure status Dataset with an Error Comment on error.
     """
     calling = str(event.assoc.requestor.ae_title).strip()
+    address = str(event.assoc.requestor.address)
     if not access.may(calling, "query"):
         log.warning("C-FIND from %s refused: not allowed to query", calling)
+        audit_refusal(audit.Event.QUERY, calling, address, "may not query")
         yield status_dataset(REFUSED_NOT_AUTHORISED, f"{calling} may not query here"), None
         return
     try:
@@ -156,6 +168,7 @@ def handle_find(
         yield status_dataset(DOES_NOT_MATCH_SOP_CLASS, f"cannot decode identifier: {exc}"), None
         return
     try:
+        audit_query(ident, calling, address)
         for match in archive.find(ident.level, ident.query):
             if event.is_cancelled:  # PS3.4 C.4.1.3.1: stop and answer Cancel
                 yield CANCEL, None

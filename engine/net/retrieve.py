@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import logging
+import ssl
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from pynetdicom import build_context, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from engine import audit
 from engine.attributes import UNIQUE_KEY
 from engine.errors import InvalidQueryError, UnsupportedTransferSyntaxError
 from engine.net.find import Identifier
@@ -45,6 +47,7 @@ from engine.net.status import (
     failure,
     status_dataset,
 )
+from engine.net.store import audit_refusal
 from engine.net.transport import set_nodelay
 
 if TYPE_CHECKING:
@@ -175,13 +178,21 @@ def _send_all(
 
 
 def _identifier(event: Any, calling: str, access: Access, levels: tuple[str, ...],
-                archive: Archive, what: str) -> list[Match] | Dataset:  # fmt: skip
+                archive: Archive, what: str, **detail: Any) -> list[Match] | Dataset:  # fmt: skip
+    address = str(event.assoc.requestor.address)
     if not access.may(calling, "retrieve"):
         log.warning("%s from %s refused: not allowed to retrieve", what, calling)
+        audit_refusal(audit.Event.BEGIN_TRANSFERRING, calling, address, "may not retrieve")
         return status_dataset(REFUSED_NOT_AUTHORISED, f"{calling} may not retrieve here")
     try:
         ident = Identifier(event.identifier, levels)
-        return resolve(archive, ident)
+        found = resolve(archive, ident)
+        audit.emit(audit.Event.BEGIN_TRANSFERRING, user=calling, address=address,
+                   patient=ident.query.get("PatientID") or None,
+                   study=ident.query.get("StudyInstanceUID") or None,
+                   service=what, level=ident.level, keys=ident.query,
+                   instances=len(found), **detail)  # fmt: skip
+        return found
     except InvalidQueryError as exc:
         return failure(exc, f"{what} from {calling}")
     except Exception as exc:  # noqa: BLE001 -- undecodable identifier, or the index failed
@@ -219,6 +230,7 @@ def handle_move(
     access: Access,
     levels: tuple[str, ...],
     remotes: dict[str, Remote],
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[Any]:
     """EVT_C_MOVE: send the matches to the Move Destination named in the request (PS3.4 C.4.2).
 
@@ -231,17 +243,23 @@ def handle_move(
     """
     calling = str(event.assoc.requestor.ae_title).strip()
     destination = str(event.move_destination).strip()
-    remote = remotes.get(destination)
-    if remote is None or remote.host is None or remote.port is None:
-        log.warning("C-MOVE from %s: unknown move destination %r (add [remotes.%s])",
-                    calling, destination, destination)  # fmt: skip
+    why = access.may_move_to(calling, destination)
+    if why is not None:  # unknown, or not allowed: never connect to it
+        log.warning("C-MOVE from %s refused: %s", calling, why)
+        audit_refusal(audit.Event.BEGIN_TRANSFERRING, calling,
+                      str(event.assoc.requestor.address), why)  # fmt: skip
         yield None, None  # pynetdicom answers 0xA801, PS3.4 C.4.2.1.5
         return
-    found = _identifier(event, calling, access, levels, archive, "C-MOVE")
+    remote = remotes[destination]
+    assert remote.host is not None and remote.port is not None  # may_move_to checked
+    # PS3.15 B.1: a remote that requires TLS gets it, with our certificate
+    connect: dict[str, Any] = {"tls_args": (tls, None)} if remote.tls and tls else {}
+    found = _identifier(event, calling, access, levels, archive, "C-MOVE",
+                        destination=destination)  # fmt: skip
     if isinstance(found, Dataset):
         # pynetdicom only sends a failure after associating with the destination:
         # a Verification-only association, released unused.
-        yield remote.host, remote.port, {"contexts": [build_context(Verification)]}
+        yield remote.host, remote.port, {"contexts": [build_context(Verification)], **connect}
         yield 1
         yield found, None
         return
@@ -257,7 +275,7 @@ def handle_move(
 
     handlers = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ESTABLISHED, on_established)]
     contexts = proposed_contexts(found) if found else None
-    yield remote.host, remote.port, {"contexts": contexts, "evt_handlers": handlers}
+    yield remote.host, remote.port, {"contexts": contexts, "evt_handlers": handlers, **connect}
     yield len(found)
     yield from _send_all(
         event, archive, found, lambda sc: accepted_syntaxes(sub.get("contexts", []), sc)

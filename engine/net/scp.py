@@ -32,6 +32,7 @@ from engine.net.find import PATIENT_ROOT_LEVELS, STUDY_ROOT_LEVELS, handle_find
 from engine.net.retrieve import handle_get, handle_move
 from engine.net.settings import ServerSettings
 from engine.net.store import handle_echo, handle_store
+from engine.net.tls import client_context
 
 if TYPE_CHECKING:
     from engine.archive import Archive
@@ -105,6 +106,7 @@ def _levels(event: Any, kind: str) -> tuple[str, ...]:
 def handlers(archive: Archive, settings: ServerSettings) -> list[tuple[Any, ...]]:
     """The pynetdicom event handlers of a worker, bound to its archive and settings."""
     access, remotes = settings.access, dict(settings.remotes)
+    tls = client_context(settings.tls) if any(r.tls for r in remotes.values()) else None
 
     def on_find(event: Any) -> Any:
         return handle_find(event, archive, access, _levels(event, "find"), settings.ae_title)
@@ -113,7 +115,7 @@ def handlers(archive: Archive, settings: ServerSettings) -> list[tuple[Any, ...]
         return handle_get(event, archive, access, _levels(event, "get"))
 
     def on_move(event: Any) -> Any:
-        return handle_move(event, archive, access, _levels(event, "move"), remotes)
+        return handle_move(event, archive, access, _levels(event, "move"), remotes, tls)
 
     return [
         (evt.EVT_C_ECHO, handle_echo),

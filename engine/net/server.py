@@ -26,12 +26,14 @@ import queue
 import signal
 import threading
 import time
+from dataclasses import replace
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any
 
+from engine.audit import AuditSettings
 from engine.config import Config
-from engine.net.settings import ServerSettings
+from engine.net.settings import ServerSettings, is_loopback
 
 log = logging.getLogger("engine.net")
 
@@ -80,11 +82,14 @@ def run_worker(
     logging.getLogger("engine.net").setLevel(level)
     stop = _stop_on_signals()
 
+    from engine import audit
     from engine.archive import Archive
     from engine.net.fastpath import StorageFastPath
     from engine.net.scp import build_ae, handlers
+    from engine.net.tls import server_context
     from engine.net.transport import AssociationServer
 
+    audit.configure(_audit_in(path, settings))
     archive = Archive(path, config)
     try:
         ae = build_ae(settings)
@@ -95,6 +100,7 @@ def run_worker(
             server_class=AssociationServer,
             access=settings.access,
             fast=fast,
+            tls=server_context(settings.tls) if settings.tls else None,
         )
         ae._servers.append(server)  # as AE.start_server does: shutdown() removes it
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
@@ -106,7 +112,7 @@ def run_worker(
             from engine.web.settings import WebSettings
 
             web = WebSettings.from_mapping(config.extra.get("web", {}))
-            http = run_http(archive, settings.host, settings.http_port, stop, web)
+            http = run_http(archive, settings.host, settings.http_port, stop, web, settings.tls)
         ready.put((index, os.getpid()))
         while not stop.wait(1.0):
             pass
@@ -122,6 +128,12 @@ def run_worker(
     log.info("worker %d stopped", index)
 
 
+def _audit_in(path: str, settings: ServerSettings) -> AuditSettings:
+    """The audit settings with a relative file placed in the archive folder."""
+    a = settings.audit
+    return replace(a, file=os.path.join(path, a.file)) if a.file else a
+
+
 def _drain(associations: list[Any]) -> None:
     """Let open associations finish; abort those still open after the grace period."""
     deadline = time.monotonic() + SHUTDOWN_GRACE_S
@@ -135,6 +147,19 @@ def _drain(associations: list[Any]) -> None:
 
 
 # -- the supervisor ---------------------------------------------------------------
+
+
+def _unsafe(config: Config, s: ServerSettings) -> str | None:
+    """Why these settings must not serve (anonymous DICOMweb off loopback, a bad [auth])."""
+    if not s.http_port:
+        return None
+    from engine.web.auth import auth_settings
+
+    try:
+        auth_settings(config.extra.get("auth"), s.host)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 class Supervisor:
@@ -197,17 +222,27 @@ class Supervisor:
             if problem is not None:
                 log.error("cannot listen on %s:%d: %s", s.host, port, problem)
                 return 1
+        problem = _unsafe(self.config, s)
+        if problem is not None:
+            log.error("refusing to start: %s", problem)
+            return 1
+        if s.access.allowed_calling is None and not is_loopback(s.host):
+            log.warning("any calling AE title may associate on %s: name them in [access] "
+                        "allowed_calling", s.host)  # fmt: skip
+        if s.tls is None and not is_loopback(s.host):
+            log.warning("DICOM and DICOMweb in clear text on %s: configure [tls]", s.host)
         self._stop = _stop_on_signals()
         for i in range(s.workers):
             self._start(i)
         if not self._wait_ready(set(self._procs)):
             self._shutdown()
             return 1
-        log.warning("listening on %s:%d as %s with %d worker processes (pids %s), archive %s",
-                    s.host, s.dicom_port, s.ae_title, s.workers,
+        log.warning("listening on %s:%d%s as %s with %d worker processes (pids %s), archive %s",
+                    s.host, s.dicom_port, " (TLS)" if s.tls else "", s.ae_title, s.workers,
                     " ".join(str(p.pid) for p in self._procs.values()), self.path)  # fmt: skip
         if s.http_port:
-            log.warning("DICOMweb on http://%s:%d/dicom-web", s.host, s.http_port)
+            log.warning("DICOMweb on %s://%s:%d/dicom-web", "https" if s.tls else "http",
+                        s.host, s.http_port)  # fmt: skip
         while not self._stop.is_set():
             wait_for([p.sentinel for p in self._procs.values()], timeout=0.5)
             for index, p in list(self._procs.items()):

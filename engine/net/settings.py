@@ -20,11 +20,16 @@ before anything listens::
     store = true
     query = true
     retrieve = true
+    move_destination = true    # may receive C-MOVE results (false: A801 for it)
+    move_to = ["VIEWER1"]      # where its own C-MOVEs may send (absent: any known remote)
+    tls = false                # C-MOVE connections to it use TLS (see engine.net.tls)
 
     [access]
     allowed_calling = ["MODALITY1@10.0.0.12", "VIEWER1"]
 
-Flags of ``pacs serve`` override the ``[server]`` table.
+The ``[tls]`` table (:mod:`engine.net.tls`) makes the DICOM port a TLS port;
+the ``[audit]`` table (:mod:`engine.audit`) says where the audit trail goes.
+Flags of ``pacs serve`` override the ``[server]`` and ``[tls]`` tables.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from engine.audit import DEFAULT_FILE_NAME, AuditSettings, audit_settings
 from engine.config import Config
+from engine.net.tls import TlsSettings, tls_settings
 
 DEFAULT_AE_TITLE = "PACS"
 DEFAULT_DICOM_PORT = 11112
@@ -48,8 +55,8 @@ DEFAULT_MAX_INSTANCE_BYTES = 4 << 30  # one data set received over DIMSE, at mos
 AE_TITLE_MAX_CHARS = 16  # PS3.5 6.2: AE is at most 16 characters
 SERVER_KEYS = ("ae_title", "dicom_port", "host", "workers", "max_associations", "http_port",
                "network_timeout_s", "max_instance_bytes")  # fmt: skip
-REMOTE_KEYS = ("host", "port", "store", "query", "retrieve")
-PERMISSIONS = ("store", "query", "retrieve")
+REMOTE_KEYS = ("host", "port", "store", "query", "retrieve", "move_destination", "move_to", "tls")
+FLAGS = ("store", "query", "retrieve", "move_destination", "tls")  # booleans of [remotes.X]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,9 @@ class Remote:
     store: bool = True
     query: bool = True
     retrieve: bool = True
+    move_destination: bool = True
+    tls: bool = False
+    move_to: frozenset[str] | None = None  # None: any configured remote
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +107,18 @@ class Access:
         remote = self.remotes.get(calling_ae.strip())
         return remote is None or bool(getattr(remote, permission))
 
+    def may_move_to(self, calling_ae: str, destination: str) -> str | None:
+        """None if `calling_ae` may send C-MOVE results to `destination`, else why not."""
+        remote = self.remotes.get(destination)
+        if remote is None or remote.host is None or remote.port is None:
+            return f"unknown move destination {destination!r} (add [remotes.{destination}])"
+        if not remote.move_destination:
+            return f"{destination} is not allowed as a move destination"
+        caller = self.remotes.get(calling_ae.strip())
+        if caller is not None and caller.move_to is not None and destination not in caller.move_to:
+            return f"{calling_ae.strip()} may not move to {destination}"
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
@@ -111,6 +133,8 @@ class ServerSettings:
     http_port: int = DEFAULT_HTTP_PORT  # DICOMweb; 0 turns it off
     max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
     access: Access = field(default_factory=Access)
+    tls: TlsSettings | None = None  # the DICOM port speaks TLS, the HTTP port HTTPS
+    audit: AuditSettings = field(default_factory=AuditSettings)  # a relative file: in the archive
 
     def __post_init__(self) -> None:
         if not 0 < len(self.ae_title.strip()) <= AE_TITLE_MAX_CHARS:
@@ -136,6 +160,14 @@ class ServerSettings:
     @property
     def remotes(self) -> Mapping[str, Remote]:
         return self.access.remotes
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine only."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _resolve(host: str) -> frozenset[str]:
@@ -172,11 +204,17 @@ def _remotes(extra: Mapping[str, Any]) -> dict[str, Remote]:
         port = table.get("port")
         if port is not None and not (isinstance(port, int) and 0 < port < 65536):
             raise ValueError(f"[remotes.{title}]: port must be 1..65535")
-        perms = {p: table.get(p, True) for p in PERMISSIONS}
+        perms = {p: table.get(p, p != "tls") for p in FLAGS}  # all true but tls by default
         for p, v in perms.items():
             if not isinstance(v, bool):
                 raise ValueError(f"[remotes.{title}]: {p} must be true or false")
-        remotes[title] = Remote(title, table.get("host"), port, **perms)
+        move_to = table.get("move_to")
+        if move_to is not None and not (
+            isinstance(move_to, list) and all(isinstance(t, str) for t in move_to)
+        ):
+            raise ValueError(f'[remotes.{title}]: move_to must be a list like ["VIEWER1"]')
+        targets = None if move_to is None else frozenset(move_to)
+        remotes[title] = Remote(title, table.get("host"), port, **perms, move_to=targets)
     return remotes
 
 
@@ -218,6 +256,9 @@ def server_settings(config: Config, **flags: Any) -> ServerSettings:
     if unknown:
         raise ValueError(f"[server]: unknown keys {sorted(unknown)}")
     values = {k: v for k, v in server.items() if k in SERVER_KEYS}
+    tls_flags = {k[4:]: flags.pop(k) for k in list(flags) if k.startswith("tls_")}
     values.update({k: v for k, v in flags.items() if v is not None})
     access = Access(_allowed(config.extra), _remotes(config.extra))
-    return replace(ServerSettings(), **values, access=access)
+    tls = tls_settings(_table(config.extra, "tls"), **tls_flags)
+    audit = audit_settings(_table(config.extra, "audit"), DEFAULT_FILE_NAME)
+    return replace(ServerSettings(), **values, access=access, tls=tls, audit=audit)

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from engine.errors import (
     ArchiveClosedError,
     ArchiveLockedError,
+    AuditError,
     CorruptRecordError,
     DuplicateInstanceError,
     FormatVersionError,
@@ -59,6 +60,7 @@ ERROR_COMMENT_MAX_CHARS = 64  # PS3.7 E.1: Error Comment (0000,0902) is LO
 # Most specific first: the first class the exception is an instance of wins.
 STATUS_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (StorageFullError, OUT_OF_RESOURCES, "storage full"),
+    (AuditError, OUT_OF_RESOURCES, "audit trail unavailable"),  # refused: retry once it is fixed
     (StorageIOError, PROCESSING_FAILURE, "storage I/O error"),
     (IndexFailureError, PROCESSING_FAILURE, "index failure"),
     (ArchiveClosedError, OUT_OF_RESOURCES, "archive shutting down, retry"),

@@ -15,13 +15,19 @@ finds the A-ASSOCIATE-RQ unread on the socket.
 Access control happens in the ACSE negotiation (PS3.8 7.1.1.9): a calling AE
 title, or AE title and host, that is not allowed gets an A-ASSOCIATE-RJ,
 rejected-permanent, source service-user, reason 3 "calling AE title not
-recognized" (PS3.8 9.3.4, Table 9-21).
+recognized" (PS3.8 9.3.4, Table 9-21). Every refusal is audited.
+
+With ``[tls]`` configured, an accepted socket is wrapped in TLS without a
+handshake; the handshake runs in the connection's thread, first thing in
+:meth:`_RequestHandler.handle` (:mod:`engine.net.tls`), and a failed one is
+audited as a Security Alert.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom import evt
@@ -29,8 +35,10 @@ from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from engine import audit
 from engine.net.pdu import PeerClosed
 from engine.net.settings import Access
+from engine.net.tls import handshake, peer_identity
 
 if TYPE_CHECKING:  # fastpath imports this module
     from engine.net.fastpath import StorageFastPath
@@ -83,7 +91,8 @@ class _AccessACSE(ACSE):
     access: Access
     fast: StorageFastPath | None
 
-    def _reject(self, calling: str, reason: tuple[int, int, int]) -> None:
+    def _reject(self, calling: str, reason: tuple[int, int, int], why: str) -> None:
+        refused(calling, str(self.requestor.address), why)
         self.requestor.ae_title = calling
         self.send_reject(*reason)
         evt.trigger(self.assoc, evt.EVT_REJECTED, {})
@@ -96,16 +105,36 @@ class _AccessACSE(ACSE):
         if not self.access.may_associate(calling, address):
             log.warning("association from %r at %s refused: calling AE title not allowed",
                         calling, address)  # fmt: skip
-            self._reject(calling, REJECT_CALLING_AE)
+            self._reject(calling, REJECT_CALLING_AE, "calling AE title not allowed")
             return
         if self.fast is not None:  # the limit counts the fast path's associations too
             ours = sum(1 for a in self.assoc.ae.active_associations if a.is_acceptor)
             if ours + self.fast.count() > self.assoc.ae.maximum_associations:
                 log.warning("association from %s at %s refused: association limit %d",
                             calling, address, self.assoc.ae.maximum_associations)  # fmt: skip
-                self._reject(calling, REJECT_LIMIT)
+                self._reject(calling, REJECT_LIMIT, "association limit reached")
                 return
         super()._negotiate_as_acceptor()
+
+
+def refused(calling: str, address: str, why: str) -> None:
+    """Audit a refused association; an audit failure is logged by the trail, the refusal stands."""
+    audit.emit_refusal(audit.Event.SECURITY_ALERT, user=calling, address=address,
+                       description=f"association refused: {why}")  # fmt: skip
+
+
+def _tls_handshake(sock: ssl.SSLSocket, address: Any) -> bool:
+    try:
+        handshake(sock)
+    except (ssl.SSLError, OSError) as exc:  # old protocol, bad certificate, timeout, reset
+        log.warning("TLS handshake with %s failed: %s", address, exc)
+        audit.emit_refusal(audit.Event.SECURITY_ALERT, user=None, address=str(address[0]),
+                           description=f"TLS handshake failed: {exc}")  # fmt: skip
+        sock.close()
+        return False
+    log.info("TLS from %s: %s, client certificate %s", address[0], sock.version(),
+             peer_identity(sock) or "none")  # fmt: skip
+    return True
 
 
 class _RequestHandler(RequestHandler):
@@ -114,12 +143,14 @@ class _RequestHandler(RequestHandler):
     server: AssociationServer
 
     def handle(self) -> None:
+        sock = self.request
+        assert isinstance(sock, socket.socket)  # a TCP server: never a datagram
+        if isinstance(sock, ssl.SSLSocket) and not _tls_handshake(sock, self.client_address):
+            return
         fast = self.server.fast
         if fast is None:
             super().handle()
             return
-        sock = self.request
-        assert isinstance(sock, socket.socket)  # a TCP server: never a datagram
         try:
             rq = fast.peek(sock)
         except (TimeoutError, PeerClosed, OSError) as exc:
@@ -152,6 +183,8 @@ class AssociationServer(ThreadedAssociationServer):
         As for :class:`pynetdicom.transport.AssociationServer`.
     access
         Who may associate (checked during association negotiation).
+    tls
+        The server SSL context (:func:`engine.net.tls.server_context`), or None for plain TCP.
     fast
         The storage fast path, or None to give every association to pynetdicom.
     **kwargs
@@ -162,8 +195,9 @@ class AssociationServer(ThreadedAssociationServer):
     daemon_threads = True
 
     def __init__(self, *args: Any, access: Access, fast: StorageFastPath | None = None,
-                 **kwargs: Any) -> None:  # fmt: skip
+                 tls: ssl.SSLContext | None = None, **kwargs: Any) -> None:  # fmt: skip
         self.access = access
+        self.tls = tls
         self.fast = fast
         kwargs["request_handler"] = _RequestHandler
         super().__init__(*args, **kwargs)
@@ -179,6 +213,8 @@ class AssociationServer(ThreadedAssociationServer):
         client, address = super().get_request()
         set_nodelay(client)
         set_buffers(client)
+        if self.tls is not None:  # the handshake waits for the connection's own thread
+            client = self.tls.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
 

@@ -7,9 +7,11 @@ WADO-URI (:mod:`engine.web.uri`) answers at ``/wado`` as well. Every error
 goes through :mod:`engine.web.errors` and comes out as an RFC 9457 problem.
 
 Middleware, outermost first: CORS when ``web.cors_origins`` is set (for a
-viewer served from another origin), then gzip for JSON bodies of at least
-``web.gzip_min_bytes`` (DICOM, frames and images are never gzipped: they are
-binary or compressed already, and gzip would cost more than it saves).
+viewer served from another origin), then authentication, authorisation and
+the audit of every request (:mod:`engine.web.auth`, the ``[auth]`` table),
+then gzip for JSON bodies of at least ``web.gzip_min_bytes`` (DICOM, frames
+and images are never gzipped: they are binary or compressed already, and gzip
+would cost more than it saves).
 
 Starlette with uvicorn, JSON with orjson: the handlers spend their time in
 the archive (LMDB lookups, positioned reads, DICOM JSON encoding), not in
@@ -33,6 +35,7 @@ from starlette.routing import Route
 from engine.archive import Archive
 from engine.errors import EngineError
 from engine.web import qido, render, stow, uri, wado
+from engine.web.auth import AuthMiddleware, AuthSettings, auth_settings
 from engine.web.context import WebContext
 from engine.web.errors import problem, problem_body
 from engine.web.settings import WebSettings
@@ -70,7 +73,9 @@ def _prefixed(prefix: str, routes: list[Route]) -> list[Route]:
     return [Route(prefix + r.path, r.endpoint, methods=list(r.methods or ())) for r in routes]
 
 
-def create_app(archive: Archive, settings: WebSettings | None = None) -> Starlette:
+def create_app(
+    archive: Archive, settings: WebSettings | None = None, auth: AuthSettings | None = None
+) -> Starlette:
     """The DICOMweb application over `archive`.
 
     Parameters
@@ -79,6 +84,8 @@ def create_app(archive: Archive, settings: WebSettings | None = None) -> Starlet
         The archive to serve; the caller opens and closes it.
     settings
         The web settings; default: the ``[web]`` table of ``archive.config.extra``.
+    auth
+        Who may do what; default: the ``[auth]`` table, checked as for loopback.
 
     Returns
     -------
@@ -97,6 +104,9 @@ def create_app(archive: Archive, settings: WebSettings | None = None) -> Starlet
             allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"],
             expose_headers=["Content-Location", "Warning", "Content-Type"], max_age=600,
         ))  # fmt: skip
+    if auth is None:
+        auth = auth_settings(archive.config.extra.get("auth"), "127.0.0.1")
+    middleware.append(Middleware(AuthMiddleware, settings=auth))
     middleware.append(Middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes,
                                  compresslevel=GZIP_LEVEL,
                                  exclude_content_types=_NOT_GZIPPED))  # fmt: skip

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.archive import Archive
+from engine.codec import check_decoded_size
 from engine.errors import NotFoundError, UnsupportedTransferSyntaxError
 from engine.web.context import WebContext
 from engine.web.errors import BadRequestError, NotAcceptableError
@@ -102,6 +103,7 @@ def render_frame(data: bytes, number: int, opts: RenderOptions) -> bytes:
         count = int(ds.get("NumberOfFrames", 1) or 1)
         if not 1 <= number <= count:
             raise NotFoundError(f"the instance has {count} frame(s), not frame {number}")
+        check_decoded_size(ds, frames=1)  # before decoding what the header claims
         try:
             from pydicom.pixels import pixel_array  # type: ignore[attr-defined]
 

@@ -25,11 +25,13 @@ import threading
 from typing import Any
 
 from engine.archive import Archive
+from engine.net.tls import TlsSettings, server_context
 from engine.web.settings import WebSettings
 
 log = logging.getLogger("engine.web")
 START_TIMEOUT_S = 30.0
 SHUTDOWN_GRACE_S = 30.0  # open HTTP requests get this long to finish once stop is set
+HTTP_MAX_CONNECTIONS = 1000  # per worker; uvicorn answers 503 past it
 
 
 class HttpServer:
@@ -75,6 +77,7 @@ def run_http(
     port: int,
     stop_event: threading.Event,
     settings: WebSettings | None = None,
+    tls: TlsSettings | None = None,
 ) -> HttpServer:
     """Start serving DICOMweb on `host`:`port` in a daemon thread; return once it listens.
 
@@ -88,6 +91,9 @@ def run_http(
         When set, the server stops accepting and finishes open requests.
     settings
         Web settings; default: ``[web]`` of ``archive.config.extra``.
+    tls
+        Serve HTTPS with this certificate (the DICOM port's: BCP 195, see
+        :mod:`engine.net.tls`); None: plain HTTP.
 
     Raises
     ------
@@ -99,11 +105,16 @@ def run_http(
     import uvicorn
 
     from engine.web.app import create_app
+    from engine.web.auth import auth_settings
 
-    app = create_app(archive, settings)
+    app = create_app(archive, settings, auth_settings(archive.config.extra.get("auth"), host))
     sock = _listen(host, port)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                            timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S))  # fmt: skip
+                            timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S),
+                            limit_concurrency=HTTP_MAX_CONNECTIONS)  # fmt: skip
+    config.load()
+    if tls is not None:  # our own context, not uvicorn's: TLS 1.2+, BCP 195 ciphers
+        config.ssl = server_context(tls)
     server = uvicorn.Server(config)
 
     def serve() -> None:
@@ -125,6 +136,6 @@ def run_http(
         server.should_exit = True
         raise RuntimeError(f"the DICOMweb server did not start on {host}:{port}")
     handle = HttpServer(server, thread, sock)
-    log.info("DICOMweb on http://%s:%d%s", host, handle.port,
+    log.info("DICOMweb on %s://%s:%d%s", "https" if tls else "http", host, handle.port,
              (settings or WebSettings()).base_path)  # fmt: skip
     return handle

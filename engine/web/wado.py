@@ -36,6 +36,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from engine.archive import Archive
+from engine.codec import check_decoded_size
 from engine.errors import NotFoundError, UnsupportedTransferSyntaxError
 from engine.frames import FrameSource
 from engine.web.context import WebContext, instance_url, path_uid
@@ -110,6 +111,7 @@ def transcode(data: bytes, target: str) -> bytes:
             return data
         try:
             if stored.is_compressed:
+                check_decoded_size(ds)  # before pylibjpeg allocates what the header claims
                 ds.decompress(generate_instance_uid=False)
             ds.file_meta.TransferSyntaxUID = UID(target)
             buf = io.BytesIO()
@@ -144,6 +146,11 @@ async def retrieve(request: Request) -> Response:
     stored = {str(a.get("TransferSyntaxUID", "")) for a in found}
     target, single = _target_syntax(parse_accept(request.headers.get("accept")), stored,
                                     single=sop is not None)  # fmt: skip
+    decoded = [str(a["SOPInstanceUID"]) for a in found
+               if target not in ("*", a.get("TransferSyntaxUID"))
+               and UID(str(a.get("TransferSyntaxUID", ""))).is_compressed]  # fmt: skip
+    if decoded:  # before the 200 goes out: a header claiming too many pixels is a 406
+        await ctx.call(_check_decoded_sizes, ctx.archive, decoded)
     base = ctx.base_url(request)
     if single:
         _, data, _ = next(_instances_body(ctx.archive, found, target, base))
@@ -152,6 +159,11 @@ async def retrieve(request: Request) -> Response:
     body = multipart_body(_instances_body(ctx.archive, found, target, base), boundary)
     media = f'multipart/related; type="{DICOM}"; boundary={boundary}'
     return StreamingResponse(body, media_type=media)
+
+
+def _check_decoded_sizes(archive: Archive, sops: list[str]) -> None:
+    for sop in sops:  # metadata reads only: the pixels stay on disk
+        check_decoded_size(archive.get_metadata(sop))
 
 
 def _target(request: Request) -> tuple[str, str | None, str | None]:
