@@ -2,9 +2,9 @@
 
 Routes live under ``web.base_path`` (``/dicom-web``): QIDO-RS
 (:mod:`engine.web.qido`), WADO-RS (:mod:`engine.web.wado`, rendered and
-thumbnails in :mod:`engine.web.render`), STOW-RS (:mod:`engine.web.stow`);
-WADO-URI (:mod:`engine.web.uri`) answers at ``/wado`` as well. Every error
-goes through :mod:`engine.web.errors` and comes out as an RFC 9457 problem.
+thumbnails in :mod:`engine.web.render`), STOW-RS (:mod:`engine.web.stow`), DELETE
+(:mod:`engine.web.delete`); WADO-URI (:mod:`engine.web.uri`) answers at ``/wado`` as
+well. Every error goes through :mod:`engine.web.errors` and comes out as an RFC 9457 problem.
 
 Middleware, outermost first: CORS when ``web.cors_origins`` is set (for a
 viewer served from another origin), then authentication, authorisation and
@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from engine.archive import Archive
 from engine.errors import EngineError
-from engine.web import qido, render, stow, uri, wado
+from engine.web import delete, qido, render, stow, uri, wado
 from engine.web.auth import AuthMiddleware, AuthSettings, auth_settings
 from engine.web.context import WebContext
 from engine.web.errors import problem, problem_body
@@ -96,12 +96,13 @@ def create_app(
         settings = WebSettings.from_mapping(archive.config.extra.get("web"))
     base = settings.base_path.rstrip("/")
     # QIDO before STOW: GET and POST /studies share a path, the method picks the route
-    api = [*qido.routes(), *stow.routes(), *wado.routes(), *render.routes(), *uri.routes()]
+    api = [*qido.routes(), *stow.routes(), *wado.routes(), *render.routes(), *uri.routes(),
+           *delete.routes()]
     middleware = []
     if settings.cors_origins:
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"], allow_headers=["*"],
             expose_headers=["Content-Location", "Warning", "Content-Type"], max_age=600,
         ))  # fmt: skip
     if auth is None:

@@ -136,10 +136,14 @@ def test_roles_read_write_delete_are_separate(https: httpx.Client, secure_server
     got = https.get(f"/studies/{ds.StudyInstanceUID}/metadata", auth=_basic("reader"))
     assert got.status_code == 200 and got.json()[0]["00080018"]["Value"] == [ds.SOPInstanceUID]
     assert https.delete(f"/studies/{ds.StudyInstanceUID}", auth=_basic("writer")).status_code == 403
-    # admin holds the delete role: past authorisation (no DELETE route yet: 405)
-    assert https.delete(f"/studies/{ds.StudyInstanceUID}", auth=_basic("admin")).status_code == 405
-    events = [a["event"] for a in secure_server.audit()[before:]]
+    deleted = https.delete(f"/studies/{ds.StudyInstanceUID}", auth=_basic("admin"))
+    assert deleted.status_code == 200 and deleted.json()["deleted"] == 1
+    gone = https.get(f"/studies/{ds.StudyInstanceUID}/metadata", auth=_basic("reader"))
+    assert gone.status_code == 404
+    records = secure_server.audit()[before:]
+    events = [a["event"] for a in records]
     assert "DICOM Instances Transferred" in events and "DICOM Instances Accessed" in events
+    assert any(a["event"] == "DICOM Instances Accessed" and a["action"] == "D" for a in records)
 
 
 def test_valid_bearer_token_reads(https: httpx.Client, idp: dict[str, Any],
