@@ -40,6 +40,8 @@ from engine.storage.format import (
 SEGMENT_MAX_BYTES = 1 << 30
 SEGMENT_SUFFIX = ".seg"
 READ_FDS_MAX = 256  # open read descriptors kept per reader
+VERIFIED_SPANS_MAX = 4096  # pixel parts whose checksum a reader has checked already
+_VERIFY_CHUNK_BYTES = 4 << 20
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -212,6 +214,7 @@ class SegmentReader:
         self.root = root
         self._fds: OrderedDict[int, _Handle] = OrderedDict()
         self._lock = threading.Lock()
+        self._verified: OrderedDict[tuple[int, int], None] = OrderedDict()
 
     def _acquire(self, segment_id: int) -> _Handle:
         with self._lock:
@@ -257,6 +260,30 @@ class SegmentReader:
         finally:
             self._release(h)
         return data
+
+    def check_span(self, segment_id: int, offset: int, length: int, crc: int) -> None:
+        """Check the CRC32C of `length` bytes at `offset` before parts of them are served alone.
+
+        Frame reads fetch one frame of a raw pixel part with one positioned
+        read, which its checksum cannot cover: the whole part is checked
+        once here (in chunks; remembered per reader, records never change).
+        """
+        key = (segment_id, offset)
+        with self._lock:
+            if key in self._verified:
+                return
+        value, pos, end = 0, offset, offset + length
+        while pos < end:
+            chunk = self.read(segment_id, pos, min(_VERIFY_CHUNK_BYTES, end - pos))
+            if not chunk:
+                break
+            value, pos = crc32c(chunk, value), pos + len(chunk)
+        if pos != end or value != crc:
+            raise CorruptRecordError(segment_name(segment_id), offset, "pixel part checksum mismatch")
+        with self._lock:
+            self._verified[key] = None
+            if len(self._verified) > VERIFIED_SPANS_MAX:
+                self._verified.popitem(last=False)
 
     def read_record(
         self, segment_id: int, offset: int, length: int, *, with_pixel: bool = True
