@@ -22,6 +22,7 @@ from engine.index import keys as K
 from engine.index.catalog import ApplyResult, Catalog
 from engine.index.env import IndexEnv
 from engine.ingest import entry_from_meta
+from engine.storage import _io
 from engine.storage.format import (
     CODEC_RAW,
     CODEC_ZSTD,
@@ -157,7 +158,7 @@ def recover(archive: Archive) -> RecoveryReport:
             continue  # a live writer (or compaction) in another process owns it
         try:
             if st is not None and st.state in (K.SEG_RETIRED, K.SEG_COMPACTING):
-                path.unlink()  # moved away, or a compaction that never committed
+                _io.unlink(path)  # moved away, or a compaction that never committed
                 fsync_dir(root)
                 catalog.env.call(catalog.delete_segment, seg_id)
                 rep.removed_segments.append(seg_id)
@@ -383,7 +384,7 @@ def _compact_one(archive: Archive, seg_id: int, rep: CompactReport) -> None:
         # recovery in another process that could take its lock would delete it.
         writer.close()
     archive.reader.forget(seg_id)
-    old_path.unlink()
+    _io.unlink(old_path)
     fsync_dir(root)
     catalog.env.call(catalog.delete_segment, seg_id)
     rep.segments += 1

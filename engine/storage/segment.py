@@ -14,6 +14,7 @@ Caveats
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import codec
+from engine.storage import _io
 from engine.errors import CorruptRecordError, StorageFullError, StorageIOError
 from engine.storage.format import (
     RECORD_HEADER,
@@ -65,11 +67,7 @@ def list_segment_ids(root: Path) -> list[int]:
 
 def fsync_dir(path: Path) -> None:
     """Make a new or renamed directory entry durable (a new file is not, until this)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _io.fsync_dir(path)
 
 
 def io_error(exc: OSError, what: str) -> StorageIOError:
@@ -88,17 +86,18 @@ class SegmentWriter:
         self.max_bytes = max_bytes
         self.failed = False
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            self._fd = _io.create(self.path)
         except OSError as exc:
             raise io_error(exc, f"cannot create {self.path.name}") from exc
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(self._fd, pack_segment_header(segment_id))
-            os.fsync(self._fd)
-            fsync_dir(root)
+            _io.pwrite(self._fd, pack_segment_header(segment_id), 0)
+            _io.fsync(self._fd)
+            _io.fsync_dir(root)
         except OSError as exc:
             os.close(self._fd)
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                _io.unlink(self.path)
             raise io_error(exc, f"cannot create {self.path.name}") from exc
         self.end = SEGMENT_HEADER.size
         self.synced = self.end
@@ -114,10 +113,10 @@ class SegmentWriter:
         offset = self.end
         total = sum(len(p) for p in parts)
         try:
-            written = os.pwritev(self._fd, parts, offset)
+            written = _io.pwritev(self._fd, parts, offset)
             while written < total:  # short write: finish it piecewise
                 rest = b"".join(bytes(p) for p in parts)[written:]
-                written += os.pwrite(self._fd, rest, offset + written)
+                written += _io.pwrite(self._fd, rest, offset + written)
         except OSError as exc:
             self._cut_back(offset)
             raise io_error(exc, f"append to {self.path.name}") from exc
@@ -126,7 +125,7 @@ class SegmentWriter:
 
     def _cut_back(self, offset: int) -> None:
         try:
-            os.ftruncate(self._fd, offset)
+            _io.ftruncate(self._fd, offset)
         except OSError:
             self.failed = True  # cannot even truncate: never append here again
 
@@ -136,7 +135,7 @@ class SegmentWriter:
         if self.failed:
             raise StorageIOError(errno.EIO, f"{self.path.name} is sealed after an I/O error")
         try:
-            os.fdatasync(self._fd)
+            _io.fdatasync(self._fd)
         except OSError as exc:
             self.failed = True  # fsyncgate: a later fsync that succeeds proves nothing
             raise io_error(exc, f"fsync of {self.path.name}") from exc
@@ -354,15 +353,15 @@ def recover_segment(root: Path, segment_id: int, start: int, *, truncate: bool) 
     records: list[RecoveredRecord] = []
     corruptions: list[CorruptRecordError] = []
     truncated_at = None
-    fd = os.open(path, (os.O_RDWR if truncate else os.O_RDONLY) | os.O_CLOEXEC)
+    fd = _io.open_rw(path) if truncate else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
         if truncate and size < SEGMENT_HEADER.size:
             # The writer died between creating the file and writing its header:
             # no record can follow, so write the header it never wrote.
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, pack_segment_header(segment_id), 0)
-            os.fsync(fd)
+            _io.ftruncate(fd, 0)
+            _io.pwrite(fd, pack_segment_header(segment_id), 0)
+            _io.fsync(fd)
             return RecoveryReport(segment_id, [], [], 0, SEGMENT_HEADER.size)
         try:
             unpack_segment_header(os.pread(fd, SEGMENT_HEADER.size, 0))
@@ -390,8 +389,8 @@ def recover_segment(root: Path, segment_id: int, start: int, *, truncate: bool) 
             records.append(RecoveredRecord(pos, rec.header, rec.uid, bytes(rec.meta)))
             pos += h.total
         if truncated_at is not None and truncate:
-            os.ftruncate(fd, truncated_at)
-            os.fsync(fd)
+            _io.ftruncate(fd, truncated_at)
+            _io.fsync(fd)
             size = truncated_at
     finally:
         os.close(fd)
