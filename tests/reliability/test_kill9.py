@@ -1,0 +1,154 @@
+"""SIGKILL of the whole server (supervisor and workers) during ingest loses nothing acknowledged.
+
+Each round starts ``pacs serve`` on the same archive, has three pynetdicom
+associations store generated CT instances, and SIGKILLs the whole process
+group: at a random moment, or when a worker reaches a named point of the
+write path and kills itself (the point is installed by the test hook on the
+server's PYTHONPATH, see ``_crash.py``). Then the archive is opened as the
+next server would open it, and: every instance whose C-STORE response said
+success is there, bit-exact; every other instance sent is absent or whole;
+``verify`` is clean.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import engine
+from engine.errors import NotFoundError
+from tests._helpers import ROOT
+from tests.reliability._crash import SERVER_CRASH_POINTS, crash_env
+from tests.reliability._server import KillableServer, Score, _is_zombie, send_until_stopped
+from tests.reliability.conftest import scaled
+
+SENDERS = 3
+ROUNDS = int(os.environ.get("KILL9_ROUNDS", 0)) or scaled(100, 500)
+WORKER_DEATH_TIMEOUT_S = 60.0
+
+
+def dataset_part(part10: bytes) -> bytes:
+    """The data set of a Part 10 file, after its File Meta Information."""
+    # PS3.10 7.1: preamble, DICM, then (0002,0000) UL group length, explicit VR LE
+    assert part10[128:136] == b"DICM\x02\x00\x00\x00", "no File Meta group length"
+    group_len = int.from_bytes(part10[140:144], "little")
+    return part10[144 + group_len :]
+
+
+def check_after_crash(archive_path: Path, score: Score) -> tuple[int, float]:
+    """Open (recovering) and check every instance sent; return (acked lost, recovery seconds)."""
+    t0 = time.perf_counter()
+    archive = engine.open_archive(archive_path)
+    seconds = time.perf_counter() - t0
+    lost = 0
+    try:
+        for uid, data in score.sent.items():
+            try:
+                got = dataset_part(archive.get(uid))
+            except NotFoundError:
+                lost += uid in score.acked
+                continue
+            what = "acknowledged" if uid in score.acked else "unacknowledged"
+            assert got == data, f"{what} {uid} came back different"
+        report = archive.verify()
+        assert report.ok, report.problems
+        assert archive.stats()["instances"] == report.instances
+    finally:
+        archive.close()
+    return lost, seconds
+
+
+def _wait_for_a_worker_death(srv: KillableServer, workers: list[int]) -> None:
+    deadline = time.monotonic() + WORKER_DEATH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if any(_is_zombie(pid) for pid in workers):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"no worker reached its crash point:\n{srv.log()[-3000:]}")
+
+
+def _ingest_then_kill(srv: KillableServer, r: int, score: Score, point: str | None,
+                      rng: random.Random) -> None:  # fmt: skip
+    workers = srv.worker_pids()
+    stop = threading.Event()
+    senders = [
+        threading.Thread(target=send_until_stopped, args=(
+            srv.port, range(r * 100_000 + i * 10_000, r * 100_000 + (i + 1) * 10_000),
+            score, stop))
+        for i in range(SENDERS)
+    ]  # fmt: skip
+    for t in senders:
+        t.start()
+    try:
+        if point:
+            _wait_for_a_worker_death(srv, workers)
+        else:
+            time.sleep(rng.uniform(0.02, 0.5))
+        srv.kill()
+    finally:
+        stop.set()
+        score.wake_senders()
+        for t in senders:
+            t.join(60)
+        score.associations.clear()
+    assert not any(t.is_alive() for t in senders), "a sender hung on a dead server"
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))]
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_sigkill_of_the_whole_server_loses_no_acknowledged_instance(
+    tmp_path: Path, figure: Callable[[str, Any], None]
+) -> None:
+    rng = random.Random(int(os.environ.get("ENGINE_CRASH_SEED", "7001")))
+    archive = tmp_path / "archive"
+    score = Score()
+    recoveries: list[float] = []
+    restarts: list[float] = []
+    lost = kills = named = 0
+    for r in range(ROUNDS):
+        # every other round dies at a named point, the others at a random moment
+        point = SERVER_CRASH_POINTS[(r // 2) % len(SERVER_CRASH_POINTS)] if r % 2 else None
+        env = crash_env(point, rng.randint(1, 6)) if point else {}
+        t0 = time.perf_counter()
+        srv = KillableServer(tmp_path, workers=2 if r % 10 == 0 else 1, archive=archive, env=env)
+        srv.start()
+        restarts.append(time.perf_counter() - t0)
+        try:
+            _ingest_then_kill(srv, r, score, point, rng)
+        finally:
+            srv.kill()  # a no-op when the round killed it already
+        kills += 1
+        named += point is not None
+        assert not score.errors, score.errors
+        n, seconds = check_after_crash(archive, score)
+        lost += n
+        recoveries.append(seconds)
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "-A", str(archive), "verify"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    figure("kills", kills)
+    figure("kills at named points", named)
+    figure("acked", len(score.acked))
+    figure("unacked sent", len(score.sent) - len(score.acked))
+    figure("acked lost", lost)
+    figure("recovery p50 ms", round(1000 * statistics.median(recoveries), 1))
+    figure("recovery p99 ms", round(1000 * _percentile(recoveries, 0.99), 1))
+    figure("restart to listening p50 s", round(statistics.median(restarts), 2))
+    figure("restart to listening p99 s", round(_percentile(restarts, 0.99), 2))
+    assert lost == 0
+    assert len(score.acked) > ROUNDS, "too few stores were acknowledged: the kills came too early"
