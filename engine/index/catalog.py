@@ -102,10 +102,13 @@ class Catalog:
         st.dead_bytes += dead
         self.put_segment(txn, seg_id, st)
 
-    def mark_indexed(self, txn: Any, seg_id: int, upto: int) -> None:
+    def mark_indexed(self, txn: Any, seg_id: int, upto: int, synced: int) -> None:
+        """Record that the segment is indexed to `upto`, and known durable to `synced`."""
         st = self.get_segment(txn, seg_id) or K.SegmentState(K.SEG_ACTIVE, 0)
         if upto > st.indexed_upto:
+            old_synced = st.indexed_upto if st.synced_upto is None else st.synced_upto
             st.indexed_upto = upto
+            st.synced_upto = max(old_synced, synced)
             self.put_segment(txn, seg_id, st)
 
     # -- counters ---------------------------------------------------------------

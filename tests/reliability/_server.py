@@ -82,7 +82,7 @@ class KillableServer(Server):
 def _is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
-    except (FileNotFoundError, IndexError):
+    except (OSError, IndexError):  # gone, even mid-read
         return True
 
 
