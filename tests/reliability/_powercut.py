@@ -189,12 +189,15 @@ def _sectors_kept(op: Op, rng: random.Random) -> list[tuple[int, int]]:
     return spans
 
 
-def crash_state(ops: list[Op], cut: int, mode: str, rng: random.Random) -> CrashState:
+def crash_state(ops: list[Op], cut: int, mode: str, rng: random.Random | None = None,
+                drop: frozenset[int] = frozenset()) -> CrashState:  # fmt: skip
     """What the disk may hold after a power cut right after ``ops[cut - 1]``.
 
     `mode`: ``"synced"`` keeps only what was fsynced, ``"all"`` keeps every
-    write (a process crash), ``"random"`` drops, tears and reorders.
+    write (a process crash), ``"random"`` drops, tears and reorders (with
+    `rng`), ``"drop"`` keeps every write but those whose op index is in `drop`.
     """
+    rng = rng or random.Random(0)
     files: dict[str, _File] = {}
     snaps: list[str] = []
     acked: set[str] = set()
@@ -233,8 +236,8 @@ def crash_state(ops: list[Op], cut: int, mode: str, rng: random.Random) -> Crash
     out: dict[str, bytes | None] = {}
     for path, f in files.items():
         buf = bytearray(f.durable)
-        for _, p in f.pending:
-            if mode == "all":
+        for i, p in f.pending:
+            if mode == "all" or (mode == "drop" and i not in drop):
                 _apply(buf, p)
             elif mode == "random":
                 choice = rng.random()
@@ -245,10 +248,11 @@ def crash_state(ops: list[Op], cut: int, mode: str, rng: random.Random) -> Crash
                     _apply(buf, p)
                 elif choice < 0.7:
                     _apply(buf, p, _sectors_kept(p, rng))
+        keep_all = mode in ("all", "drop")
         if f.removed_at is not None:
-            gone = f.removal_durable or mode == "all" or (mode == "random" and rng.random() < 0.5)
+            gone = f.removal_durable or keep_all or (mode == "random" and rng.random() < 0.5)
         else:
-            gone = not (f.entry_durable or mode == "all" or (mode == "random" and rng.random() < 0.5))
+            gone = not (f.entry_durable or keep_all or (mode == "random" and rng.random() < 0.5))
         out[path] = None if gone else bytes(buf)
     index = snaps[-1] if snaps else None
     if mode == "random" and len(snaps) > max(1, pinned) and rng.random() < 0.3:

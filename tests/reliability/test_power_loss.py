@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,14 @@ import pytest
 
 import engine
 from engine.errors import NotFoundError
+from engine.storage import _io
 from tests._helpers import small_ct_bytes
 from tests.reliability._powercut import Op, Recorder, crash_state, materialise
 from tests.reliability.conftest import scaled
 
 RANDOM_STATES_PER_CUT = scaled(1, 6)
 SEGMENT_MAX_BYTES = 1 << 16  # the smallest allowed: a few dozen records, then a new file
+SLOW_FSYNC_S = 1.0
 
 
 def _record_workload(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Op], dict[str, bytes]]:
@@ -96,3 +99,79 @@ def test_power_loss_at_every_point_of_ingest_delete_and_compact_loses_nothing_ac
     figure("operations recorded", len(ops))
     figure("crash states explored", states)
     figure("instances acknowledged", len(datas))
+
+
+# -- regressions: each names what the suite above caught --------------------------------
+
+
+def _record_a_two_record_batch(root: Path, monkeypatch: pytest.MonkeyPatch
+                               ) -> tuple[list[Op], list[str], list[bytes]]:  # fmt: skip
+    """One store, then two records in one group commit whose index commit ends before its fsync."""
+    live = root / "live"
+    rec = Recorder(live / "index", root / "snapshots")
+    datas = [small_ct_bytes(300 + i, 48, 48) for i in range(3)]
+    with rec.installed(monkeypatch):
+        recorded_sync = _io.fdatasync
+
+        def slow_fdatasync(fd: int) -> None:
+            time.sleep(SLOW_FSYNC_S)  # the index commit, running alongside, returns first
+            recorded_sync(fd)
+
+        archive = engine.open_archive(live, segment_max_bytes=SEGMENT_MAX_BYTES)
+        uids = [archive.store(datas[0]).sop_instance_uid]
+        monkeypatch.setattr(_io, "fdatasync", slow_fdatasync)
+        pending = [archive.submit(d) for d in datas[1:]]
+        uids += [archive.wait(p).sop_instance_uid for p in pending]
+        archive.close()
+    return rec.ops, uids, datas
+
+
+def _batch_writes(ops: list[Op]) -> tuple[int, int, int]:
+    """Op indexes of the batch's two record writes and of its index commit."""
+    writes = [i for i, op in enumerate(ops) if op.kind == "write" and len(op.data) > 1000]
+    first, second = writes[-2], writes[-1]
+    commit = next(i for i in range(second, len(ops)) if ops[i].kind == "index")
+    assert all(op.kind != "sync" for op in ops[second:commit]), "the fsync ended first"
+    return first, second, commit
+
+
+def test_index_ahead_of_a_hole_is_found_from_the_synced_mark_not_the_file_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index names a record lost to the cut while a later write kept the file long."""
+    ops, uids, datas = _record_a_two_record_batch(tmp_path, monkeypatch)
+    first, _, commit = _batch_writes(ops)
+    state = crash_state(ops, commit + 1, "drop", drop=frozenset({first}))
+    materialise(state, tmp_path / "live", tmp_path / "crash")
+    with engine.open_archive(tmp_path / "crash") as archive:
+        assert archive.recovery.index_ahead and archive.recovery.rebuilt
+        assert archive.get(uids[0]) == datas[0]
+        with pytest.raises(NotFoundError):
+            archive.get(uids[1])  # lost with the cut: it was never acknowledged
+        assert archive.get(uids[2]) == datas[2]  # whole, after the hole: kept
+        assert archive.verify().ok
+
+
+def test_whole_records_after_a_hole_in_the_tail_are_kept_and_the_hole_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops, uids, datas = _record_a_two_record_batch(tmp_path, monkeypatch)
+    first, second, _ = _batch_writes(ops)
+    state = crash_state(ops, second + 1, "drop", drop=frozenset({first}))  # before any commit
+    materialise(state, tmp_path / "live", tmp_path / "crash")
+    with engine.open_archive(tmp_path / "crash") as archive:
+        assert archive.recovery.truncated and not archive.recovery.index_ahead
+        assert archive.get(uids[2]) == datas[2]
+        assert archive.verify().ok, "the hole is still in the log"
+
+
+def test_compaction_syncs_the_index_before_it_removes_the_old_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With metasync off the commit that moved the records could revert, into a removed file."""
+    ops, _ = _record_workload(tmp_path, monkeypatch)
+    unlinks = [i for i, op in enumerate(ops) if op.kind == "unlink"]
+    assert unlinks, "the workload removed no segment"
+    for i in unlinks:
+        last_commit = max(j for j in range(i) if ops[j].kind == "index")
+        assert any(op.kind == "indexsync" for op in ops[last_commit:i]), ops[last_commit:i]
