@@ -124,12 +124,10 @@ def _apply_one(catalog: Catalog, txn: Any, seg_id: int, rec: RecoveredRecord,
     h = rec.header
     if h.kind == KIND_TOMBSTONE:
         tombs[rec.uid] = max(tombs.get(rec.uid, 0), h.stored_at_ns)
-        loc = catalog.location(txn, rec.uid)
-        if loc is not None and loc.stored_at_ns < h.stored_at_ns:
-            catalog.delete(txn, rec.uid, result)
+        catalog.apply_tombstone(txn, rec.uid, h.stored_at_ns, result)
         return
-    if tombs.get(rec.uid, 0) > h.stored_at_ns:
-        return  # deleted after this record was written
+    if max(tombs.get(rec.uid, 0), catalog.deleted_at(txn, rec.uid)) > h.stored_at_ns:
+        return  # deleted after this record was written (maybe by another writer)
     loc = K.Location(seg_id, rec.offset, h.total, h.meta_span, h.stored_at_ns)
     try:
         entry = entry_from_meta(rec.meta, loc)

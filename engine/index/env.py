@@ -49,6 +49,7 @@ DB_NAMES = (
     b"series_instances",
     b"patient_studies",
     b"ix_study",
+    b"tombstones",
 )
 
 

@@ -19,6 +19,9 @@ SEP = b"\x00"
 # instances: uid -> LOCATION + orjson(InstanceDoc)
 LOCATION = struct.Struct("<IQQIQ")  # segment_id, offset, total, meta_span, stored_at_ns
 
+# tombstones: uid -> the stored-at stamp of its newest deletion
+TOMBSTONE = struct.Struct("<Q")
+
 # segments: u32 big endian id -> SEGMENT_STATE
 # state, indexed_upto, live_bytes, dead_bytes, flags, synced_upto
 SEGMENT_STATE = struct.Struct("<BQQQIQ")

@@ -152,3 +152,52 @@ def test_sigkill_of_the_whole_server_loses_no_acknowledged_instance(
     figure("restart to listening p99 s", round(_percentile(restarts, 0.99), 2))
     assert lost == 0
     assert len(score.acked) > ROUNDS, "too few stores were acknowledged: the kills came too early"
+
+
+_STUCK_WRITER = r"""
+import os, sys, time
+import engine
+from engine import writer
+from tests._helpers import read
+
+def flush(self, batch):  # fsync the batch, then hang before its index commit
+    for p in batch:
+        p.writer.sync()
+    os.write(1, b"synced\n")
+    time.sleep(3600)
+
+writer.WritePath._flush = flush
+archive = engine.open_archive(sys.argv[1])
+archive.store(bytes.fromhex(sys.stdin.readline()))
+"""
+
+
+def test_replaying_a_crashed_writers_tail_does_not_bring_back_a_uid_deleted_after_it(
+    tmp_path: Path,
+) -> None:
+    """Regression: a tombstone of another writer was known only while its segment was replayed."""
+    from tests._helpers import small_ct_bytes
+
+    older = small_ct_bytes(77)
+    with engine.open_archive(tmp_path) as archive:
+        uid = archive.store(older).sop_instance_uid
+    newer = bytearray(older)
+    newer[-1] ^= 0xFF  # the same SOP Instance UID, stored again by writer A...
+    with subprocess.Popen([sys.executable, "-c", _STUCK_WRITER, str(tmp_path)], cwd=ROOT,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT))) as a:  # fmt: skip
+        try:
+            assert a.stdin is not None and a.stdout is not None
+            a.stdin.write(bytes(newer).hex().encode() + b"\n")
+            a.stdin.flush()
+            assert a.stdout.readline() == b"synced\n"  # ...durable in A's segment, not indexed
+            with engine.open_archive(tmp_path) as archive:  # writer B deletes it after that
+                assert archive.delete(sop_instance_uid=uid) == 1
+        finally:
+            a.kill()  # A dies before its index commit
+            a.wait(30)
+    with engine.open_archive(tmp_path) as archive:  # A's tail is replayed now
+        assert archive.recovery.records_replayed >= 1
+        with pytest.raises(NotFoundError):
+            archive.get(uid)
+        assert archive.verify().ok
