@@ -240,9 +240,10 @@ def _recover_one(catalog: Catalog, root: Path, seg_id: int, st: K.SegmentState |
     catalog.env.call(_seal, catalog, seg_id, new_state)
 
 
-def _move_tail(catalog: Catalog, root: Path, seg_id: int, cut: int,
-               records: list[RecoveredRecord]) -> tuple[int, list[RecoveredRecord], int]:  # fmt: skip
-    """Copy `records` into a new sealed segment, made durable, then cut segment `seg_id` at `cut`.
+def _move_tail(
+    catalog: Catalog, root: Path, seg_id: int, cut: int, records: list[RecoveredRecord]
+) -> tuple[int, list[RecoveredRecord], int]:
+    """Copy `records` into a new sealed segment, made durable; then cut segment `seg_id` there.
 
     A crash in between leaves both copies: replay keeps one (same UID, same stamp).
     """

@@ -17,7 +17,7 @@ CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 def create(path: str | os.PathLike[str]) -> int:
-    """Create a new file (never an existing one) for writing; its directory entry is not durable yet."""
+    """Create a new file (never an existing one); its directory entry is not durable yet."""
     return os.open(path, CREATE_FLAGS, 0o644)
 
 

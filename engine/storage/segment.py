@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import codec
-from engine.storage import _io
 from engine.errors import CorruptRecordError, StorageFullError, StorageIOError
+from engine.storage import _io
 from engine.storage.format import (
     RECORD_HEADER,
     RECORD_MAGIC,
@@ -278,7 +278,8 @@ class SegmentReader:
                 break
             value, pos = crc32c(chunk, value), pos + len(chunk)
         if pos != end or value != crc:
-            raise CorruptRecordError(segment_name(segment_id), offset, "pixel part checksum mismatch")
+            name = segment_name(segment_id)
+            raise CorruptRecordError(name, offset, "pixel part checksum mismatch")
         with self._lock:
             self._verified[key] = None
             if len(self._verified) > VERIFIED_SPANS_MAX:

@@ -26,7 +26,7 @@ def tmpfs(where: Path, size: str) -> Iterator[Path]:
 
 
 def fill(mount: Path, leave_bytes: int) -> Path:
-    """Take all free space of `mount` but `leave_bytes`; unlink the file returned to give it back."""
+    """Take all free space of `mount` but `leave_bytes`; unlink the file returned to free it."""
     filler = mount / "filler"
     st = os.statvfs(mount)
     with open(filler, "wb") as f:

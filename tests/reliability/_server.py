@@ -96,6 +96,7 @@ class Score:
     comments: list[str] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)  # raised in a sender: a test bug
     associations: list[Any] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def wake_senders(self) -> None:
         """After the server died: end every sender's wait for a response that cannot come.
@@ -108,7 +109,6 @@ class Score:
         with self.lock:
             for assoc in self.associations:
                 assoc.dimse.msg_queue.put((None, None))
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def ct_instance(seed: int, rows: int = 16) -> tuple[Dataset, bytes]:

@@ -1,4 +1,4 @@
-"""Bit flips anywhere in sealed segments, raw and zstd-recompressed: always an error, never wrong bytes.
+"""Bit flips anywhere in sealed segments, raw and recompressed: an error, never wrong bytes.
 
 Each trial flips one bit of one segment file of a closed archive, opens it,
 and reads everything back: ``verify`` must report the corruption, and
@@ -111,9 +111,7 @@ def test_every_bit_flip_in_a_sealed_segment_is_an_error_never_wrong_bytes(
                 owner = _owner(records, seg, at)
                 for uid, orig in originals.items():
                     failed = _expect_same_or_corrupt(lambda u=uid: archive.get(u), orig.data)
-                    _expect_same_or_corrupt(
-                        lambda u=uid: archive.read_metadata(u)[0], orig.meta
-                    )
+                    _expect_same_or_corrupt(lambda u=uid: archive.read_metadata(u)[0], orig.meta)
                     failed |= _frames_same_or_corrupt(archive, uid, orig.frames)
                     if uid == owner:
                         assert failed, f"flip at {seg}:{at} in {uid}'s record went unnoticed"
@@ -153,7 +151,7 @@ def test_real_files_are_stored_for_the_flips() -> None:
 
 
 def test_frame_read_of_a_flipped_raw_pixel_part_raises_not_wrong_bytes(tmp_path: Path) -> None:
-    """Regression: frames of a raw multi-frame part came from positioned reads no checksum covered."""
+    """Regression: frames of a raw multi-frame part came from reads no checksum covered."""
     with engine.open_archive(tmp_path) as archive:
         uid = archive.store(Path(get_testdata_file("emri_small.dcm"))).sop_instance_uid
         with archive.env.read() as txn:

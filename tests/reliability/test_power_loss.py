@@ -35,7 +35,9 @@ SEGMENT_MAX_BYTES = 1 << 16  # the smallest allowed: a few dozen records, then a
 SLOW_FSYNC_S = 1.0
 
 
-def _record_workload(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Op], dict[str, bytes]]:
+def _record_workload(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Op], dict[str, bytes]]:
     live = root / "live"
     datas: dict[str, bytes] = {}
     rec = Recorder(live / "index", root / "snapshots")
@@ -92,7 +94,7 @@ def test_power_loss_at_every_point_of_ingest_delete_and_compact_loses_nothing_ac
             materialise(state, live, scratch)
             try:
                 _check(scratch, state, datas)
-            except Exception as exc:  # noqa: BLE001 -- say which crash state failed
+            except Exception as exc:
                 raise AssertionError(f"cut after op {cut - 1} ({ops[cut - 1].kind}), {mode}: "
                                      f"{exc}") from exc  # fmt: skip
             states += 1
