@@ -38,6 +38,27 @@ def _install_before_response(at: int) -> None:
     Archive.store = store  # type: ignore[method-assign]
 
 
+def install_fsync_eio(at: int) -> None:
+    """Make the `at`-th fdatasync of this process fail with EIO (once)."""
+    import errno
+
+    from engine.storage import _io
+
+    hits = [0]
+    lock = threading.Lock()
+    real = _io.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        with lock:
+            hits[0] += 1
+            due = hits[0] == at
+        if due:
+            raise OSError(errno.EIO, "Input/output error (injected by the test)")
+        real(fd)
+
+    _io.fdatasync = fdatasync  # type: ignore[assignment]
+
+
 def install_from_env() -> None:
     point = os.environ["ENGINE_TEST_CRASH_POINT"]
     at = int(os.environ.get("ENGINE_TEST_CRASH_AT", "1"))

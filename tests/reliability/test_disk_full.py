@@ -27,6 +27,7 @@ from tests.reliability._server import KillableServer, Score, send_until_stopped
 from tests.reliability.test_kill9 import dataset_part
 
 OUT_OF_RESOURCES = 0xA700
+PROCESSING_FAILURE = 0x0110
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -116,3 +117,29 @@ def test_a_full_disk_under_the_index_is_storage_full_not_an_index_failure(tmp_pa
             filler.unlink()
             uid = archive.store(small_ct_bytes(5000)).sop_instance_uid
             assert archive.get(uid) == small_ct_bytes(5000)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_failed_fsync_under_the_server_refuses_that_store_and_the_next_ones_succeed(
+    tmp_path: Path, figure: Callable[[str, Any], None]
+) -> None:
+    srv = KillableServer(tmp_path, workers=1, env={"ENGINE_TEST_FSYNC_EIO_AT": "10"}).start()
+    try:
+        score = Score()
+        send_until_stopped(srv.port, range(0, 30), score, threading.Event())
+        assert echo(srv.port) == 0, "the server did not stay up"
+        assert srv.stop() == 0
+    finally:
+        srv.kill()
+    assert len(score.refused) == 1, score.refused  # the store whose fsync failed
+    assert set(score.refused.values()) == {PROCESSING_FAILURE}
+    assert "fsync" in score.comments[0], score.comments
+    assert len(score.acked) == 29
+    with engine.open_archive(srv.archive) as archive:
+        for uid in score.acked:
+            assert dataset_part(archive.get(uid)) == score.sent[uid]
+        segments = archive.catalog.segments()
+        assert archive.verify().ok
+    assert len(segments) >= 2, "later stores did not go to a new segment"
+    figure("refused after EIO", len(score.refused))
+    figure("acked", len(score.acked))
