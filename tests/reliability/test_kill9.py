@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tests.reliability._server import KillableServer, Score, _is_zombie, send_un
 from tests.reliability.conftest import scaled
 
 SENDERS = 3
+LANES = 2  # archives killed side by side: a round is mostly server start-up
 ROUNDS = int(os.environ.get("KILL9_ROUNDS", 0)) or scaled(100, 500)
 WORKER_DEATH_TIMEOUT_S = 60.0
 
@@ -108,50 +110,89 @@ def _percentile(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
 
+@dataclass
+class Lane:
+    """One archive killed round after round; lanes run side by side (start-up is the cost)."""
+
+    archive: Path
+    seed: int
+    score: Score = field(default_factory=Score)
+    recoveries: list[float] = field(default_factory=list)
+    restarts: list[float] = field(default_factory=list)
+    kills: int = 0
+    named: int = 0
+    lost: int = 0
+    error: BaseException | None = None
+
+    def run(self, rounds: range) -> None:
+        try:
+            self._run(rounds)
+        except BaseException as exc:  # noqa: BLE001 -- re-raised by the test
+            self.error = exc
+
+    def _run(self, rounds: range) -> None:
+        rng = random.Random(self.seed)
+        for r in rounds:
+            # every other round dies at a named point, the others at a random moment
+            point = SERVER_CRASH_POINTS[(r // 2) % len(SERVER_CRASH_POINTS)] if r % 2 else None
+            env = crash_env(point, rng.randint(1, 6)) if point else {}
+            t0 = time.perf_counter()
+            srv = KillableServer(self.archive.parent, workers=2 if r % 10 == 0 else 1,
+                                 archive=self.archive, env=env)  # fmt: skip
+            srv.start()
+            self.restarts.append(time.perf_counter() - t0)
+            try:
+                _ingest_then_kill(srv, r, self.score, point, rng)
+            finally:
+                srv.kill()  # a no-op when the round killed it already
+            self.kills += 1
+            self.named += point is not None
+            assert not self.score.errors, self.score.errors
+            n, seconds = check_after_crash(self.archive, self.score)
+            self.lost += n
+            self.recoveries.append(seconds)
+
+
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_sigkill_of_the_whole_server_loses_no_acknowledged_instance(
     tmp_path: Path, figure: Callable[[str, Any], None]
 ) -> None:
-    rng = random.Random(int(os.environ.get("ENGINE_CRASH_SEED", "7001")))
-    archive = tmp_path / "archive"
-    score = Score()
-    recoveries: list[float] = []
-    restarts: list[float] = []
-    lost = kills = named = 0
-    for r in range(ROUNDS):
-        # every other round dies at a named point, the others at a random moment
-        point = SERVER_CRASH_POINTS[(r // 2) % len(SERVER_CRASH_POINTS)] if r % 2 else None
-        env = crash_env(point, rng.randint(1, 6)) if point else {}
-        t0 = time.perf_counter()
-        srv = KillableServer(tmp_path, workers=2 if r % 10 == 0 else 1, archive=archive, env=env)
-        srv.start()
-        restarts.append(time.perf_counter() - t0)
-        try:
-            _ingest_then_kill(srv, r, score, point, rng)
-        finally:
-            srv.kill()  # a no-op when the round killed it already
-        kills += 1
-        named += point is not None
-        assert not score.errors, score.errors
-        n, seconds = check_after_crash(archive, score)
-        lost += n
-        recoveries.append(seconds)
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "-A", str(archive), "verify"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    figure("kills", kills)
-    figure("kills at named points", named)
-    figure("acked", len(score.acked))
-    figure("unacked sent", len(score.sent) - len(score.acked))
+    seed = int(os.environ.get("ENGINE_CRASH_SEED", "7001"))
+    lanes = [Lane(tmp_path / f"lane{i}" / "archive", seed + i) for i in range(LANES)]
+    threads = [
+        threading.Thread(target=lane.run, args=(range(i * 100_000, i * 100_000 + ROUNDS // LANES),))
+        for i, lane in enumerate(lanes)
+    ]
+    for lane in lanes:
+        lane.archive.parent.mkdir()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for lane in lanes:
+        if lane.error is not None:
+            raise lane.error
+        done = subprocess.run([sys.executable, "-m", "engine.cli", "-A", str(lane.archive),
+                               "verify"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    recoveries = [x for lane in lanes for x in lane.recoveries]
+    restarts = [x for lane in lanes for x in lane.restarts]
+    acked = sum(len(lane.score.acked) for lane in lanes)
+    lost = sum(lane.lost for lane in lanes)
+    figure("kills", sum(lane.kills for lane in lanes))
+    figure("kills at named points", sum(lane.named for lane in lanes))
+    figure("acked", acked)
+    figure("unacked sent", sum(len(lane.score.sent) for lane in lanes) - acked)
     figure("acked lost", lost)
     figure("recovery p50 ms", round(1000 * statistics.median(recoveries), 1))
     figure("recovery p99 ms", round(1000 * _percentile(recoveries, 0.99), 1))
     figure("restart to listening p50 s", round(statistics.median(restarts), 2))
     figure("restart to listening p99 s", round(_percentile(restarts, 0.99), 2))
+    assert sum(lane.kills for lane in lanes) >= ROUNDS - ROUNDS % LANES
     assert lost == 0
-    assert len(score.acked) > ROUNDS, "too few stores were acknowledged: the kills came too early"
+    assert acked > ROUNDS, "too few stores were acknowledged: the kills came too early"
 
 
 _STUCK_WRITER = r"""
