@@ -24,8 +24,8 @@ from pynetdicom import AE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from tests._helpers import ROOT, small_ct
-from tests.net._support import NODELAY, Server, echo
+from tests._helpers import ROOT, small_ct, small_ct_bytes
+from tests.net._support import NODELAY, Server, dcmtk, dcmtk_env, echo
 from tests.reliability._crash import HOOK_DIR
 
 READY_POLL_S = 0.05
@@ -96,6 +96,7 @@ class Score:
     comments: list[str] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)  # raised in a sender: a test bug
     associations: list[Any] = field(default_factory=list)
+    acked_by_dcmtk: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def wake_senders(self) -> None:
@@ -169,6 +170,31 @@ def _send(port: int, seeds: range, score: Score, stop: threading.Event, rows: in
             assoc.release()
         assoc.abort()  # the server may be dead: never wait for a release it cannot answer
         _close_socket(assoc)
+
+
+def storescu_until_killed(port: int, folder: Path, seeds: range, score: Score) -> None:
+    """DCMTK storescu of one generated file per seed; an instance is acknowledged by its
+    "Received Store Response (Success)" line (-v), which storescu prints only on 0x0000."""
+    files = {}
+    for seed in seeds:
+        ds, data = ct_instance(seed)
+        path = folder / f"{seed}.dcm"
+        path.write_bytes(small_ct_bytes(seed, 16, 16))
+        files[str(path)] = str(ds.SOPInstanceUID)
+        with score.lock:
+            score.sent[str(ds.SOPInstanceUID)] = data
+    done = subprocess.run([dcmtk("storescu"), "-v", "-aet", "KILL9SCU", "-aec", "PACS",
+                           "127.0.0.1", str(port), *files], capture_output=True, text=True,
+                          env=dcmtk_env(), timeout=300)  # fmt: skip
+    current = None
+    for line in done.stderr.splitlines():
+        if line.startswith("I: Sending file: "):
+            current = files.get(line[len("I: Sending file: ") :].strip())
+        elif line.startswith("I: Received Store Response (Success)") and current:
+            with score.lock:
+                score.acked.add(current)
+                score.acked_by_dcmtk += 1
+            current = None
 
 
 def _close_socket(assoc: Any) -> None:

@@ -1,7 +1,7 @@
 """SIGKILL of the whole server (supervisor and workers) during ingest loses nothing acknowledged.
 
 Each round starts ``pacs serve`` on the same archive, has three pynetdicom
-associations store generated CT instances, and SIGKILLs the whole process
+associations and a DCMTK storescu store generated CT instances, and SIGKILLs the whole process
 group: at a random moment, or when a worker reaches a named point of the
 write path and kills itself (the point is installed by the test hook on the
 server's PYTHONPATH, see ``_crash.py``). Then the archive is opened as the
@@ -30,10 +30,17 @@ import engine
 from engine.errors import NotFoundError
 from tests._helpers import ROOT
 from tests.reliability._crash import SERVER_CRASH_POINTS, crash_env
-from tests.reliability._server import KillableServer, Score, _is_zombie, send_until_stopped
+from tests.reliability._server import (
+    KillableServer,
+    Score,
+    _is_zombie,
+    send_until_stopped,
+    storescu_until_killed,
+)
 from tests.reliability.conftest import scaled
 
-SENDERS = 3
+SENDERS = 3  # pynetdicom associations, plus one DCMTK storescu
+DCMTK_FILES = 30
 LANES = 2  # archives killed side by side: a round is mostly server start-up
 ROUNDS = int(os.environ.get("KILL9_ROUNDS", 0)) or scaled(100, 500)
 WORKER_DEATH_TIMEOUT_S = 60.0
@@ -89,6 +96,19 @@ def _ingest_then_kill(srv: KillableServer, r: int, score: Score, point: str | No
             score, stop))
         for i in range(SENDERS)
     ]  # fmt: skip
+    folder = srv.archive.parent / f"round-{r}"
+    folder.mkdir()
+    senders.append(
+        threading.Thread(
+            target=storescu_until_killed,
+            args=(
+                srv.port,
+                folder,
+                range(r * 100_000 + 90_000, r * 100_000 + 90_000 + DCMTK_FILES),
+                score,
+            ),
+        )
+    )
     for t in senders:
         t.start()
     try:
@@ -184,6 +204,7 @@ def test_sigkill_of_the_whole_server_loses_no_acknowledged_instance(
     figure("kills", sum(lane.kills for lane in lanes))
     figure("kills at named points", sum(lane.named for lane in lanes))
     figure("acked", acked)
+    figure("acked by DCMTK storescu", sum(lane.score.acked_by_dcmtk for lane in lanes))
     figure("unacked sent", sum(len(lane.score.sent) for lane in lanes) - acked)
     figure("acked lost", lost)
     figure("recovery p50 ms", round(1000 * statistics.median(recoveries), 1))
