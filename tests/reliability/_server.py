@@ -126,6 +126,10 @@ def send_until_stopped(port: int, seeds: range, score: Score, stop: threading.Ev
     """Store one generated instance per seed over one association, until the peer dies or `stop`.
 
     An instance counts as acknowledged only when its C-STORE response said 0x0000.
+    Under heavy load pynetdicom's requestor was seen to stall now and then
+    (its thread waiting for a response while the server, its socket queues
+    empty, waited for the next PDU): the association then ends at the DIMSE
+    timeout, and callers that need more stores open another.
     An exception (a bug of the test, not a dead peer) is kept in ``score.errors``.
     """
     try:
