@@ -179,10 +179,7 @@ class Archive:
             if p.entry is not None:
                 self.catalog.put(txn, p.entry, result)
             elif p.tombstone is not None:
-                uid, stamp = p.tombstone
-                loc = self.catalog.location(txn, uid)
-                if loc is not None and loc.stored_at_ns < stamp:
-                    self.catalog.delete(txn, uid, result)
+                self.catalog.apply_tombstone(txn, *p.tombstone, result)
 
     # -- read ----------------------------------------------------------------------
 

@@ -121,6 +121,9 @@ def open_frames(archive: Archive, sop_instance_uid: str, loc: Location) -> Frame
             raise CorruptRecordError(
                 str(loc.segment_id), loc.offset, f"{count} frames of {size} bytes exceed Pixel Data"
             )
+        # a frame is read alone: its record's pixel checksum is checked first
+        archive.reader.check_span(loc.segment_id, loc.offset + loc.meta_span, h.pixel_stored,
+                                  h.pixel_crc)  # fmt: skip
         start = loc.offset + loc.meta_span + hdr
 
         def positioned(number: int) -> bytes:

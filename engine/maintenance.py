@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import codec
@@ -22,6 +23,7 @@ from engine.index import keys as K
 from engine.index.catalog import ApplyResult, Catalog
 from engine.index.env import IndexEnv
 from engine.ingest import entry_from_meta
+from engine.storage import _io
 from engine.storage.format import (
     CODEC_RAW,
     CODEC_ZSTD,
@@ -122,12 +124,10 @@ def _apply_one(catalog: Catalog, txn: Any, seg_id: int, rec: RecoveredRecord,
     h = rec.header
     if h.kind == KIND_TOMBSTONE:
         tombs[rec.uid] = max(tombs.get(rec.uid, 0), h.stored_at_ns)
-        loc = catalog.location(txn, rec.uid)
-        if loc is not None and loc.stored_at_ns < h.stored_at_ns:
-            catalog.delete(txn, rec.uid, result)
+        catalog.apply_tombstone(txn, rec.uid, h.stored_at_ns, result)
         return
-    if tombs.get(rec.uid, 0) > h.stored_at_ns:
-        return  # deleted after this record was written
+    if max(tombs.get(rec.uid, 0), catalog.deleted_at(txn, rec.uid)) > h.stored_at_ns:
+        return  # deleted after this record was written (maybe by another writer)
     loc = K.Location(seg_id, rec.offset, h.total, h.meta_span, h.stored_at_ns)
     try:
         entry = entry_from_meta(rec.meta, loc)
@@ -145,6 +145,8 @@ def recover(archive: Archive) -> RecoveryReport:
     states = catalog.segments()
     files = list_segment_ids(root)
     tombs: dict[str, int] = {}
+    if files:  # before any allocation: a repair below may need a new segment
+        catalog.env.call(_bump_next_id, catalog, max(files) + 1)
     for seg_id in sorted(set(files) | set(states)):
         st = states.get(seg_id)
         path = segment_path(root, seg_id)
@@ -157,48 +159,15 @@ def recover(archive: Archive) -> RecoveryReport:
             continue  # a live writer (or compaction) in another process owns it
         try:
             if st is not None and st.state in (K.SEG_RETIRED, K.SEG_COMPACTING):
-                path.unlink()  # moved away, or a compaction that never committed
+                catalog.env.sync()  # the state that allows the removal must outlive it
+                _io.unlink(path)  # moved away, or a compaction that never committed
                 fsync_dir(root)
                 catalog.env.call(catalog.delete_segment, seg_id)
                 rep.removed_segments.append(seg_id)
                 continue
-            sealed = st is not None and st.state == K.SEG_SEALED
-            start = st.indexed_upto if st is not None else 0
-            if os.path.getsize(path) < start:
-                # the index commit reached the disk, the segment's bytes did not
-                # (power lost between the two; see WritePath._flush)
-                log.error("segment %d: index is ahead of the file (%d > %d bytes)",
-                          seg_id, start, os.path.getsize(path))  # fmt: skip
-                rep.index_ahead.append(seg_id)
-                start = os.path.getsize(path)
-            if sealed and start >= os.path.getsize(path):
-                continue
-            try:
-                found = recover_segment(root, seg_id, start, truncate=not sealed)
-            except CorruptRecordError as exc:
-                # its own header is unreadable: keep it as it is for an
-                # operator, serve everything else (verify reports it too)
-                log.error("segment %d left unread: %s", seg_id, exc)
-                rep.corruptions.append(str(exc))
-                continue
-            if found.truncated_at is not None:
-                log.warning("segment %d: torn tail cut off at byte %d", seg_id, found.truncated_at)
-                rep.truncated.append((seg_id, found.truncated_at))
-            for bad in found.corruptions:
-                log.error("corruption: %s", bad)
-                rep.corruptions.append(str(bad))
-            rep.records_replayed += replay(catalog, seg_id, found.records, tombs, rep.corruptions)
-            rep.segments_replayed += 1
-            new_state = K.SegmentState(K.SEG_SEALED, found.end)
-            if st is not None:
-                new_state = K.SegmentState(
-                    K.SEG_SEALED, found.end, st.live_bytes, st.dead_bytes, st.flags
-                )
-            catalog.env.call(_seal, catalog, seg_id, new_state)
+            _recover_one(catalog, root, seg_id, st, tombs, rep, repair=bool(states))
         finally:
             os.close(lock)
-    if files:
-        catalog.env.call(_bump_next_id, catalog, max(files) + 1)
     if rep.index_ahead:
         _rebuild_after_power_loss(archive, rep)
     rep.seconds = time.perf_counter() - t0
@@ -206,6 +175,95 @@ def recover(archive: Archive) -> RecoveryReport:
         log.info("recovery: replayed %d records from %d segments in %.3f s",
                  rep.records_replayed, rep.segments_replayed, rep.seconds)  # fmt: skip
     return rep
+
+
+def _recover_one(catalog: Catalog, root: Path, seg_id: int, st: K.SegmentState | None,
+                 tombs: dict[str, int], rep: RecoveryReport, *, repair: bool) -> None:  # fmt: skip
+    """Check and replay one segment from where it was last known durable; repair a torn tail.
+
+    `repair`: the index is there (a segment it does not know was allocated in
+    its lost last transaction). Without an index nothing says which segments
+    were sealed, and a sealed one is never changed: bad bytes are only reported.
+
+    The scan starts at the synced mark, not at ``indexed_upto``: the index
+    commit overlaps the fsync, so a power cut can leave indexed records that
+    never reached the disk, and the file size alone does not show it (a
+    later write may have landed past a hole of zeros).
+    """
+    path = segment_path(root, seg_id)
+    sealed = st is not None and st.state == K.SEG_SEALED
+    start = st.indexed_upto if st is not None else 0
+    synced = start if st is None or st.synced_upto is None else st.synced_upto
+    size = os.path.getsize(path)
+    if sealed and synced >= start == size:
+        return  # sealed, fully indexed and durable: nothing to check
+    try:
+        found = recover_segment(root, seg_id, min(synced, size), truncate=not sealed)
+    except CorruptRecordError as exc:
+        # its own header is unreadable: keep it as it is for an
+        # operator, serve everything else (verify reports it too)
+        log.error("segment %d left unread: %s", seg_id, exc)
+        rep.corruptions.append(str(exc))
+        return
+    records = found.records
+    bad = min((c.offset for c in found.corruptions), default=None)
+    if bad is not None and not sealed and (st is not None or repair):
+        # bad bytes with whole records after them, past the synced mark (or in a
+        # segment whose allocation the index lost): writes the disk reordered before a power cut,
+        # or damage. Keep every whole record (moved to a new segment) and cut the
+        # file at the bad bytes, so that the log reads clean again.
+        after = [r for r in records if r.offset > bad]
+        moved_to, moved, moved_end = _move_tail(catalog, root, seg_id, bad, after)
+        records = [r for r in records if r.offset < bad]
+        rep.truncated.append((seg_id, bad))
+        rep.records_replayed += replay(catalog, moved_to, moved, tombs, rep.corruptions)
+        catalog.env.call(_seal, catalog, moved_to, K.SegmentState(K.SEG_SEALED, moved_end))
+        found.end, found.truncated_at = bad, bad
+    if found.truncated_at is not None:
+        log.warning("segment %d: torn tail cut off at byte %d", seg_id, found.truncated_at)
+        if (seg_id, found.truncated_at) not in rep.truncated:
+            rep.truncated.append((seg_id, found.truncated_at))
+    for c in found.corruptions:
+        log.error("corruption: %s", c)
+        rep.corruptions.append(str(c))
+    if size < start or (found.truncated_at is not None and found.truncated_at < start):
+        # the index commit reached the disk, some of the segment's bytes did not
+        log.error("segment %d: index is ahead of the file (indexed to %d, whole to %d)",
+                  seg_id, start, found.end)  # fmt: skip
+        rep.index_ahead.append(seg_id)
+    replay(catalog, seg_id, records, tombs, rep.corruptions)  # those re-checked are no-ops
+    rep.records_replayed += sum(r.offset >= start for r in records)
+    rep.segments_replayed += 1
+    new_state = K.SegmentState(K.SEG_SEALED, found.end)
+    if st is not None:
+        new_state = K.SegmentState(K.SEG_SEALED, found.end, st.live_bytes, st.dead_bytes, st.flags)
+    catalog.env.call(_seal, catalog, seg_id, new_state)
+
+
+def _move_tail(
+    catalog: Catalog, root: Path, seg_id: int, cut: int, records: list[RecoveredRecord]
+) -> tuple[int, list[RecoveredRecord], int]:
+    """Copy `records` into a new sealed segment, made durable; then cut segment `seg_id` there.
+
+    A crash in between leaves both copies: replay keeps one (same UID, same stamp).
+    """
+    new_id = catalog.env.call(catalog.allocate_segment, K.SEG_SEALED)
+    writer = SegmentWriter(root, new_id, max_bytes=1 << 62)
+    moved = []
+    fd = _io.open_rw(segment_path(root, seg_id))
+    try:
+        for r in records:
+            offset = writer.append([os.pread(fd, r.header.total, r.offset)])
+            moved.append(RecoveredRecord(offset, r.header, r.uid, r.meta))
+        end = writer.sync()
+        _io.ftruncate(fd, cut)
+        _io.fsync(fd)
+    finally:
+        os.close(fd)
+        writer.close()
+    log.warning("segment %d: %d whole records after bad bytes at %d moved to segment %d",
+                seg_id, len(moved), cut, new_id)  # fmt: skip
+    return new_id, moved, end
 
 
 def _rebuild_after_power_loss(archive: Archive, rep: RecoveryReport) -> None:
@@ -383,7 +441,10 @@ def _compact_one(archive: Archive, seg_id: int, rep: CompactReport) -> None:
         # recovery in another process that could take its lock would delete it.
         writer.close()
     archive.reader.forget(seg_id)
-    old_path.unlink()
+    # metasync is off: the commit that moved every record away may not survive a
+    # power cut yet, and the file it moved them from must outlive it
+    catalog.env.sync()
+    _io.unlink(old_path)
     fsync_dir(root)
     catalog.env.call(catalog.delete_segment, seg_id)
     rep.segments += 1

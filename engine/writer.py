@@ -159,12 +159,14 @@ class WritePath:
         def index(txn: Any) -> None:
             nonlocal result
             result = ApplyResult()  # env.write may run this again after growing the map
-            marks: dict[int, int] = {}
+            marks: dict[int, tuple[int, SegmentWriter]] = {}
             for p in batch:
-                marks[p.writer.segment_id] = max(marks.get(p.writer.segment_id, 0), p.end)
+                upto = max(marks.get(p.writer.segment_id, (0, p.writer))[0], p.end)
+                marks[p.writer.segment_id] = (upto, p.writer)
             self._apply(txn, batch, result)
-            for seg_id, upto in marks.items():
-                self.catalog.mark_indexed(txn, seg_id, upto)
+            for seg_id, (upto, w) in marks.items():
+                # w.synced: what earlier flushes made durable (this one's fsync runs alongside)
+                self.catalog.mark_indexed(txn, seg_id, upto, w.synced)
 
         committing = self._committer().submit(self.catalog.env.write, index)
         failed: dict[int, BaseException] = {}
@@ -211,6 +213,7 @@ class WritePath:
             for w in done:
                 st = self.catalog.get_segment(txn, w.segment_id) or K.SegmentState(K.SEG_ACTIVE, 0)
                 st.state = K.SEG_SEALED
+                st.synced_upto = w.synced  # short of indexed_upto only after a failed fsync
                 self.catalog.put_segment(txn, w.segment_id, st)
 
         self.catalog.env.write(seal)

@@ -80,7 +80,7 @@ def test_reindex_while_another_thread_stores_loses_no_acknowledged_instance(
 def test_a_failing_index_commit_fails_every_store_of_its_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: Catalog, txn: Any, seg_id: int, upto: int) -> None:
+    def broken(self: Catalog, txn: Any, seg_id: int, upto: int, synced: int) -> None:
         raise RuntimeError("index exploded")
 
     monkeypatch.setattr(Catalog, "mark_indexed", broken)

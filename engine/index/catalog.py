@@ -102,10 +102,13 @@ class Catalog:
         st.dead_bytes += dead
         self.put_segment(txn, seg_id, st)
 
-    def mark_indexed(self, txn: Any, seg_id: int, upto: int) -> None:
+    def mark_indexed(self, txn: Any, seg_id: int, upto: int, synced: int) -> None:
+        """Record that the segment is indexed to `upto`, and known durable to `synced`."""
         st = self.get_segment(txn, seg_id) or K.SegmentState(K.SEG_ACTIVE, 0)
         if upto > st.indexed_upto:
+            old_synced = st.indexed_upto if st.synced_upto is None else st.synced_upto
             st.indexed_upto = upto
+            st.synced_upto = max(old_synced, synced)
             self.put_segment(txn, seg_id, st)
 
     # -- counters ---------------------------------------------------------------
@@ -219,6 +222,25 @@ class Catalog:
             db=self.db["instances"],
         )
         return True
+
+    def apply_tombstone(self, txn: Any, sop_uid: str, stamp: int, result: ApplyResult) -> None:
+        """Record a deletion at `stamp`; delete the instance if its record is older.
+
+        The marker stays in the index, so a record of the UID older than the
+        deletion, replayed later from any segment (a crashed writer's tail),
+        is recognised as deleted (:meth:`deleted_at`).
+        """
+        key, db = sop_uid.encode(), self.db["tombstones"]
+        if self.deleted_at(txn, sop_uid) < stamp:
+            txn.put(key, K.TOMBSTONE.pack(stamp), db=db)
+        loc = self.location(txn, sop_uid)
+        if loc is not None and loc.stored_at_ns < stamp:
+            self.delete(txn, sop_uid, result)
+
+    def deleted_at(self, txn: Any, sop_uid: str) -> int:
+        """The stamp of the newest deletion of `sop_uid` (0: never deleted)."""
+        raw = txn.get(sop_uid.encode(), db=self.db["tombstones"])
+        return int(K.TOMBSTONE.unpack(raw)[0]) if raw else 0
 
     def delete(self, txn: Any, sop_uid: str, result: ApplyResult) -> K.Location | None:
         """Remove one instance and whatever becomes empty above it."""

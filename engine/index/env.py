@@ -19,6 +19,7 @@ Caveats
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import threading
@@ -48,7 +49,24 @@ DB_NAMES = (
     b"series_instances",
     b"patient_studies",
     b"ix_study",
+    b"tombstones",
 )
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def index_error(exc: lmdb.Error, what: str) -> IndexFailureError | StorageFullError:
+    """Wrap an LMDB error once: a full disk is StorageFullError (A700), as for the segments.
+
+    py-lmdb raises a plain ``lmdb.Error`` for an errno from the system, with
+    only its strerror in the message: match that.
+    """
+    text = str(exc)
+    for code in _FULL_ERRNOS:
+        if os.strerror(code) in text:
+            return StorageFullError(code, f"{what}: {text}; free disk space and retry")
+    return IndexFailureError(f"{what}: {exc}")
 
 
 class IndexEnv:
@@ -157,7 +175,7 @@ class IndexEnv:
             except lmdb.MapFullError:
                 remedy = self._grow
             except lmdb.Error as exc:
-                raise IndexFailureError(f"index write failed: {exc}") from exc
+                raise index_error(exc, "index write failed") from exc
             finally:
                 self._leave()
             remedy()  # outside any transaction of ours: both remap the file

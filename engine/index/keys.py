@@ -19,8 +19,13 @@ SEP = b"\x00"
 # instances: uid -> LOCATION + orjson(InstanceDoc)
 LOCATION = struct.Struct("<IQQIQ")  # segment_id, offset, total, meta_span, stored_at_ns
 
+# tombstones: uid -> the stored-at stamp of its newest deletion
+TOMBSTONE = struct.Struct("<Q")
+
 # segments: u32 big endian id -> SEGMENT_STATE
-SEGMENT_STATE = struct.Struct("<BQQQI")  # state, indexed_upto, live_bytes, dead_bytes, flags
+# state, indexed_upto, live_bytes, dead_bytes, flags, synced_upto
+SEGMENT_STATE = struct.Struct("<BQQQIQ")
+SEGMENT_STATE_V1 = struct.Struct("<BQQQI")  # before synced_upto: read as synced to indexed_upto
 SEG_ACTIVE, SEG_SEALED, SEG_COMPACTING, SEG_RETIRED = 1, 2, 3, 4
 SEG_FLAG_COLD = 0x01  # every record recompressed for the cold tier
 
@@ -50,6 +55,10 @@ class SegmentState:
     live_bytes: int = 0
     dead_bytes: int = 0
     flags: int = 0
+    # how far the file was known durable when indexed_upto was committed; the
+    # index commit overlaps the fsync, so [synced_upto, indexed_upto) may be
+    # lost by a power cut and is re-verified on open (None: = indexed_upto)
+    synced_upto: int | None = None
 
 
 def seg_key(segment_id: int) -> bytes:
@@ -57,11 +66,17 @@ def seg_key(segment_id: int) -> bytes:
 
 
 def pack_segment(s: SegmentState) -> bytes:
-    return SEGMENT_STATE.pack(s.state, s.indexed_upto, s.live_bytes, s.dead_bytes, s.flags)
+    synced = s.indexed_upto if s.synced_upto is None else min(s.synced_upto, s.indexed_upto)
+    return SEGMENT_STATE.pack(s.state, s.indexed_upto, s.live_bytes, s.dead_bytes, s.flags, synced)
 
 
 def unpack_segment(data: bytes) -> SegmentState:
-    return SegmentState(*SEGMENT_STATE.unpack(data))
+    if len(data) == SEGMENT_STATE_V1.size:
+        return SegmentState(*SEGMENT_STATE_V1.unpack(data))
+    st = SegmentState(*SEGMENT_STATE.unpack(data))
+    if st.synced_upto == st.indexed_upto:
+        st.synced_upto = None
+    return st
 
 
 def pack_instance(loc: Location, doc: dict[str, Any]) -> bytes:

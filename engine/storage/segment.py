@@ -14,6 +14,7 @@ Caveats
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from engine import codec
 from engine.errors import CorruptRecordError, StorageFullError, StorageIOError
+from engine.storage import _io
 from engine.storage.format import (
     RECORD_HEADER,
     RECORD_MAGIC,
@@ -40,6 +42,8 @@ from engine.storage.format import (
 SEGMENT_MAX_BYTES = 1 << 30
 SEGMENT_SUFFIX = ".seg"
 READ_FDS_MAX = 256  # open read descriptors kept per reader
+VERIFIED_SPANS_MAX = 4096  # pixel parts whose checksum a reader has checked already
+_VERIFY_CHUNK_BYTES = 4 << 20
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -63,11 +67,7 @@ def list_segment_ids(root: Path) -> list[int]:
 
 def fsync_dir(path: Path) -> None:
     """Make a new or renamed directory entry durable (a new file is not, until this)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _io.fsync_dir(path)
 
 
 def io_error(exc: OSError, what: str) -> StorageIOError:
@@ -86,17 +86,18 @@ class SegmentWriter:
         self.max_bytes = max_bytes
         self.failed = False
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            self._fd = _io.create(self.path)
         except OSError as exc:
             raise io_error(exc, f"cannot create {self.path.name}") from exc
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(self._fd, pack_segment_header(segment_id))
-            os.fsync(self._fd)
-            fsync_dir(root)
+            _io.pwrite(self._fd, pack_segment_header(segment_id), 0)
+            _io.fsync(self._fd)
+            _io.fsync_dir(root)
         except OSError as exc:
             os.close(self._fd)
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                _io.unlink(self.path)
             raise io_error(exc, f"cannot create {self.path.name}") from exc
         self.end = SEGMENT_HEADER.size
         self.synced = self.end
@@ -112,10 +113,10 @@ class SegmentWriter:
         offset = self.end
         total = sum(len(p) for p in parts)
         try:
-            written = os.pwritev(self._fd, parts, offset)
+            written = _io.pwritev(self._fd, parts, offset)
             while written < total:  # short write: finish it piecewise
                 rest = b"".join(bytes(p) for p in parts)[written:]
-                written += os.pwrite(self._fd, rest, offset + written)
+                written += _io.pwrite(self._fd, rest, offset + written)
         except OSError as exc:
             self._cut_back(offset)
             raise io_error(exc, f"append to {self.path.name}") from exc
@@ -124,7 +125,7 @@ class SegmentWriter:
 
     def _cut_back(self, offset: int) -> None:
         try:
-            os.ftruncate(self._fd, offset)
+            _io.ftruncate(self._fd, offset)
         except OSError:
             self.failed = True  # cannot even truncate: never append here again
 
@@ -134,7 +135,7 @@ class SegmentWriter:
         if self.failed:
             raise StorageIOError(errno.EIO, f"{self.path.name} is sealed after an I/O error")
         try:
-            os.fdatasync(self._fd)
+            _io.fdatasync(self._fd)
         except OSError as exc:
             self.failed = True  # fsyncgate: a later fsync that succeeds proves nothing
             raise io_error(exc, f"fsync of {self.path.name}") from exc
@@ -212,6 +213,7 @@ class SegmentReader:
         self.root = root
         self._fds: OrderedDict[int, _Handle] = OrderedDict()
         self._lock = threading.Lock()
+        self._verified: OrderedDict[tuple[int, int], None] = OrderedDict()
 
     def _acquire(self, segment_id: int) -> _Handle:
         with self._lock:
@@ -257,6 +259,31 @@ class SegmentReader:
         finally:
             self._release(h)
         return data
+
+    def check_span(self, segment_id: int, offset: int, length: int, crc: int) -> None:
+        """Check the CRC32C of `length` bytes at `offset` before parts of them are served alone.
+
+        Frame reads fetch one frame of a raw pixel part with one positioned
+        read, which its checksum cannot cover: the whole part is checked
+        once here (in chunks; remembered per reader, records never change).
+        """
+        key = (segment_id, offset)
+        with self._lock:
+            if key in self._verified:
+                return
+        value, pos, end = 0, offset, offset + length
+        while pos < end:
+            chunk = self.read(segment_id, pos, min(_VERIFY_CHUNK_BYTES, end - pos))
+            if not chunk:
+                break
+            value, pos = crc32c(chunk, value), pos + len(chunk)
+        if pos != end or value != crc:
+            name = segment_name(segment_id)
+            raise CorruptRecordError(name, offset, "pixel part checksum mismatch")
+        with self._lock:
+            self._verified[key] = None
+            if len(self._verified) > VERIFIED_SPANS_MAX:
+                self._verified.popitem(last=False)
 
     def read_record(
         self, segment_id: int, offset: int, length: int, *, with_pixel: bool = True
@@ -327,15 +354,15 @@ def recover_segment(root: Path, segment_id: int, start: int, *, truncate: bool) 
     records: list[RecoveredRecord] = []
     corruptions: list[CorruptRecordError] = []
     truncated_at = None
-    fd = os.open(path, (os.O_RDWR if truncate else os.O_RDONLY) | os.O_CLOEXEC)
+    fd = _io.open_rw(path) if truncate else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
         if truncate and size < SEGMENT_HEADER.size:
             # The writer died between creating the file and writing its header:
             # no record can follow, so write the header it never wrote.
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, pack_segment_header(segment_id), 0)
-            os.fsync(fd)
+            _io.ftruncate(fd, 0)
+            _io.pwrite(fd, pack_segment_header(segment_id), 0)
+            _io.fsync(fd)
             return RecoveryReport(segment_id, [], [], 0, SEGMENT_HEADER.size)
         try:
             unpack_segment_header(os.pread(fd, SEGMENT_HEADER.size, 0))
@@ -363,8 +390,8 @@ def recover_segment(root: Path, segment_id: int, start: int, *, truncate: bool) 
             records.append(RecoveredRecord(pos, rec.header, rec.uid, bytes(rec.meta)))
             pos += h.total
         if truncated_at is not None and truncate:
-            os.ftruncate(fd, truncated_at)
-            os.fsync(fd)
+            _io.ftruncate(fd, truncated_at)
+            _io.fsync(fd)
             size = truncated_at
     finally:
         os.close(fd)

@@ -175,14 +175,17 @@ def test_native_multiframe_frames_are_one_positioned_read_each(
         return real(seg, offset, length)
 
     monkeypatch.setattr(archive.reader, "read", counting)
-    r = client.get(url(ds, "/frames/3,7"))
     frame = ds.Rows * ds.Columns * 2
+    # the first request checks the pixel part's checksum once (a frame read alone has none)
+    client.get(url(ds, "/frames/1"))
+    reads.clear()
+    r = client.get(url(ds, "/frames/3,7"))
     assert [p for _, p in split_multipart(r.content, r.headers["content-type"])] == [
         ds.PixelData[2 * frame : 3 * frame],
         ds.PixelData[6 * frame : 7 * frame],
     ]
     assert reads[-2:] == [frame, frame]  # one read per frame, after the index and meta reads
-    assert max(reads) < len(ds.PixelData)  # the whole pixel part was never read
+    assert max(reads) < len(ds.PixelData)  # the whole pixel part was not read again
 
 
 def test_bit_packed_frame(client: Client, archive: Archive) -> None:
