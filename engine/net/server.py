@@ -95,6 +95,7 @@ def run_worker(
             server_class=AssociationServer,
             access=settings.access,
             fast=fast,
+            max_instance_bytes=settings.max_instance_bytes,
         )
         ae._servers.append(server)  # as AE.start_server does: shutdown() removes it
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},

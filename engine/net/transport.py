@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom import evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from engine.net import pdu as P
 from engine.net.pdu import PeerClosed
-from engine.net.settings import Access
+from engine.net.settings import DEFAULT_MAX_INSTANCE_BYTES, Access
 
 if TYPE_CHECKING:  # fastpath imports this module
     from engine.net.fastpath import StorageFastPath
@@ -42,6 +44,7 @@ LISTEN_BACKLOG = 128  # socketserver's default of 5 drops bursts of modality con
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE title not recognized
 REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, provider (presentation), local limit exceeded
 SOCKET_BUFFER_BYTES = 4 << 20  # SO_RCVBUF, when the kernel allows that much
+ASSOCIATE_PDU_MAX_BYTES = 1 << 20  # an A-ASSOCIATE-RQ is a few KiB; no PDU needs more than this
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -108,6 +111,70 @@ class _AccessACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
+class DataSetTooLargeError(Exception):
+    """A peer sent a PDU or a data set past our limits; its association is aborted."""
+
+
+class _BoundedDUL(DULServiceProvider):
+    """pynetdicom's upper layer with the limits the fast path enforces itself.
+
+    pynetdicom reads a whole PDU of whatever length its header claims (up to
+    4 GiB) and collects a data set's fragments without bound. Here a PDU
+    longer than the Maximum Length we announce (PS3.8 D.1) and a data set
+    past ``max_instance_bytes`` raise in the reader thread, where pynetdicom
+    answers any exception with an A-ABORT (source: service provider) and ends
+    the association. The class is swapped onto the DUL pynetdicom built, so
+    its constructor and timers stay pynetdicom's.
+    """
+
+    max_pdu_bytes: int
+    max_instance_bytes: int
+    data_set_bytes: int
+
+    def _read_pdu_data(self) -> None:
+        assert self.socket is not None and self.socket.socket is not None
+        header = self.socket.socket.recv(P.PDU_HEADER_BYTES, socket.MSG_PEEK)
+        if len(header) == P.PDU_HEADER_BYTES:
+            kind, length = P.PDU_HEADER.unpack(header)
+            if length > self.max_pdu_bytes:
+                self._refuse(f"PDU type 0x{kind:02X} of {length} bytes, "
+                             f"more than the {self.max_pdu_bytes} we accept")  # fmt: skip
+        super()._read_pdu_data()
+
+    def _decode_pdu(self, bytestream: bytearray) -> Any:
+        if bytestream[0] == P.P_DATA_TF:
+            self._count_data_set(memoryview(bytestream)[P.PDU_HEADER_BYTES:])
+        return super()._decode_pdu(bytestream)
+
+    def _count_data_set(self, body: memoryview) -> None:
+        at = 0
+        while at + P.PDV_HEADER_BYTES <= len(body):
+            item_length, _context, mch = P.PDV_HEADER.unpack_from(body, at)
+            at += 4 + item_length
+            if mch & P.MCH_COMMAND:
+                continue
+            self.data_set_bytes += max(0, item_length - 2)
+            if self.data_set_bytes > self.max_instance_bytes:
+                self.data_set_bytes = 0
+                self._refuse(f"a data set past max_instance_bytes ({self.max_instance_bytes})")
+            if mch & P.MCH_LAST:
+                self.data_set_bytes = 0
+
+    def _refuse(self, what: str) -> None:
+        log.warning("aborting the association from %s: %s", self.assoc.requestor.address, what)
+        raise DataSetTooLargeError(what)
+
+
+def bound_dul(assoc: Association, max_instance_bytes: int) -> None:
+    """Give `assoc` the PDU and data set limits of :class:`_BoundedDUL`."""
+    dul = assoc.dul
+    dul.__class__ = _BoundedDUL
+    assert isinstance(dul, _BoundedDUL)
+    dul.max_pdu_bytes = max(assoc.ae.maximum_pdu_size, ASSOCIATE_PDU_MAX_BYTES)
+    dul.max_instance_bytes = max_instance_bytes
+    dul.data_set_bytes = 0
+
+
 class _RequestHandler(RequestHandler):
     """Storage-only associations to the fast path; the others to pynetdicom, with our ACSE."""
 
@@ -140,6 +207,10 @@ class _RequestHandler(RequestHandler):
         acse.access = self.server.access
         acse.fast = self.server.fast
         assoc.acse = acse
+        bound_dul(assoc, self.server.max_instance_bytes)
+        # An accepted socket is blocking: a peer silent in the middle of a PDU would hold
+        # pynetdicom's reader forever. With a timeout that read fails and the DUL closes.
+        self.request.settimeout(self.server.ae.network_timeout)
         return assoc
 
 
@@ -154,6 +225,8 @@ class AssociationServer(ThreadedAssociationServer):
         Who may associate (checked during association negotiation).
     fast
         The storage fast path, or None to give every association to pynetdicom.
+    max_instance_bytes
+        The largest data set pynetdicom's associations may receive.
     **kwargs
         As for :class:`pynetdicom.transport.AssociationServer`.
     """
@@ -162,9 +235,11 @@ class AssociationServer(ThreadedAssociationServer):
     daemon_threads = True
 
     def __init__(self, *args: Any, access: Access, fast: StorageFastPath | None = None,
+                 max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
                  **kwargs: Any) -> None:  # fmt: skip
         self.access = access
         self.fast = fast
+        self.max_instance_bytes = max_instance_bytes
         kwargs["request_handler"] = _RequestHandler
         super().__init__(*args, **kwargs)
 
