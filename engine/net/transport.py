@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom import evt
@@ -44,6 +45,7 @@ LISTEN_BACKLOG = 128  # socketserver's default of 5 drops bursts of modality con
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE title not recognized
 REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, provider (presentation), local limit exceeded
 SOCKET_BUFFER_BYTES = 4 << 20  # SO_RCVBUF, when the kernel allows that much
+RECEIVE_POLL_S = 0.2  # how often a waiting acceptor checks that its connection still stands
 ASSOCIATE_PDU_MAX_BYTES = 1 << 20  # an A-ASSOCIATE-RQ is a few KiB; no PDU needs more than this
 
 
@@ -111,17 +113,19 @@ class _AccessACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
-class DataSetTooLargeError(Exception):
-    """A peer sent a PDU or a data set past our limits; its association is aborted."""
+class RefusedPDUError(Exception):
+    """A peer sent a PDU or a data set past our limits (or on a context we did not
+    accept); its association is aborted."""
 
 
 class _BoundedDUL(DULServiceProvider):
     """pynetdicom's upper layer with the limits the fast path enforces itself.
 
     pynetdicom reads a whole PDU of whatever length its header claims (up to
-    4 GiB) and collects a data set's fragments without bound. Here a PDU
-    longer than the Maximum Length we announce (PS3.8 D.1) and a data set
-    past ``max_instance_bytes`` raise in the reader thread, where pynetdicom
+    4 GiB), collects a data set's fragments without bound, and waits for
+    ever on a PDV of a context it did not accept. Here a PDU longer than the
+    Maximum Length we announce (PS3.8 D.1), a data set past
+    ``max_instance_bytes`` and such a PDV raise in the reader thread, where pynetdicom
     answers any exception with an A-ABORT (source: service provider) and ends
     the association. The class is swapped onto the DUL pynetdicom built, so
     its constructor and timers stay pynetdicom's.
@@ -149,8 +153,10 @@ class _BoundedDUL(DULServiceProvider):
     def _count_data_set(self, body: memoryview) -> None:
         at = 0
         while at + P.PDV_HEADER_BYTES <= len(body):
-            item_length, _context, mch = P.PDV_HEADER.unpack_from(body, at)
+            item_length, context, mch = P.PDV_HEADER.unpack_from(body, at)
             at += 4 + item_length
+            if context not in self.assoc._accepted_cx:  # pynetdicom would wait for ever
+                self._refuse(f"a PDV on presentation context {context}, which is not accepted")
             if mch & P.MCH_COMMAND:
                 continue
             self.data_set_bytes += max(0, item_length - 2)
@@ -160,9 +166,32 @@ class _BoundedDUL(DULServiceProvider):
             if mch & P.MCH_LAST:
                 self.data_set_bytes = 0
 
+    def receive_pdu(self, wait: bool = False, timeout: float | None = None) -> Any:
+        """pynetdicom's, but a wait ends as soon as nothing can arrive any more.
+
+        An acceptor waits ``acse_timeout`` for the A-ASSOCIATE-RQ; when the
+        connection failed first (garbage, a refused PDU, the peer gone), the
+        association would otherwise count against ``max_associations`` for
+        that long, and a burst of bad connections would lock modalities out.
+        """
+        if not wait:
+            return super().receive_pdu(False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = RECEIVE_POLL_S if deadline is None else min(RECEIVE_POLL_S,
+                                                                deadline - time.monotonic())  # fmt: skip
+            primitive = super().receive_pdu(True, max(0.0, step))
+            if primitive is not None:
+                return primitive
+            sock = self.socket
+            if not self.is_alive() or (sock is not None and not sock._is_connected):
+                return super().receive_pdu(False)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
     def _refuse(self, what: str) -> None:
         log.warning("aborting the association from %s: %s", self.assoc.requestor.address, what)
-        raise DataSetTooLargeError(what)
+        raise RefusedPDUError(what)
 
 
 def bound_dul(assoc: Association, max_instance_bytes: int) -> None:
