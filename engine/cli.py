@@ -76,8 +76,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         def one(path: Path) -> tuple[Path, Any]:
             try:
                 return path, archive.store(path)
-            except InvalidInstanceError as exc:
-                return path, exc
+            except InvalidInstanceError as exc:  # its traceback's frames hold the file's bytes
+                return path, exc.with_traceback(None)
 
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for path, result in pool.map(one, files):

@@ -25,7 +25,7 @@ CLI_TIMEOUT_S = 300.0
 
 def env() -> dict[str, str]:
     """The environment for a `pacs` subprocess: this worktree's engine first."""
-    return dict(os.environ, PYTHONPATH=str(ROOT), TCP_NODELAY="1")
+    return dict(os.environ, PYTHONPATH=str(ROOT), TCP_NODELAY="1", COLUMNS="1000")
 
 
 def pacs(*args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:

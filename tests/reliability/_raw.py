@@ -31,17 +31,32 @@ PDV = struct.Struct(">IBB")
 READ_TIMEOUT_S = 60.0  # generous: a loaded 2-core CI machine
 
 
-def associate_rq(*, with_find: bool, calling: str = "PYNETDICOM", version: int = 1) -> bytes:
-    """An encoded A-ASSOCIATE-RQ: CT storage, plus Study Root C-FIND if `with_find`."""
+# Extra CT storage contexts, one per transfer syntax, for data sets of other encodings.
+SYNTAX_CONTEXTS = {
+    "1.2.840.10008.1.2": 5,  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2": 7,  # Explicit VR Big Endian
+    "1.2.840.10008.1.2.1.99": 9,  # Deflated Explicit VR Little Endian
+    EXPLICIT_LE: STORE_CONTEXT,
+}
+
+
+def associate_rq(*, with_find: bool, calling: str = "PYNETDICOM", version: int = 1,
+                 all_syntaxes: bool = False) -> bytes:  # fmt: skip
+    """An encoded A-ASSOCIATE-RQ: CT storage, plus Study Root C-FIND if `with_find`, plus
+    a CT context for each of :data:`SYNTAX_CONTEXTS` if `all_syntaxes`."""
     rq = A_ASSOCIATE()
     rq.application_context_name = "1.2.840.10008.3.1.1.1"
     rq.calling_ae_title = calling
     rq.called_ae_title = "PACS"
-    contexts = [build_context(CTImageStorage, [EXPLICIT_LE])]
-    contexts[0].context_id = STORE_CONTEXT
+    wanted = {STORE_CONTEXT: (CTImageStorage, EXPLICIT_LE)}
     if with_find:
-        contexts.append(build_context(StudyRootQueryRetrieveInformationModelFind, [EXPLICIT_LE]))
-        contexts[1].context_id = FIND_CONTEXT
+        wanted[FIND_CONTEXT] = (StudyRootQueryRetrieveInformationModelFind, EXPLICIT_LE)
+    if all_syntaxes:
+        wanted.update({cid: (CTImageStorage, uid) for uid, cid in SYNTAX_CONTEXTS.items()})
+    contexts = []
+    for cid, (abstract, syntax) in sorted(wanted.items()):
+        contexts.append(build_context(abstract, [syntax]))
+        contexts[-1].context_id = cid
     rq.presentation_context_definition_list = contexts
     max_length = MaximumLengthNotification()
     max_length.maximum_length_received = 16384
@@ -53,6 +68,11 @@ def associate_rq(*, with_find: bool, calling: str = "PYNETDICOM", version: int =
 
 
 def store_command(ds: Dataset, message_id: int = 1) -> bytes:
+    return command_for(str(ds.SOPInstanceUID), message_id)
+
+
+def command_for(sop_instance_uid: str, message_id: int = 1) -> bytes:
+    """An encoded C-STORE-RQ command set (CT Image Storage) for `sop_instance_uid`."""
     cmd = Dataset()
     cmd.CommandGroupLength = 0
     cmd.AffectedSOPClassUID = CTImageStorage
@@ -60,7 +80,7 @@ def store_command(ds: Dataset, message_id: int = 1) -> bytes:
     cmd.MessageID = message_id
     cmd.Priority = 0
     cmd.CommandDataSetType = 0x0000
-    cmd.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    cmd.AffectedSOPInstanceUID = sop_instance_uid
     raw = encode(cmd, True, True)
     assert raw is not None
     cmd.CommandGroupLength = len(raw) - 12  # PS3.7 E.1: the bytes after the group length
@@ -92,8 +112,8 @@ class RawPeer:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def associate(self, *, with_find: bool) -> None:
-        self.sock.sendall(associate_rq(with_find=with_find))
+    def associate(self, *, with_find: bool, all_syntaxes: bool = False) -> None:
+        self.sock.sendall(associate_rq(with_find=with_find, all_syntaxes=all_syntaxes))
         kind, _ = self.read_pdu()
         assert kind == 0x02, f"expected A-ASSOCIATE-AC, got PDU type {kind}"
 
@@ -112,10 +132,18 @@ class RawPeer:
 
     def store(self, ds: Dataset) -> int:
         """A well-formed C-STORE; its status."""
-        self.sock.sendall(c_store(ds))
+        return int(self.store_raw(store_command(ds), data_set(ds), STORE_CONTEXT).Status)
+
+    def store_raw(self, command: bytes, data: bytes, context: int) -> Dataset:
+        """A C-STORE of `data` as it is, in PDUs of at most 64 KiB; the response."""
+        self.sock.sendall(p_data(context, 0x03, command))
+        step = 64 << 10
+        for at in range(0, max(len(data), 1), step):
+            last = 0x02 if at + step >= len(data) else 0x00
+            self.sock.sendall(p_data(context, last, data[at : at + step]))
         kind, body = self.read_pdu()
-        assert kind == 0x04, kind
-        return int(decode(BytesIO(body[6:]), True, True).Status)
+        assert kind == 0x04, f"expected a C-STORE response, got PDU type {kind}"
+        return decode(BytesIO(body[6:]), True, True)
 
     def send(self, data: bytes) -> bool:
         """Send; False if the server had already closed (it may abort mid-send)."""
