@@ -35,6 +35,7 @@ from engine.errors import EngineError
 from engine.web import qido, render, stow, uri, wado
 from engine.web.context import WebContext
 from engine.web.errors import problem, problem_body
+from engine.web.limits import ConcurrencyLimit
 from engine.web.settings import WebSettings
 
 log = logging.getLogger("engine.web")
@@ -102,6 +103,8 @@ def create_app(archive: Archive, settings: WebSettings | None = None) -> Starlet
                                  exclude_content_types=_NOT_GZIPPED))  # fmt: skip
     handlers: dict[Any, Any] = {EngineError: _engine_error, HTTPException: _http_error,
                                 Exception: _unexpected}  # fmt: skip
+    # outermost, so that a refused request costs nothing of the stack below
+    middleware.insert(0, Middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests))
     app = Starlette(routes=[*_prefixed(base, api), *uri.routes()], middleware=middleware,
                     exception_handlers=handlers)  # fmt: skip
     app.state.ctx = WebContext(archive, settings)
