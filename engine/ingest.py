@@ -93,9 +93,10 @@ def _check_pixel_encoding(r: ScanResult) -> None:
     compressed syntaxes encapsulate): it would be served under the wrong syntax. A File
     Meta without a Transfer Syntax UID (the scanner then guesses a native one) or a
     C-STORE of compressed pixels on an uncompressed context both end here."""
-    if r.pixel is not None and r.pixel.encapsulated and codec.pixels_compressible(r.transfer_syntax):
+    pixel = r.pixel
+    if pixel is not None and pixel.encapsulated and codec.pixels_compressible(r.transfer_syntax):
         raise MalformedDicomError(
-            r.pixel.element_start,
+            pixel.element_start,
             f"encapsulated Pixel Data in {r.transfer_syntax}, an uncompressed transfer syntax; "
             "send it with the transfer syntax of its compression",
         )

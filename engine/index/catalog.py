@@ -8,7 +8,6 @@ indexed, and the counters all commit together or not at all.
 from __future__ import annotations
 
 import os
-
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any

@@ -147,7 +147,7 @@ class _BoundedDUL(DULServiceProvider):
 
     def _decode_pdu(self, bytestream: bytearray) -> Any:
         if bytestream[0] == P.P_DATA_TF:
-            self._count_data_set(memoryview(bytestream)[P.PDU_HEADER_BYTES:])
+            self._count_data_set(memoryview(bytestream)[P.PDU_HEADER_BYTES :])
         return super()._decode_pdu(bytestream)
 
     def _count_data_set(self, body: memoryview) -> None:
@@ -178,8 +178,9 @@ class _BoundedDUL(DULServiceProvider):
             return super().receive_pdu(False)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            step = RECEIVE_POLL_S if deadline is None else min(RECEIVE_POLL_S,
-                                                                deadline - time.monotonic())  # fmt: skip
+            step = RECEIVE_POLL_S
+            if deadline is not None:
+                step = min(step, deadline - time.monotonic())
             primitive = super().receive_pdu(True, max(0.0, step))
             if primitive is not None:
                 return primitive

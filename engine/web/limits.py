@@ -33,7 +33,7 @@ class ConcurrencyLimit:
 
     def __init__(self, app: Any, limit: int) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"web.max_concurrent_requests must be a positive integer, not {limit!r}")
+            raise ValueError(f"web.max_concurrent_requests must be at least 1, not {limit!r}")
         self.app = app
         self.limit = limit
         self.active = 0

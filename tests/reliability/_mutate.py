@@ -80,7 +80,8 @@ def elements(data: bytes, start: int) -> list[Element]:
 def _set_length(data: bytes, el: Element, length: int) -> bytes:
     out = bytearray(data)
     fmt = "<I" if el.length_bytes == 4 else "<H"
-    struct.pack_into(fmt, out, el.length_at, length & (0xFFFFFFFF if el.length_bytes == 4 else 0xFFFF))
+    mask = 0xFFFFFFFF if el.length_bytes == 4 else 0xFFFF
+    struct.pack_into(fmt, out, el.length_at, length & mask)
     return bytes(out)
 
 
@@ -112,7 +113,8 @@ def undefined_length(rng: random.Random, data: bytes) -> bytes:
         el = rng.choice(elements(data, fmi_end(data)))
         out = bytearray(data)
         out[el.offset + 4 : el.offset + 6] = b"UT"
-        return bytes(out[: el.length_at]) + b"\0\0" + struct.pack("<I", UNDEFINED) + data[el.value_at :]
+        header = bytes(out[: el.length_at]) + b"\0\0" + struct.pack("<I", UNDEFINED)
+        return header + data[el.value_at :]
     return _set_length(data, rng.choice(els), UNDEFINED)
 
 

@@ -107,7 +107,7 @@ def _after(rng: random.Random, ds: Dataset, path: str) -> PduCase:
         context = rng.choice([0, 2, 5, 99, 255])
         return PduCase(family, path, p_data(context, 0x03, store_command(ds)), ABORTED)
     if family == "data-first":
-        return PduCase(family, path, store[len(command):], ABORTED | {"data"})
+        return PduCase(family, path, store[len(command) :], ABORTED | {"data"})
     if family == "command-flags":
         mch = rng.choice([0x01, 0x03 | 0x04, 0xFF, 0x01 | 0x80])
         payload = p_data(STORE_CONTEXT, mch, store_command(ds)[:20]) + p_data(

@@ -157,7 +157,7 @@ class RawPeer:
         """What the server did next: 'abort', 'reject', 'closed', 'accept' or 'data' (a
         response); a hang raises TimeoutError from the socket."""
         try:
-            kind, body = self.read_pdu()
+            kind, _ = self.read_pdu()
         except (ConnectionError, ConnectionResetError):
             return "closed"
         return {0x07: "abort", 0x03: "reject", 0x02: "accept", 0x04: "data",

@@ -82,7 +82,8 @@ def test_a_duplicate_back_to_back_follows_the_policy(tmp_path: Path, policy: str
                 if policy == "newest":
                     assert status == 0
                 else:
-                    assert status == DUPLICATE and comment.startswith("stored already"), (status, comment)
+                    assert status == DUPLICATE, (status, comment)
+                    assert comment.startswith("stored already"), comment
         finally:
             peer.close()
     finally:
@@ -119,8 +120,9 @@ def test_a_duplicate_from_concurrent_associations_follows_the_policy(
             peer.close()
 
     try:
-        threads = [threading.Thread(target=sender, args=(w, o))
-                   for w, o in ((0, 0), (1, 0), (0, len(pairs) // 2), (1, len(pairs) // 2))]  # fmt: skip
+        half = len(pairs) // 2
+        threads = [threading.Thread(target=sender, args=(which, offset))
+                   for which, offset in ((0, 0), (1, 0), (0, half), (1, half))]  # fmt: skip
         for t in threads:
             t.start()
         for t in threads:

@@ -86,7 +86,8 @@ def _http_round(http_port: int, seed: int) -> tuple[Counter[str], list[str]]:
         boundary = secrets.token_hex(16)
         body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
                 + encode(instances[i]) + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
-        headers = {"content-type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+        ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        headers = {"content-type": ctype}
         with httpx.Client(timeout=SETTLE_TIMEOUT_S) as client:
             start.wait()
             for attempt in range(100):

@@ -1,4 +1,4 @@
-"""A thousand malformed files through `pacs ingest`, C-STORE and STOW-RS: an error each, nothing lost.
+"""A thousand malformed files through `pacs ingest`, C-STORE and STOW-RS: an error each.
 
 The files (tests/reliability/_mutate.py) are mutated from real and generated
 instances: cut anywhere, bits flipped, lengths past the end, undefined
@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import subprocess
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
