@@ -177,6 +177,7 @@ class _BoundedDUL(DULServiceProvider):
         if not wait:
             return super().receive_pdu(False)
         deadline = None if timeout is None else time.monotonic() + timeout
+        idle_polls = 0
         while True:
             step = RECEIVE_POLL_S
             if deadline is not None:
@@ -186,6 +187,12 @@ class _BoundedDUL(DULServiceProvider):
                 return primitive
             sock = self.socket
             if not self.is_alive() or (sock is not None and not sock._is_connected):
+                return super().receive_pdu(False)  # the reader ended or the socket closed
+            # back at Sta1 (idle, PS3.8 9.2) with no event left; twice, so as not to
+            # mistake the instant before the DUL takes its first event for the end
+            idle = self.state_machine.current_state == "Sta1" and self.event_queue.empty()
+            idle_polls = idle_polls + 1 if idle else 0
+            if idle_polls >= 2:
                 return super().receive_pdu(False)
             if deadline is not None and time.monotonic() >= deadline:
                 return None

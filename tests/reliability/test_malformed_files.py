@@ -257,3 +257,18 @@ def _multipart(parts: list[bytes]) -> tuple[bytes, str]:
         out += data + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return bytes(out), f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def test_encapsulated_pixels_without_a_transfer_syntax_are_refused(tmp_path: Path) -> None:
+    """Regression: a JPEG file whose File Meta lacks its Transfer Syntax UID was stored as
+    Explicit VR Little Endian (the scanner's guess), and served so, compressed pixels and all."""
+    from tests.reliability._mutate import _meta
+    from tests.web._util import corpus_path
+
+    data = corpus_path("SC_rgb_jpeg_dcmtk.dcm").read_bytes()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "no-syntax.dcm").write_bytes(_meta(data[: fmi_end(data)], "") + data[fmi_end(data) :])
+    r, _ = _ingest(tmp_path / "archive", folder)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "encapsulated Pixel Data" in r.stdout, r.stdout

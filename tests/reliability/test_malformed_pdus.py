@@ -24,7 +24,7 @@ from engine.synthetic import ct_series
 from tests.net._support import Server, echo
 from tests.reliability._intact import assert_intact, store_good, worker_figures
 from tests.reliability._pdus import PduCase, pdu_cases
-from tests.reliability._raw import STORE_CONTEXT, RawPeer, p_data, store_command
+from tests.reliability._raw import STORE_CONTEXT, RawPeer, associate_rq, p_data, store_command
 from tests.reliability.conftest import scaled
 
 Figure = Callable[[str, Any], None]
@@ -167,6 +167,69 @@ def test_a_stalled_peer_is_released_by_the_network_timeout(
             figure("closed after (s), stalled PDU", round(time.monotonic() - started, 1))
         finally:
             stalled.close()
+        assert echo(srv.port) == 0
+    finally:
+        assert srv.stop() == 0
+
+
+def test_failed_connections_do_not_hold_association_slots(tmp_path: Path) -> None:
+    """Regression: a connection that failed before associating (garbage, handed to
+    pynetdicom) counted against max_associations for acse_timeout (30 s), so a burst of
+    them locked every modality out."""
+    srv = Server(tmp_path, workers=1, config="[server]\nmax_associations = 2\n").start()
+    try:
+        for _ in range(6):
+            peer = RawPeer(srv.port, timeout=15)
+            try:
+                peer.send(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n")
+                assert peer.outcome() in {"abort", "closed"}
+            finally:
+                peer.close()
+        deadline = time.monotonic() + 10  # a third of acse_timeout: the slots came back
+        while True:
+            good = RawPeer(srv.port, timeout=15)
+            try:
+                good.sock.sendall(associate_rq(with_find=True))
+                kind, _ = good.read_pdu()
+            finally:
+                good.close()
+            if kind == 0x02 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # refused (A-ASSOCIATE-RJ): the failed ones still count
+        assert kind == 0x02, "failed connections still hold the association slots"
+    finally:
+        assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("with_find", [False, True], ids=["fast-path", "pynetdicom"])
+def test_a_pdv_on_an_unaccepted_context_is_aborted_at_once(tmp_path: Path, with_find: bool) -> None:
+    """Regression: pynetdicom waited for the network timeout on a PDV of context 99."""
+    srv = Server(tmp_path, workers=1, config="[server]\nnetwork_timeout_s = 120\n").start()
+    try:
+        peer = RawPeer(srv.port, timeout=15)  # far less than the network timeout
+        try:
+            peer.associate(with_find=with_find)
+            bad = next(ct_series(1730, 1, rows=16, columns=16))
+            assert peer.send(p_data(99, 0x03, store_command(bad)))
+            assert peer.outcome() == "abort"
+        finally:
+            peer.close()
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_peer_that_hangs_up_inside_its_associate_rq_is_closed_at_once(tmp_path: Path) -> None:
+    """Regression: the peek for the A-ASSOCIATE-RQ waited the ARTIM timeout (30 s) for
+    the rest of a PDU whose sender had already shut its side down."""
+    srv = Server(tmp_path, workers=1).start()
+    try:
+        peer = RawPeer(srv.port, timeout=10)
+        try:
+            peer.send(associate_rq(with_find=False)[:40])
+            peer.sock.shutdown(socket.SHUT_WR)
+            assert peer.outcome() == "closed"
+        finally:
+            peer.close()
         assert echo(srv.port) == 0
     finally:
         assert srv.stop() == 0
