@@ -29,7 +29,7 @@ from tests.reliability.conftest import scaled
 
 Figure = Callable[[str, Any], None]
 CONFIG = "[server]\nnetwork_timeout_s = 20\nmax_associations = 64\n"
-CLIENT_THREADS = 6
+CLIENT_THREADS = 12
 
 
 @pytest.fixture
