@@ -272,3 +272,23 @@ def test_encapsulated_pixels_without_a_transfer_syntax_are_refused(tmp_path: Pat
     r, _ = _ingest(tmp_path / "archive", folder)
     assert r.returncode == 3, r.stdout + r.stderr
     assert "encapsulated Pixel Data" in r.stdout, r.stdout
+
+
+def _scan_outcome(scan: Callable[[bytes], Any], data: bytes) -> Any:
+    try:
+        r = scan(data)
+    except InvalidInstanceError as exc:
+        return type(exc).__name__, str(exc)
+    return r.transfer_syntax, r.dataset_start, r.attributes, r.pixel, r.deflated
+
+
+def test_native_and_python_scanners_agree_on_every_malformed_file(
+    files: list[Malformed], figure: Figure
+) -> None:
+    """The same result, or the same error with the same message, from both backends."""
+    from engine._native import scan as native_scan
+    from engine.scan._scan_py import scan as python_scan
+
+    for f in files:
+        assert _scan_outcome(native_scan, f.data) == _scan_outcome(python_scan, f.data), f.name
+    figure("files scanned by both backends", len(files))
