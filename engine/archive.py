@@ -11,6 +11,7 @@ numbers the index allocates.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -156,17 +157,26 @@ class Archive:
         self._check_open()
         data = _load(source)
         prepared = prepare(data, self.config, transfer_syntax, source_ae)
-        if self.config.duplicate_policy == "reject":
-            with self.env.read() as txn:
-                if self.catalog.location(txn, prepared.entry.sop_uid) is not None:
-                    raise DuplicateInstanceError(
-                        f"SOPInstanceUID {prepared.entry.sop_uid} is stored already"
-                    )
-        return self.writes.submit(prepared)
+        if self.config.duplicate_policy != "reject":
+            return self.writes.submit(prepared)
+        uid = prepared.entry.sop_uid
+        if not self.env.call(self.catalog.claim, uid, os.getpid(), time.time_ns()):
+            raise DuplicateInstanceError(f"stored already: SOPInstanceUID {uid}")
+        try:
+            return self.writes.submit(prepared)
+        except BaseException:
+            self.env.call(self.catalog.release, uid)
+            raise
 
     def wait(self, pending: _Pending) -> StoreResult:
         """Wait until a submitted instance is durable and indexed: the second half of store."""
-        self.writes.wait(pending)
+        try:
+            self.writes.wait(pending)
+        except BaseException:
+            if self.config.duplicate_policy == "reject" and pending.entry is not None:
+                with contextlib.suppress(EngineError):
+                    self.env.call(self.catalog.release, pending.entry.sop_uid)
+            raise
         e = pending.entry
         assert e is not None  # only instance records are waited on here
         return StoreResult(
@@ -178,6 +188,8 @@ class Archive:
         for p in items:
             if p.entry is not None:
                 self.catalog.put(txn, p.entry, result)
+                if self.config.duplicate_policy == "reject":
+                    self.catalog.release(txn, p.entry.sop_uid)
             elif p.tombstone is not None:
                 self.catalog.apply_tombstone(txn, *p.tombstone, result)
 

@@ -80,8 +80,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         def one(path: Path) -> tuple[Path, Any]:
             try:
                 result = archive.store(path)
-            except InvalidInstanceError as exc:
-                return path, exc
+            except InvalidInstanceError as exc:  # its traceback's frames hold the file's bytes
+                return path, exc.with_traceback(None)
             audit.emit(audit.Event.INSTANCES_TRANSFERRED, user=user, address=None,
                        study=result.study_instance_uid, source=str(path),
                        sop_instance_uid=result.sop_instance_uid)  # fmt: skip

@@ -16,7 +16,7 @@ from pydicom.uid import RE_VALID_UID
 
 from engine import codec
 from engine.config import Config
-from engine.errors import InvalidUIDError, MissingAttributeError
+from engine.errors import InvalidUIDError, MalformedDicomError, MissingAttributeError
 from engine.index.catalog import IndexEntry
 from engine.index.keys import Location
 from engine.part10 import encode_fmi
@@ -88,6 +88,20 @@ def _split(buf: memoryview, r: ScanResult, fmi: bytes) -> tuple[bytes, memoryvie
     return meta, buf[p.element_start : p.end], len(fmi) + p.element_start - ds
 
 
+def _check_pixel_encoding(r: ScanResult) -> None:
+    """Refuse encapsulated Pixel Data under a native transfer syntax (PS3.5 A.4: only the
+    compressed syntaxes encapsulate): it would be served under the wrong syntax. A File
+    Meta without a Transfer Syntax UID (the scanner then guesses a native one) or a
+    C-STORE of compressed pixels on an uncompressed context both end here."""
+    pixel = r.pixel
+    if pixel is not None and pixel.encapsulated and codec.pixels_compressible(r.transfer_syntax):
+        raise MalformedDicomError(
+            pixel.element_start,
+            f"encapsulated Pixel Data in {r.transfer_syntax}, an uncompressed transfer syntax; "
+            "send it with the transfer syntax of its compression",
+        )
+
+
 def prepare(
     data: bytes | bytearray | memoryview,
     config: Config,
@@ -101,6 +115,7 @@ def prepare(
     """
     buf = memoryview(data)
     r = scan(buf, transfer_syntax)
+    _check_pixel_encoding(r)
     attrs = dict(r.attributes)
     uids = _uids(attrs)
     sop_uid = uids["SOPInstanceUID"]

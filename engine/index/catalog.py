@@ -7,6 +7,7 @@ indexed, and the counters all commit together or not at all.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,20 @@ class ApplyResult:
     stale: int = 0  # an older record of a UID already indexed from a newer one
     deleted: int = 0
     duplicate_uids: list[str] = field(default_factory=list)
+
+
+_CLAIM = b"claim:"  # meta keys of claims; they sort after the "count:" counters
+CLAIM_STALE_NS = 600 * 10**9  # a claim this old is a crashed store's
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Catalog:
@@ -129,6 +144,34 @@ class Catalog:
                         break
                     out[k[6:].decode()] = int(v)
             return out
+
+    # -- claims of duplicate_policy = "reject" ------------------------------------
+
+    def claim(self, txn: Any, sop_uid: str, pid: int, now_ns: int) -> bool:
+        """Claim `sop_uid` for one store; False if it is stored or claimed by a live store.
+
+        Under ``duplicate_policy = "reject"`` two workers storing the same UID
+        at once would both pass a read-only check and both be acknowledged.
+        The claim is taken in a write transaction (LMDB's one writer
+        serialises the workers) before anything is appended, so the second
+        store is refused without leaving a record in the log that a reindex
+        would bring back. A claim of a dead process, or older than
+        ``CLAIM_STALE_NS``, is ignored.
+        """
+        if self.location(txn, sop_uid) is not None:
+            return False
+        key = _CLAIM + sop_uid.encode()
+        raw = txn.get(key, db=self.db["meta"])
+        if raw:
+            owner, at = (int(v) for v in raw.split(b" "))
+            if _alive(owner) and now_ns - at < CLAIM_STALE_NS:
+                return False
+        txn.put(key, b"%d %d" % (pid, now_ns), db=self.db["meta"])
+        return True
+
+    def release(self, txn: Any, sop_uid: str) -> None:
+        """Drop the claim on `sop_uid` (it is indexed now, or its store failed)."""
+        txn.delete(_CLAIM + sop_uid.encode(), db=self.db["meta"])
 
     # -- instances --------------------------------------------------------------
 

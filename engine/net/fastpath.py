@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import struct
@@ -136,9 +137,18 @@ def peek_associate_rq(sock: socket.socket, timeout_s: float) -> bytes | None:
                 continue
             if len(data) == want:
                 return data
+            if _shut_down_by_peer(sock):  # the rest will never come; don't wait for ARTIM
+                raise PeerClosed("the peer closed the connection inside its A-ASSOCIATE-RQ")
             time.sleep(PEEK_RETRY_S)
     finally:
         sock.settimeout(old_timeout)
+
+
+def _shut_down_by_peer(sock: socket.socket) -> bool:
+    """Whether the peer has shut its side down (POLLRDHUP), though unread bytes remain."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)
+    return bool(poller.poll(0))
 
 
 def _set_timeouts(sock: socket.socket, seconds: float) -> None:

@@ -28,16 +28,19 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom import evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from engine import audit
+from engine.net import pdu as P
 from engine.net.pdu import PeerClosed
-from engine.net.settings import Access
+from engine.net.settings import DEFAULT_MAX_INSTANCE_BYTES, Access
 from engine.net.tls import handshake, peer_identity
 
 if TYPE_CHECKING:  # fastpath imports this module
@@ -50,6 +53,8 @@ LISTEN_BACKLOG = 128  # socketserver's default of 5 drops bursts of modality con
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE title not recognized
 REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, provider (presentation), local limit exceeded
 SOCKET_BUFFER_BYTES = 4 << 20  # SO_RCVBUF, when the kernel allows that much
+RECEIVE_POLL_S = 0.2  # how often a waiting acceptor checks that its connection still stands
+ASSOCIATE_PDU_MAX_BYTES = 1 << 20  # an A-ASSOCIATE-RQ is a few KiB; no PDU needs more than this
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -137,6 +142,105 @@ def _tls_handshake(sock: ssl.SSLSocket, address: Any) -> bool:
     return True
 
 
+class RefusedPDUError(Exception):
+    """A peer sent a PDU or a data set past our limits (or on a context we did not
+    accept); its association is aborted."""
+
+
+class _BoundedDUL(DULServiceProvider):
+    """pynetdicom's upper layer with the limits the fast path enforces itself.
+
+    pynetdicom reads a whole PDU of whatever length its header claims (up to
+    4 GiB), collects a data set's fragments without bound, and waits for
+    ever on a PDV of a context it did not accept. Here a PDU longer than the
+    Maximum Length we announce (PS3.8 D.1), a data set past
+    ``max_instance_bytes`` and such a PDV raise in the reader thread, where pynetdicom
+    answers any exception with an A-ABORT (source: service provider) and ends
+    the association. The class is swapped onto the DUL pynetdicom built, so
+    its constructor and timers stay pynetdicom's.
+    """
+
+    max_pdu_bytes: int
+    max_instance_bytes: int
+    data_set_bytes: int
+
+    def _read_pdu_data(self) -> None:
+        assert self.socket is not None and self.socket.socket is not None
+        header = self.socket.socket.recv(P.PDU_HEADER_BYTES, socket.MSG_PEEK)
+        if len(header) == P.PDU_HEADER_BYTES:
+            kind, length = P.PDU_HEADER.unpack(header)
+            if length > self.max_pdu_bytes:
+                self._refuse(f"PDU type 0x{kind:02X} of {length} bytes, "
+                             f"more than the {self.max_pdu_bytes} we accept")  # fmt: skip
+        super()._read_pdu_data()
+
+    def _decode_pdu(self, bytestream: bytearray) -> Any:
+        if bytestream[0] == P.P_DATA_TF:
+            self._count_data_set(memoryview(bytestream)[P.PDU_HEADER_BYTES :])
+        return super()._decode_pdu(bytestream)
+
+    def _count_data_set(self, body: memoryview) -> None:
+        at = 0
+        while at + P.PDV_HEADER_BYTES <= len(body):
+            item_length, context, mch = P.PDV_HEADER.unpack_from(body, at)
+            at += 4 + item_length
+            if context not in self.assoc._accepted_cx:  # pynetdicom would wait for ever
+                self._refuse(f"a PDV on presentation context {context}, which is not accepted")
+            if mch & P.MCH_COMMAND:
+                continue
+            self.data_set_bytes += max(0, item_length - 2)
+            if self.data_set_bytes > self.max_instance_bytes:
+                self.data_set_bytes = 0
+                self._refuse(f"a data set past max_instance_bytes ({self.max_instance_bytes})")
+            if mch & P.MCH_LAST:
+                self.data_set_bytes = 0
+
+    def receive_pdu(self, wait: bool = False, timeout: float | None = None) -> Any:
+        """pynetdicom's, but a wait ends as soon as nothing can arrive any more.
+
+        An acceptor waits ``acse_timeout`` for the A-ASSOCIATE-RQ; when the
+        connection failed first (garbage, a refused PDU, the peer gone), the
+        association would otherwise count against ``max_associations`` for
+        that long, and a burst of bad connections would lock modalities out.
+        """
+        if not wait:
+            return super().receive_pdu(False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        idle_polls = 0
+        while True:
+            step = RECEIVE_POLL_S
+            if deadline is not None:
+                step = min(step, deadline - time.monotonic())
+            primitive = super().receive_pdu(True, max(0.0, step))
+            if primitive is not None:
+                return primitive
+            sock = self.socket
+            if not self.is_alive() or (sock is not None and not sock._is_connected):
+                return super().receive_pdu(False)  # the reader ended or the socket closed
+            # back at Sta1 (idle, PS3.8 9.2) with no event left; twice, so as not to
+            # mistake the instant before the DUL takes its first event for the end
+            idle = self.state_machine.current_state == "Sta1" and self.event_queue.empty()
+            idle_polls = idle_polls + 1 if idle else 0
+            if idle_polls >= 2:
+                return super().receive_pdu(False)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _refuse(self, what: str) -> None:
+        log.warning("aborting the association from %s: %s", self.assoc.requestor.address, what)
+        raise RefusedPDUError(what)
+
+
+def bound_dul(assoc: Association, max_instance_bytes: int) -> None:
+    """Give `assoc` the PDU and data set limits of :class:`_BoundedDUL`."""
+    dul = assoc.dul
+    dul.__class__ = _BoundedDUL
+    assert isinstance(dul, _BoundedDUL)
+    dul.max_pdu_bytes = max(assoc.ae.maximum_pdu_size, ASSOCIATE_PDU_MAX_BYTES)
+    dul.max_instance_bytes = max_instance_bytes
+    dul.data_set_bytes = 0
+
+
 class _RequestHandler(RequestHandler):
     """Storage-only associations to the fast path; the others to pynetdicom, with our ACSE."""
 
@@ -171,6 +275,10 @@ class _RequestHandler(RequestHandler):
         acse.access = self.server.access
         acse.fast = self.server.fast
         assoc.acse = acse
+        bound_dul(assoc, self.server.max_instance_bytes)
+        # An accepted socket is blocking: a peer silent in the middle of a PDU would hold
+        # pynetdicom's reader forever. With a timeout that read fails and the DUL closes.
+        self.request.settimeout(self.server.ae.network_timeout)
         return assoc
 
 
@@ -187,6 +295,8 @@ class AssociationServer(ThreadedAssociationServer):
         The server SSL context (:func:`engine.net.tls.server_context`), or None for plain TCP.
     fast
         The storage fast path, or None to give every association to pynetdicom.
+    max_instance_bytes
+        The largest data set pynetdicom's associations may receive.
     **kwargs
         As for :class:`pynetdicom.transport.AssociationServer`.
     """
@@ -195,10 +305,13 @@ class AssociationServer(ThreadedAssociationServer):
     daemon_threads = True
 
     def __init__(self, *args: Any, access: Access, fast: StorageFastPath | None = None,
-                 tls: ssl.SSLContext | None = None, **kwargs: Any) -> None:  # fmt: skip
+                 tls: ssl.SSLContext | None = None,
+                 max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
+                 **kwargs: Any) -> None:  # fmt: skip
         self.access = access
         self.tls = tls
         self.fast = fast
+        self.max_instance_bytes = max_instance_bytes
         kwargs["request_handler"] = _RequestHandler
         super().__init__(*args, **kwargs)
 

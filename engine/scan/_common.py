@@ -237,6 +237,7 @@ def inflate(data: memoryview, offset: int) -> bytes:
     except zlib.error as exc:
         raise MalformedDicomError(offset, f"invalid deflate stream ({exc})") from exc
     if len(out) > cap:
+        del out  # the traceback keeps this frame: don't let it keep the inflated bytes too
         raise MalformedDicomError(offset, f"deflated dataset inflates past {cap} bytes")
     if not inflater.eof:  # bytes after the final block (padding) are ignored, a cut one is not
         raise MalformedDicomError(offset, "deflate stream ends before its final block")

@@ -38,6 +38,7 @@ from engine.web import delete, qido, render, stow, uri, wado
 from engine.web.auth import AuthMiddleware, AuthSettings, auth_settings
 from engine.web.context import WebContext
 from engine.web.errors import problem, problem_body
+from engine.web.limits import ConcurrencyLimit
 from engine.web.settings import WebSettings
 
 log = logging.getLogger("engine.web")
@@ -113,6 +114,8 @@ def create_app(
                                  exclude_content_types=_NOT_GZIPPED))  # fmt: skip
     handlers: dict[Any, Any] = {EngineError: _engine_error, HTTPException: _http_error,
                                 Exception: _unexpected}  # fmt: skip
+    # outermost, so that a refused request costs nothing of the stack below
+    middleware.insert(0, Middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests))
     app = Starlette(routes=[*_prefixed(base, api), *uri.routes()], middleware=middleware,
                     exception_handlers=handlers)  # fmt: skip
     app.state.ctx = WebContext(archive, settings)

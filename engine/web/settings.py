@@ -9,6 +9,7 @@ Example ``pacs.toml``::
     gzip_min_bytes = 1024         # JSON responses at least this big are gzipped on request
     qido_max_limit = 10000        # a page larger than this is cut (clients page with offset)
     max_part_bytes = 2147483648   # one STOW-RS part; 413 above
+    max_concurrent_requests = 256 # per worker; more get 503 with Retry-After
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class WebSettings:
         response carries a Warning header (PS3.18 8.3.4.4). 0: no cap.
     max_part_bytes
         Largest STOW-RS part accepted (413 above).
+    max_concurrent_requests
+        HTTP requests one worker serves at once; the excess gets 503 with
+        Retry-After (:mod:`engine.web.limits`).
     """
 
     public_base_url: str = ""
@@ -54,6 +58,7 @@ class WebSettings:
     gzip_min_bytes: int = 1024
     qido_max_limit: int = 10000
     max_part_bytes: int = 2 << 30
+    max_concurrent_requests: int = 256
     base_path: str = BASE_PATH
     extra: dict[str, Any] = field(default_factory=dict)
 
