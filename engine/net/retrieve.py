@@ -38,12 +38,6 @@ from engine.attributes import UNIQUE_KEY
 from engine.errors import InvalidQueryError, UnsupportedTransferSyntaxError
 from engine.net.find import Identifier
 from engine.net.settings import Access, Remote
-from engine.net.substore import (
-    RETRIEVE_POLL_S,
-    encoded_instance,
-    quick_polling,
-    send_encoded_instances,
-)
 from engine.net.status import (
     CANCEL,
     DOES_NOT_MATCH_SOP_CLASS,
@@ -51,6 +45,12 @@ from engine.net.status import (
     REFUSED_NOT_AUTHORISED,
     failure,
     status_dataset,
+)
+from engine.net.substore import (
+    RETRIEVE_POLL_S,
+    encoded_instance,
+    quick_polling,
+    send_encoded_instances,
 )
 from engine.net.transport import set_nodelay
 
@@ -115,7 +115,7 @@ def proposed_contexts(matches: list[Match]) -> list[PresentationContext]:
 
 
 def accepted_syntaxes(contexts: list[PresentationContext], sop_class: str) -> dict[str, int]:
-    """Transfer syntaxes in which we may send `sop_class` as the Storage SCU, and their context IDs."""
+    """Transfer syntaxes in which we may send `sop_class` as the Storage SCU: their context IDs."""
     return {
         str(cx.transfer_syntax[0]): int(cx.context_id)  # type: ignore[arg-type]
         for cx in contexts
