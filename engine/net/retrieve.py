@@ -281,7 +281,7 @@ def handle_move(
 
     def on_established(ev: Any) -> None:
         sub["contexts"] = ev.assoc.accepted_contexts
-        send_encoded_instances(ev.assoc)
+        send_encoded_instances(ev.assoc, direct=True)  # ours alone: nothing else sends on it
         ev.assoc.dul._run_loop_delay = RETRIEVE_POLL_S  # it only lives for this retrieve
 
     handlers = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ESTABLISHED, on_established)]

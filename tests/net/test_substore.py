@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +11,26 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pynetdicom.dsutils import decode
 
 from engine.archive import Archive
 from engine.errors import InvalidInstanceError, MalformedDicomError
+from engine.net.pdu import (
+    MCH_COMMAND,
+    MCH_LAST,
+    P_DATA_TF,
+    PDU_HEADER,
+    PDV_HEADER,
+    parse_command,
+)
 from engine.net.retrieve import Match, prepare
-from engine.net.substore import EncodedInstance, dataset_offset
+from engine.net.substore import (
+    C_STORE_RQ,
+    EncodedInstance,
+    data_set_pdus,
+    dataset_offset,
+    encode_store_request,
+)
 from engine.part10 import PREAMBLE
 from tests.corpus import real_files
 
@@ -84,3 +100,31 @@ def test_other_syntaxes_take_the_conversion_path(archive: Archive) -> None:
     ds = prepare(archive, compressed[0], {ExplicitVRLittleEndian: 3})
     assert not isinstance(ds, EncodedInstance)
     assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def test_store_request_command_parses_back() -> None:
+    command = encode_store_request(7, "1.2.840.10008.5.1.4.1.1.2", "1.2.3", 2, "MOVESCU", 41)
+    parsed = parse_command(command)
+    assert (parsed.command_field, parsed.message_id, parsed.priority) == (C_STORE_RQ, 7, 2)
+    assert (parsed.sop_class_uid, parsed.sop_instance_uid) == ("1.2.840.10008.5.1.4.1.1.2", "1.2.3")
+    assert parsed.has_data_set
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = decode(io.BytesIO(command), True, True)
+    assert (ds.MoveOriginatorApplicationEntityTitle, ds.MoveOriginatorMessageID) == ("MOVESCU", 41)
+    assert ds.CommandGroupLength == len(command) - 12
+
+
+@pytest.mark.parametrize("peer_max_pdu", [0, 16384, 1001])
+def test_data_set_pdus_respect_the_peer_maximum_length(peer_max_pdu: int) -> None:
+    data = bytes(range(256)) * 200
+    pdus, got, pos = data_set_pdus(3, data, peer_max_pdu), b"", 0
+    while pos < len(pdus):
+        kind, length = PDU_HEADER.unpack_from(pdus, pos)
+        item_length, context, mch = PDV_HEADER.unpack_from(pdus, pos + 6)
+        assert kind == P_DATA_TF and context == 3 and item_length + 4 == length
+        assert peer_max_pdu == 0 or length <= peer_max_pdu
+        got += pdus[pos + 12 : pos + 6 + length]
+        pos += 6 + length
+        assert bool(mch & MCH_LAST) == (pos == len(pdus)) and not mch & MCH_COMMAND
+    assert got == data
