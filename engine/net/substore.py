@@ -169,25 +169,39 @@ def _request(item: EncodedInstance, msg_id: int, priority: int, originator_aet: 
     return req
 
 
+def _reactor_blocked(assoc: Any) -> bool:
+    """Whether `assoc`'s reactor thread is waiting at its checkpoint, not just about to.
+
+    ``_is_paused`` alone is still True for a moment after the checkpoint
+    opened; a reactor in that moment would take a fast C-STORE-RSP off the
+    queue (it logs "unexpected C-STORE service message").
+    """
+    waiters = getattr(getattr(assoc._reactor_checkpoint, "_cond", None), "_waiters", None)
+    return bool(assoc._is_paused) and (waiters is None or len(waiters) > 0)
+
+
 def _send(assoc: Any, item: EncodedInstance, msg_id: int, priority: int,
           originator_aet: str | None, originator_id: int | None,
           direct: bool) -> Dataset:  # fmt: skip
-    # The reactor must not take our C-STORE-RSP off the DIMSE queue: pause it,
-    # exactly as Association.send_c_store does (a C-GET's reactor is paused already).
-    assoc._reactor_checkpoint.clear()
-    try:
-        while not assoc._is_paused:
+    if direct:  # the reactor stays paused for the whole retrieve (send_encoded_instances)
+        while not _reactor_blocked(assoc):
             time.sleep(PAUSE_POLL_S)
-        if direct:
-            command = encode_store_request(msg_id, item.sop_class, str(item.SOPInstanceUID),
-                                           priority, originator_aet, originator_id)  # fmt: skip
-            _write_request(assoc, item, command)
-        else:
+        command = encode_store_request(msg_id, item.sop_class, str(item.SOPInstanceUID),
+                                       priority, originator_aet, originator_id)  # fmt: skip
+        _write_request(assoc, item, command)
+        _, rsp = assoc.dimse.get_msg(block=True)
+    else:
+        # The reactor must not take our C-STORE-RSP off the DIMSE queue: pause it,
+        # exactly as Association.send_c_store does (a C-GET's reactor is paused already).
+        assoc._reactor_checkpoint.clear()
+        try:
+            while not assoc._is_paused:
+                time.sleep(PAUSE_POLL_S)
             assoc.dimse.send_msg(_request(item, msg_id, priority, originator_aet, originator_id),
                                  item.context_id)  # fmt: skip
-        _, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
+            _, rsp = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
     if rsp is None:  # DIMSE timeout: pynetdicom aborts, the sub-operation fails
         assoc._handle_no_response()
         return Dataset()
@@ -205,6 +219,8 @@ def send_encoded_instances(assoc: Any, *, direct: bool = False) -> None:
     nothing else is being sent (a C-MOVE's sub-association).
     """
     original = assoc.send_c_store
+    if direct:  # pause its reactor until pynetdicom releases the association
+        assoc._reactor_checkpoint.clear()
 
     def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2,
                      originator_aet: str | None = None,
