@@ -48,6 +48,7 @@ from engine.net.status import (
 )
 from engine.net.substore import (
     RETRIEVE_POLL_S,
+    direct_sends,
     encoded_instance,
     quick_polling,
     send_encoded_instances,
@@ -236,7 +237,7 @@ def handle_get(
         return
     send_encoded_instances(event.assoc)
     yield len(found)
-    with quick_polling(event.assoc):
+    with quick_polling(event.assoc), direct_sends(event.assoc):
         yield from _send_all(event, archive, found, Accepted(lambda: event.assoc.accepted_contexts))
 
 
