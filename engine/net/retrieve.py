@@ -48,7 +48,6 @@ from engine.net.status import (
 )
 from engine.net.substore import (
     RETRIEVE_POLL_S,
-    direct_sends,
     encoded_instance,
     quick_polling,
     send_encoded_instances,
@@ -237,7 +236,7 @@ def handle_get(
         return
     send_encoded_instances(event.assoc)
     yield len(found)
-    with quick_polling(event.assoc), direct_sends(event.assoc):
+    with quick_polling(event.assoc):
         yield from _send_all(event, archive, found, Accepted(lambda: event.assoc.accepted_contexts))
 
 

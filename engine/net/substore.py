@@ -13,10 +13,6 @@ accepted the stored transfer syntax we already hold that encoding, so:
 - :func:`send_encoded_instances` gives one association a ``send_c_store``
   that sends an :class:`EncodedInstance` as a C-STORE-RQ whose Data Set is
   those bytes, and hands any other Dataset to pynetdicom's own method.
-- While a C-GET runs (:func:`direct_sends`), its pending responses and
-  sub-operation requests are the only messages on the association and all
-  come from the thread serving it: they are encoded by pynetdicom but
-  written to the socket by that thread, without the DUL thread's queue.
 - On a C-MOVE's own outgoing association (``direct``), nothing but these
   C-STORE-RQs is sent while the retrieve runs, so they are written straight
   to the socket as P-DATA-TF PDUs (PS3.8 9.3.5) instead of one pynetdicom
@@ -36,10 +32,7 @@ from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom.dimse_messages import C_GET_RSP as GetResponseMessage
-from pynetdicom.dimse_messages import C_STORE_RQ as StoreRequestMessage
-from pynetdicom.dimse_primitives import C_GET, C_STORE
-from pynetdicom.pdu import P_DATA_TF as DataPDU
+from pynetdicom.dimse_primitives import C_STORE
 
 from engine.errors import MalformedDicomError
 from engine.net import pdu as P
@@ -251,42 +244,3 @@ def quick_polling(assoc: Any) -> Iterator[None]:
     finally:
         dul._run_loop_delay = before
 
-
-def _message_for(primitive: Any) -> Any:
-    """pynetdicom's DIMSE message for the primitives a C-GET sends, None for any other."""
-    if isinstance(primitive, C_GET) and primitive.MessageIDBeingRespondedTo is not None:
-        return GetResponseMessage()
-    if isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is None:
-        return StoreRequestMessage()
-    return None
-
-
-@contextlib.contextmanager
-def direct_sends(assoc: Any) -> Iterator[None]:
-    """Write `assoc`'s C-GET responses and C-STORE requests to its socket from this thread.
-
-    The peer sent the C-GET-RQ after the previous operation's last response
-    reached it (PS3.7 D.3.3.3: one operation at a time unless negotiated), so
-    nothing of ours is in the DUL thread's queue; waiting for the queue to
-    be empty makes sure. Any other message still goes through the DUL.
-    """
-    dimse, dul = assoc.dimse, assoc.dul
-    while not dul.to_provider_queue.empty():
-        time.sleep(PAUSE_POLL_S)
-    original = dimse.send_msg
-
-    def send_msg(primitive: Any, context_id: int) -> None:
-        message = _message_for(primitive)
-        if message is None:
-            original(primitive, context_id)
-            return
-        message.primitive_to_message(primitive)
-        message.context_id = context_id
-        pdus = message.encode_msg(context_id, dimse.maximum_pdu_size)
-        dul.socket.socket.sendall(b"".join(DataPDU(p).encode() for p in pdus))
-
-    dimse.send_msg = send_msg
-    try:
-        yield
-    finally:
-        del dimse.send_msg  # the class's method again
