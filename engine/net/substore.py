@@ -243,4 +243,3 @@ def quick_polling(assoc: Any) -> Iterator[None]:
         yield
     finally:
         dul._run_loop_delay = before
-
