@@ -219,6 +219,8 @@ def send_encoded_instances(assoc: Any, *, direct: bool = False) -> None:
     nothing else is being sent (a C-MOVE's sub-association).
     """
     original = assoc.send_c_store
+    if getattr(original, "sends_encoded", False):
+        return  # a second C-GET on the same association
     if direct:  # pause its reactor until pynetdicom releases the association
         assoc._reactor_checkpoint.clear()
 
@@ -230,6 +232,7 @@ def send_encoded_instances(assoc: Any, *, direct: bool = False) -> None:
         result: Dataset = original(dataset, msg_id, priority, originator_aet, originator_id)
         return result
 
+    send_c_store.sends_encoded = True  # type: ignore[attr-defined]
     assoc.send_c_store = send_c_store
 
 
