@@ -155,23 +155,34 @@ def _computed(level: str, doc: dict[str, Any]) -> dict[str, Any]:
     return attrs
 
 
-def _dataset(q: Query, attrs: dict[str, Any]) -> Dataset:
+def answer_columns(q: Query) -> list[tuple[str, int, str]]:
+    """(keyword, tag, VR) of each key a match of `q` returns, in the order requested.
+
+    The requested keys and the level's unique key, without SpecificCharacterSet
+    (set only when a value needs it); QueryRetrieveLevel is the query's level.
+    """
+    columns = []
+    for keyword in dict.fromkeys([*q.requested, UNIQUE_KEY[q.level]]):
+        if keyword == "SpecificCharacterSet":
+            continue
+        known = keyword in COMPUTED or level_of(keyword)
+        vr = vr_of(keyword) if known else dictionary_VR(keyword)
+        tag = tag_for_keyword(keyword)
+        assert tag is not None  # compile_query accepts known keywords only
+        columns.append((keyword, tag, vr))
+    return columns
+
+
+def _dataset(q: Query, columns: list[tuple[str, int, str]], attrs: dict[str, Any]) -> Dataset:
     ds = Dataset()
-    keys = list(dict.fromkeys([*q.requested, UNIQUE_KEY[q.level]]))
     non_ascii = False
-    for keyword in keys:
+    for keyword, tag, vr in columns:
         if keyword == "QueryRetrieveLevel":
             ds.QueryRetrieveLevel = q.level
             continue
-        if keyword == "SpecificCharacterSet":
-            continue
         value = attrs.get(keyword)
-        known = keyword in COMPUTED or level_of(keyword)
-        vr = vr_of(keyword) if known else dictionary_VR(keyword)
         if isinstance(value, str) and not value.isascii():
             non_ascii = True
-        tag = tag_for_keyword(keyword)
-        assert tag is not None  # compile_query accepts known keywords only
         ds.add_new(tag, vr, "" if value is None else value)
     if non_ascii:
         ds.SpecificCharacterSet = "ISO_IR 192"
@@ -182,8 +193,21 @@ def find(
     archive: Archive, level: str, query: dict[str, Any], *, limit: int | None, offset: int
 ) -> Iterator[Dataset]:
     q = compile_query(level, query, case_sensitive_pn=archive.config.case_sensitive_pn)
+    columns = answer_columns(q)
     for attrs in _matches(archive, q, limit=limit, offset=offset):
-        yield _dataset(q, attrs)
+        yield _dataset(q, columns, attrs)
+
+
+def find_rows(
+    archive: Archive, level: str, query: dict[str, Any]
+) -> tuple[list[tuple[str, int, str]], Iterator[dict[str, Any]]]:
+    """The :func:`answer_columns` of a query and its matches' merged attributes, unbuilt.
+
+    For callers that encode the answers themselves (C-FIND); the query is
+    compiled, and so validated, before this returns.
+    """
+    q = compile_query(level, query, case_sensitive_pn=archive.config.case_sensitive_pn)
+    return answer_columns(q), _matches(archive, q, limit=None, offset=0)
 
 
 def find_attrs(

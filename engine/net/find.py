@@ -1,8 +1,9 @@
 """Query SCP: C-FIND for the Patient Root and Study Root information models.
 
 The identifier (PS3.4 C.4.1.1.3) is split once: keys the archive indexes go
-to :meth:`engine.archive.Archive.find`, which matches them (PS3.4 C.2.2.2)
-and builds each answer with exactly those keys; keys it does not know are
+to :func:`engine.search.find_rows`, which matches them (PS3.4 C.2.2.2);
+:mod:`engine.net.identifier` encodes each answer with exactly those keys
+straight from the index's values; keys it does not know are
 returned empty, which PS3.4 C.2.2.1.2 allows for optional keys an SCP does
 not support. Matches are streamed: each pending response (0xFF00) leaves as
 soon as its match is found, and a C-CANCEL (PS3.7 9.3.2.3) is checked
@@ -22,6 +23,13 @@ from pydicom.multival import MultiValue
 from engine import audit
 from engine.attributes import BY_KEYWORD, COMPUTED
 from engine.errors import InvalidQueryError
+from engine.net.identifier import (
+    INSTANCE_AVAILABILITY,
+    QUERY_RETRIEVE_LEVEL,
+    RETRIEVE_AE_TITLE,
+    Encoding,
+    answer_dataset,
+)
 from engine.net.settings import Access
 from engine.net.status import (
     CANCEL,
@@ -34,6 +42,7 @@ from engine.net.status import (
 )
 from engine.net.store import audit_refusal
 from engine.query import RETURN_ONLY, normalise_level
+from engine.search import find_rows
 
 if TYPE_CHECKING:
     from engine.archive import Archive
@@ -127,6 +136,16 @@ def answer(match: Dataset, ident: Identifier, ae_title: str) -> Dataset:
     return match
 
 
+def local_values(ident: Identifier, ae_title: str) -> dict[int, tuple[str, str]]:
+    """Tag -> (VR, value) of the keys every answer to `ident` gets from us, not the index."""
+    local = {QUERY_RETRIEVE_LEVEL: ("CS", ident.level)}
+    if "RetrieveAETitle" in ident.local:
+        local[RETRIEVE_AE_TITLE] = ("AE", ae_title)
+    if "InstanceAvailability" in ident.local:
+        local[INSTANCE_AVAILABILITY] = ("CS", "ONLINE")  # PS3.4 C.4.1.1.3.2: all on disk
+    return local
+
+
 def handle_find(
     event: Any, archive: Archive, access: Access, levels: tuple[str, ...], ae_title: str
 ) -> Iterator[Response]:
@@ -169,11 +188,16 @@ def handle_find(
         return
     try:
         audit_query(ident, calling, address)
-        for match in archive.find(ident.level, ident.query):
+        columns, rows = find_rows(archive, ident.level, ident.query)
+        ts = event.context.transfer_syntax
+        encoding = Encoding(ts.is_implicit_VR, ts.is_little_endian)
+        local = local_values(ident, ae_title)
+        for attrs in rows:
             if event.is_cancelled:  # PS3.4 C.4.1.3.1: stop and answer Cancel
                 yield CANCEL, None
                 return
-            yield PENDING, answer(match, ident, ae_title)
+            yield PENDING, answer_dataset(columns, attrs, ident.level, local, ident.unknown,
+                                          encoding)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 -- every failure must become a status
         yield failure(exc, f"C-FIND {ident.level} from {calling}"), None
         return

@@ -7,7 +7,8 @@ reading a record. Each instance is then read and sent by a C-STORE
 sub-operation (PS3.4 C.4.2.3 / C.4.3.3):
 
 - in its stored transfer syntax when the peer accepted that syntax for its
-  SOP Class (the usual case: nothing is decoded or re-encoded but the header);
+  SOP Class (the usual case): the stored data set bytes go out as they are,
+  nothing is decoded or re-encoded (:mod:`engine.net.substore`);
 - otherwise converted: compressed pixel data is decompressed (pydicom with
   pylibjpeg) to Explicit VR Little Endian, big endian pixel data is swapped;
 - an instance that cannot be read or converted is a failed sub-operation,
@@ -48,6 +49,12 @@ from engine.net.status import (
     status_dataset,
 )
 from engine.net.store import audit_refusal
+from engine.net.substore import (
+    RETRIEVE_POLL_S,
+    encoded_instance,
+    quick_polling,
+    send_encoded_instances,
+)
 from engine.net.transport import set_nodelay
 
 if TYPE_CHECKING:
@@ -110,13 +117,27 @@ def proposed_contexts(matches: list[Match]) -> list[PresentationContext]:
     return contexts[:MAX_PROPOSED_CONTEXTS]
 
 
-def accepted_syntaxes(contexts: list[PresentationContext], sop_class: str) -> set[str]:
-    """Transfer syntaxes in which we may send `sop_class` as the Storage SCU."""
+def accepted_syntaxes(contexts: list[PresentationContext], sop_class: str) -> dict[str, int]:
+    """Transfer syntaxes in which we may send `sop_class` as the Storage SCU: their context IDs."""
     return {
-        str(cx.transfer_syntax[0])
+        str(cx.transfer_syntax[0]): int(cx.context_id)  # type: ignore[arg-type]
         for cx in contexts
         if cx.abstract_syntax == sop_class and cx.as_scu
     }
+
+
+class Accepted:
+    """Per SOP Class, the syntaxes the peer accepted (cached: one retrieve, one SOP Class)."""
+
+    def __init__(self, contexts: Any) -> None:
+        self._contexts = contexts  # a callable: C-MOVE knows them only once associated
+        self._by_class: dict[str, dict[str, int]] = {}
+
+    def __call__(self, sop_class: str) -> dict[str, int]:
+        found = self._by_class.get(sop_class)
+        if found is None:
+            found = self._by_class[sop_class] = accepted_syntaxes(self._contexts(), sop_class)
+        return found
 
 
 def _unsendable(uid: str) -> Dataset:
@@ -135,8 +156,12 @@ def _to_little_endian(ds: Dataset) -> None:
     ds.set_original_encoding(False, True, ds.original_character_set)
 
 
-def prepare(archive: Archive, m: Match, accepted: set[str]) -> Dataset:
+def prepare(archive: Archive, m: Match, accepted: dict[str, int]) -> Dataset:
     """Read one instance and make it sendable in a syntax the peer accepted.
+
+    In its stored syntax, an :class:`engine.net.substore.EncodedInstance`
+    holding the stored bytes; converted, a decoded Dataset that pynetdicom
+    encodes.
 
     Raises
     ------
@@ -144,12 +169,13 @@ def prepare(archive: Archive, m: Match, accepted: set[str]) -> Dataset:
         Whatever reading or converting raised; the caller fails the sub-operation.
     """
     data = archive.get(m.sop_instance)
+    context_id = accepted.get(m.transfer_syntax)
+    if context_id is not None:  # the usual case: nothing is decoded or re-encoded
+        return encoded_instance(data, m.sop_class, m.sop_instance, context_id)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # odd stored values are sent as they were received
         ds = pydicom.dcmread(io.BytesIO(data))
     ts = UID(m.transfer_syntax)
-    if ts in accepted:
-        return ds
     if ts.is_compressed:
         # PS3.5 A.4: pixel data in fragments; pylibjpeg decodes it, pydicom re-encodes.
         # The SOP Instance UID stays: the pixels are those the sender's syntax decodes to.
@@ -157,7 +183,7 @@ def prepare(archive: Archive, m: Match, accepted: set[str]) -> Dataset:
             ds.decompress(decoding_plugin="pylibjpeg", generate_instance_uid=False)
         except (RuntimeError, ValueError, NotImplementedError) as exc:
             raise UnsupportedTransferSyntaxError(ts, f"cannot decompress: {exc}") from exc
-    elif ts == ExplicitVRBigEndian and not accepted & {ExplicitVRBigEndian}:
+    elif ts == ExplicitVRBigEndian:  # the peer did not accept it (it would have been sent)
         _to_little_endian(ds)
     return ds
 
@@ -219,9 +245,10 @@ def handle_get(
         yield 1  # with 0 sub-operations pynetdicom would answer Success, not our failure
         yield found, None
         return
-    contexts = event.assoc.accepted_contexts
+    send_encoded_instances(event.assoc)
     yield len(found)
-    yield from _send_all(event, archive, found, lambda sc: accepted_syntaxes(contexts, sc))
+    with quick_polling(event.assoc):
+        yield from _send_all(event, archive, found, Accepted(lambda: event.assoc.accepted_contexts))
 
 
 def handle_move(
@@ -272,11 +299,11 @@ def handle_move(
 
     def on_established(ev: Any) -> None:
         sub["contexts"] = ev.assoc.accepted_contexts
+        send_encoded_instances(ev.assoc, direct=True)  # ours alone: nothing else sends on it
+        ev.assoc.dul._run_loop_delay = RETRIEVE_POLL_S  # it only lives for this retrieve
 
     handlers = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ESTABLISHED, on_established)]
     contexts = proposed_contexts(found) if found else None
     yield remote.host, remote.port, {"contexts": contexts, "evt_handlers": handlers, **connect}
     yield len(found)
-    yield from _send_all(
-        event, archive, found, lambda sc: accepted_syntaxes(sub.get("contexts", []), sc)
-    )
+    yield from _send_all(event, archive, found, Accepted(lambda: sub.get("contexts", [])))

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from tests._helpers import dataset_diff
 from tests.net._support import Server, identifier_args, run_dcmtk
-from tests.net.conftest import Destination, Stored
+from tests.net.conftest import CT_SLICES, Destination, Stored
 from tests.net.find_helpers import identifier
 
 PADDING = 0xFFFCFFFC  # PS3.10 7.2: Data Set Trailing Padding has no meaning (storescu drops it)
@@ -128,6 +128,35 @@ def test_pynetdicom_get_at_each_level(server: Server, stored: Stored, level: str
     assert set(want) <= set(got)
     for uid, ds in want.items():
         assert_bit_exact(ds, got[uid][0], uid)
+
+
+def test_two_gets_on_one_association_both_send_every_instance(server: Server,
+                                                              stored: Stored) -> None:  # fmt: skip
+    """The second C-GET reuses the association's sub-operation sender (engine/net/substore.py)."""
+    src = _read(next(iter(stored.ct.values())))
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.dataset.SOPInstanceUID))
+        return 0
+
+    model = StudyRootQueryRetrieveInformationModelGet
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(model)
+    ae.add_requested_context(src.SOPClassUID, [src.file_meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS",
+                         ext_neg=[build_role(src.SOPClassUID, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    assert assoc.is_established
+    keys = {"StudyInstanceUID": src.StudyInstanceUID, "SeriesInstanceUID": src.SeriesInstanceUID}
+    try:
+        for _ in range(2):
+            statuses = [s.Status for s, _ in assoc.send_c_get(identifier("SERIES", keys), model)]
+            assert statuses[-1] == 0 and statuses.count(0xFF00) == CT_SLICES
+    finally:
+        assoc.release()
+    assert len(received) == 2 * CT_SLICES
+    assert received[: len(received) // 2] == received[len(received) // 2 :]
 
 
 def test_getscu_gets_every_file_converted_where_it_must_be(server: Server, stored: Stored,

@@ -1,0 +1,131 @@
+"""The per-instance and per-match work of the retrieve and query SCPs, before and after.
+
+``C-GET/C-MOVE sub-operation``: what the SCP does for one 512x512 CT slice
+before the C-STORE-RQ goes out. Ours reads the record and keeps the stored
+data set bytes (:func:`engine.net.retrieve.prepare` with the stored syntax
+accepted); the baseline is the path it replaces: read the record,
+``pydicom.dcmread`` the whole instance, ``pynetdicom``'s ``encode`` of the
+Dataset, pixels included.
+
+``C-FIND answer``: one STUDY-level match with the usual fourteen keys, from
+the index to the encoded identifier. Ours: :func:`engine.search.find_rows`
+and :func:`engine.net.identifier.answer_dataset`; the baseline builds the
+Dataset (:meth:`engine.archive.Archive.find`, :func:`engine.net.find.answer`).
+Both end with pynetdicom's ``encode``, as the SCP does.
+
+Each benchmark checks its output against the other path's before timing.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import shutil
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom.dsutils import encode
+
+from engine import Archive, open_archive
+from engine.config import Config
+from engine.net.find import STUDY_ROOT_LEVELS, Identifier, answer, local_values
+from engine.net.identifier import Encoding, answer_dataset
+from engine.net.retrieve import Match, prepare
+from engine.net.substore import EncodedInstance
+from engine.search import find_rows
+from engine.synthetic import ct_series
+from engine.synthetic import encode as encode_instance
+
+SUB_OPERATION = "C-GET/C-MOVE sub-operation, 512x512 CT slice"
+FIND_ANSWERS = "C-FIND, 200 STUDY answers"
+STUDIES = 200
+STUDY_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+              "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "StudyDescription",
+              "ModalitiesInStudy", "ReferringPhysicianName", "NumberOfStudyRelatedSeries",
+              "NumberOfStudyRelatedInstances")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory, ct_slices: list[bytes]) -> Iterator[Archive]:
+    path = tmp_path_factory.mktemp("bench_retrieve")
+    a = open_archive(path / "archive", Config(durability="none"))
+    for data in ct_slices:
+        a.store(data)
+    for seed in range(STUDIES):  # one small slice per study, for the query
+        a.store(encode_instance(next(ct_series(1000 + seed, 1, rows=8, columns=8))))
+    yield a
+    a.close()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def slices(archive: Archive, ct_slices: list[bytes]) -> list[Match]:
+    found = []
+    for data in ct_slices:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        found.append(Match(ds.SOPInstanceUID, ds.SOPClassUID, ds.file_meta.TransferSyntaxUID))
+    return found
+
+
+def _dcmread_and_encode(archive: Archive, m: Match) -> bytes:
+    """The replaced path: the whole instance decoded, then encoded again by pynetdicom."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(archive.get(m.sop_instance)))
+    data = encode(ds, False, True)
+    assert data is not None
+    return data
+
+
+def _stored_bytes(archive: Archive, m: Match) -> bytes:
+    item = prepare(archive, m, {m.transfer_syntax: 1})
+    assert isinstance(item, EncodedInstance)
+    return item.encoded
+
+
+@pytest.mark.parametrize("role", ["ours", "dcmread+encode"])
+def test_sub_operation_payload(benchmark: Any, archive: Archive, slices: list[Match],
+                               speedups: Any, role: str) -> None:  # fmt: skip
+    assert _stored_bytes(archive, slices[0]) == _dcmread_and_encode(archive, slices[0])
+    send = _stored_bytes if role == "ours" else _dcmread_and_encode
+    turn = itertools.cycle(slices)
+    data = benchmark(lambda: send(archive, next(turn)))
+    assert len(data) > 512 * 512 * 2
+    benchmark.extra_info["instances_per_s"] = 1 / benchmark.stats.stats.median
+    speedups.record(SUB_OPERATION, role, benchmark)
+
+
+def _identifier() -> Identifier:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    for keyword in (*STUDY_KEYS, "RetrieveAETitle"):
+        setattr(ds, keyword, None)
+    return Identifier(ds, STUDY_ROOT_LEVELS)
+
+
+def _answers_ours(archive: Archive, ident: Identifier) -> list[bytes | None]:
+    columns, rows = find_rows(archive, ident.level, ident.query)
+    local, how = local_values(ident, "PACS"), Encoding(True, True)
+    return [encode(answer_dataset(columns, attrs, ident.level, local, ident.unknown, how),
+                   True, True) for attrs in rows]  # fmt: skip
+
+
+def _answers_datasets(archive: Archive, ident: Identifier) -> list[bytes | None]:
+    return [encode(answer(ds, ident, "PACS"), True, True)
+            for ds in archive.find(ident.level, ident.query)]  # fmt: skip
+
+
+@pytest.mark.parametrize("role", ["ours", "Dataset per match"])
+def test_find_answers(benchmark: Any, archive: Archive, speedups: Any, role: str) -> None:
+    ident = _identifier()
+    expected = _answers_datasets(archive, ident)
+    assert len(expected) == STUDIES + 1 and _answers_ours(archive, ident) == expected
+    run = _answers_ours if role == "ours" else _answers_datasets
+    answers = benchmark(lambda: run(archive, ident))
+    assert answers == expected
+    benchmark.extra_info["ms_per_match"] = benchmark.stats.stats.median / len(answers) * 1e3
+    speedups.record(FIND_ANSWERS, role, benchmark)

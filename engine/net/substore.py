@@ -1,0 +1,248 @@
+"""C-STORE sub-operations that send an instance's stored bytes as they are.
+
+pynetdicom's C-GET and C-MOVE service classes take one Dataset per
+sub-operation and hand it to ``assoc.send_c_store``, which encodes it again
+(PS3.7 9.1.1 C-STORE: the Data Set is the encoded instance). When the peer
+accepted the stored transfer syntax we already hold that encoding, so:
+
+- :func:`encoded_instance` strips the preamble and File Meta Information
+  (PS3.10 7.1: group 0002 is not part of a DIMSE data set) off the stored
+  Part 10 bytes and wraps the rest in an :class:`EncodedInstance`, a Dataset
+  that only carries the SOP Instance UID pynetdicom reads for the Failed SOP
+  Instance UID List (PS3.4 C.4.2.1.4.2);
+- :func:`send_encoded_instances` gives one association a ``send_c_store``
+  that sends an :class:`EncodedInstance` as a C-STORE-RQ whose Data Set is
+  those bytes, and hands any other Dataset to pynetdicom's own method.
+- On a C-MOVE's own outgoing association (``direct``), nothing but these
+  C-STORE-RQs is sent while the retrieve runs, so they are written straight
+  to the socket as P-DATA-TF PDUs (PS3.8 9.3.5) instead of one pynetdicom
+  DUL round trip per PDU (a 512x512 slice is 33 PDUs at a 16 KiB maximum
+  length). pynetdicom's DUL thread still reads and decodes the C-STORE-RSP.
+
+The counting, pending responses, cancel and final status stay pynetdicom's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
+
+from engine.errors import MalformedDicomError
+from engine.net import pdu as P
+from engine.part10 import PREAMBLE
+
+PAUSE_POLL_S = 0.0001  # as pynetdicom's own send_* methods wait for the reactor
+# pynetdicom's DUL thread sleeps this long between polls of its queue and socket when idle
+# (1 ms by default): each sub-operation waits for it twice, to send the C-STORE-RQ and
+# to read the C-STORE-RSP. While a retrieve runs the thread is never idle for long.
+RETRIEVE_POLL_S = 0.0001
+_COMMAND_ELEMENT = struct.Struct("<HHI")  # PS3.7 6.3.1: command sets are implicit VR LE
+_US = struct.Struct("<H")
+C_STORE_RQ = 0x0001
+DATA_SET_PRESENT = 0x0000  # PS3.7 E.1: anything but 0x0101
+PRIORITY_MEDIUM = 0x0000
+_SHORT = struct.Struct("<HH2sH")  # PS3.5 7.1.2: group, element, VR, 16-bit length
+_LONG_LENGTH = struct.Struct("<I")
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC",
+                       b"UN", b"UR", b"UT", b"UV"})  # fmt: skip
+
+
+def dataset_offset(part10: bytes | memoryview) -> int:
+    """Where the data set starts in Part 10 bytes: after the preamble and group 0002.
+
+    Raises
+    ------
+    engine.errors.MalformedDicomError
+        The File Meta Information runs past the end of the bytes.
+    """
+    n = len(part10)
+    pos = len(PREAMBLE) if part10[128:132] == PREAMBLE[128:] else 0
+    # PS3.10 7.1: group 0002 is Explicit VR Little Endian whatever the data set's syntax
+    while n - pos >= 8 and part10[pos] == 2 and part10[pos + 1] == 0:
+        _, _, vr, length = _SHORT.unpack_from(part10, pos)
+        if vr in _LONG_VRS:
+            if n - pos < 12:
+                raise MalformedDicomError(pos, "truncated File Meta Information element")
+            (length,) = _LONG_LENGTH.unpack_from(part10, pos + 8)
+            pos += 12 + length
+        else:
+            pos += 8 + length
+        if pos > n:
+            raise MalformedDicomError(pos, "File Meta Information runs past the end")
+    return pos
+
+
+class EncodedInstance(Dataset):
+    """One retrieve sub-operation's instance, already encoded for a context the peer accepted.
+
+    Parameters
+    ----------
+    sop_class, sop_instance
+        The C-STORE-RQ's Affected SOP Class and Instance UIDs.
+    context_id
+        The accepted presentation context whose transfer syntax `encoded` is in.
+    encoded
+        The data set (no File Meta Information).
+    """
+
+    def __init__(self, sop_class: str, sop_instance: str, context_id: int,
+                 encoded: bytes) -> None:  # fmt: skip
+        super().__init__()
+        self.SOPInstanceUID = sop_instance  # pynetdicom lists it when the sub-operation fails
+        self.sop_class, self.context_id, self.encoded = sop_class, context_id, encoded
+
+
+def encoded_instance(part10: bytes, sop_class: str, sop_instance: str,
+                     context_id: int) -> EncodedInstance:  # fmt: skip
+    """Wrap a stored Part 10 instance for sending on `context_id` as it is."""
+    return EncodedInstance(sop_class, sop_instance, context_id,
+                           part10[dataset_offset(part10):])  # fmt: skip
+
+
+def _command_element(tag: int, value: bytes) -> bytes:
+    return _COMMAND_ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def encode_store_request(message_id: int, sop_class: str, sop_instance: str, priority: int,
+                         originator_aet: str | None = None,
+                         originator_id: int | None = None) -> bytes:  # fmt: skip
+    """A C-STORE-RQ command set (PS3.7 9.3.1.1), elements in tag order, group length first."""
+    parts = [
+        _command_element(0x00000002, _padded(sop_class, b"\0")),
+        _command_element(0x00000100, _US.pack(C_STORE_RQ)),
+        _command_element(0x00000110, _US.pack(message_id)),
+        _command_element(0x00000700, _US.pack(priority)),
+        _command_element(0x00000800, _US.pack(DATA_SET_PRESENT)),
+        _command_element(0x00001000, _padded(sop_instance, b"\0")),
+    ]
+    if originator_aet:
+        parts.append(_command_element(0x00001030, _padded(originator_aet, b" ")))
+    if originator_id is not None:
+        parts.append(_command_element(0x00001031, _US.pack(originator_id)))
+    body = b"".join(parts)
+    return _command_element(0x00000000, struct.pack("<I", len(body))) + body
+
+
+def data_set_pdus(context_id: int, data: bytes, peer_max_pdu: int) -> bytes:
+    """P-DATA-TF PDUs carrying a data set, each within the peer's Maximum Length (0: none)."""
+    limit = len(data) if peer_max_pdu == 0 else max(1, peer_max_pdu - P.PDV_HEADER_BYTES)
+    view, out = memoryview(data), list[bytes | memoryview]()
+    for pos in range(0, max(1, len(data)), limit):
+        chunk = view[pos : pos + limit]
+        mch = P.MCH_LAST if pos + limit >= len(data) else 0
+        out.append(P.PDU_HEADER.pack(P.P_DATA_TF, len(chunk) + P.PDV_HEADER_BYTES))
+        out.append(P.PDV_HEADER.pack(len(chunk) + 2, context_id, mch))
+        out.append(chunk)
+    return b"".join(out)
+
+
+def _write_request(assoc: Any, item: EncodedInstance, command: bytes) -> None:
+    peer_max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
+    assoc.dul.socket.socket.sendall(
+        P.encode_p_data(item.context_id, command, peer_max_pdu)
+        + data_set_pdus(item.context_id, item.encoded, peer_max_pdu)
+    )
+
+
+def _request(item: EncodedInstance, msg_id: int, priority: int, originator_aet: str | None,
+             originator_id: int | None) -> C_STORE:  # fmt: skip
+    req = C_STORE()
+    req.MessageID = msg_id
+    req.Priority = priority
+    req.MoveOriginatorApplicationEntityTitle = originator_aet
+    req.MoveOriginatorMessageID = originator_id
+    req.AffectedSOPClassUID = item.sop_class
+    req.AffectedSOPInstanceUID = str(item.SOPInstanceUID)
+    req.DataSet = BytesIO(item.encoded)  # getvalue() returns these bytes, uncopied
+    return req
+
+
+def _reactor_blocked(assoc: Any) -> bool:
+    """Whether `assoc`'s reactor thread is waiting at its checkpoint, not just about to.
+
+    ``_is_paused`` alone is still True for a moment after the checkpoint
+    opened; a reactor in that moment would take a fast C-STORE-RSP off the
+    queue (it logs "unexpected C-STORE service message").
+    """
+    waiters = getattr(getattr(assoc._reactor_checkpoint, "_cond", None), "_waiters", None)
+    return bool(assoc._is_paused) and (waiters is None or len(waiters) > 0)
+
+
+def _send(assoc: Any, item: EncodedInstance, msg_id: int, priority: int,
+          originator_aet: str | None, originator_id: int | None,
+          direct: bool) -> Dataset:  # fmt: skip
+    if direct:  # the reactor stays paused for the whole retrieve (send_encoded_instances)
+        while not _reactor_blocked(assoc):
+            time.sleep(PAUSE_POLL_S)
+        command = encode_store_request(msg_id, item.sop_class, str(item.SOPInstanceUID),
+                                       priority, originator_aet, originator_id)  # fmt: skip
+        _write_request(assoc, item, command)
+        _, rsp = assoc.dimse.get_msg(block=True)
+    else:
+        # The reactor must not take our C-STORE-RSP off the DIMSE queue: pause it,
+        # exactly as Association.send_c_store does (a C-GET's reactor is paused already).
+        assoc._reactor_checkpoint.clear()
+        try:
+            while not assoc._is_paused:
+                time.sleep(PAUSE_POLL_S)
+            assoc.dimse.send_msg(_request(item, msg_id, priority, originator_aet, originator_id),
+                                 item.context_id)  # fmt: skip
+            _, rsp = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
+    if rsp is None:  # DIMSE timeout: pynetdicom aborts, the sub-operation fails
+        assoc._handle_no_response()
+        return Dataset()
+    status: Dataset = assoc._check_received_status(rsp)
+    return status
+
+
+def send_encoded_instances(assoc: Any, *, direct: bool = False) -> None:
+    """Let `assoc` send :class:`EncodedInstance` sub-operations without re-encoding them.
+
+    Only this association's ``send_c_store`` is replaced; pynetdicom's class
+    and every other association are untouched. Any other Dataset still goes
+    through pynetdicom's method (the conversion path). `direct`: write the
+    requests to the socket ourselves; only for an association on which
+    nothing else is being sent (a C-MOVE's sub-association).
+    """
+    original = assoc.send_c_store
+    if getattr(original, "sends_encoded", False):
+        return  # a second C-GET on the same association
+    if direct:  # pause its reactor until pynetdicom releases the association
+        assoc._reactor_checkpoint.clear()
+
+    def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2,
+                     originator_aet: str | None = None,
+                     originator_id: int | None = None) -> Dataset:  # fmt: skip
+        if isinstance(dataset, EncodedInstance):
+            return _send(assoc, dataset, msg_id, priority, originator_aet, originator_id, direct)
+        result: Dataset = original(dataset, msg_id, priority, originator_aet, originator_id)
+        return result
+
+    send_c_store.sends_encoded = True  # type: ignore[attr-defined]
+    assoc.send_c_store = send_c_store
+
+
+@contextlib.contextmanager
+def quick_polling(assoc: Any) -> Iterator[None]:
+    """Let `assoc`'s DUL thread poll every :data:`RETRIEVE_POLL_S` for the duration."""
+    dul = assoc.dul
+    before = dul._run_loop_delay
+    dul._run_loop_delay = RETRIEVE_POLL_S
+    try:
+        yield
+    finally:
+        dul._run_loop_delay = before

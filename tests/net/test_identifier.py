@@ -1,0 +1,122 @@
+"""C-FIND answers encoded from index values: byte for byte what the Dataset path encoded."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom.dsutils import encode
+
+from engine.archive import Archive
+from engine.errors import InvalidInstanceError
+from engine.net.find import PATIENT_ROOT_LEVELS, Identifier, answer, local_values
+from engine.net.identifier import Encoding, answer_dataset, is_text, text_value
+from engine.search import find_rows
+from engine.synthetic import ct_series
+from engine.synthetic import encode as encode_instance
+from tests.corpus import real_files
+
+ENCODINGS = {"implicit_le": (True, True), "explicit_le": (False, True),
+             "explicit_be": (False, False)}  # fmt: skip
+KEYS = {
+    "PATIENT": ["PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                "IssuerOfPatientID", "NumberOfPatientRelatedStudies",
+                "NumberOfPatientRelatedInstances"],
+    "STUDY": ["PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "StudyTime",
+              "AccessionNumber", "StudyID", "StudyDescription", "ReferringPhysicianName",
+              "ModalitiesInStudy", "SOPClassesInStudy", "NumberOfStudyRelatedSeries",
+              "NumberOfStudyRelatedInstances"],
+    "SERIES": ["StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber",
+               "SeriesDescription", "BodyPartExamined", "NumberOfSeriesRelatedInstances"],
+    "IMAGE": ["SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "Rows",
+              "Columns", "NumberOfFrames", "TransferSyntaxUID", "PhotometricInterpretation"],
+}  # fmt: skip
+LOCAL = ["RetrieveAETitle", "InstanceAvailability", "SpecificCharacterSet"]
+UNKNOWN = {"OperatorsName": "", "PatientComments": ""}  # not indexed: returned empty
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    """The pydicom corpus (several character sets) and a generated CT series."""
+    a = Archive(tmp_path_factory.mktemp("identifier") / "archive")
+    for path in real_files():
+        try:
+            a.store(Path(path).read_bytes())
+        except InvalidInstanceError:
+            continue  # the corpus holds files without the UIDs an archive needs
+    for data in ct_series(7, 3, rows=16, columns=16):
+        a.store(data)
+    for n, (charset, name) in enumerate([("ISO_IR 100", "Müller^Jürgen"),
+                                         ("ISO_IR 192", "Ærøskøbing^Åse")]):  # fmt: skip
+        a.store(_renamed(next(ct_series(8 + n, 1, rows=16, columns=16)), charset, name))
+    yield a
+    a.close()
+
+
+def _renamed(ds: Dataset, charset: str, name: str) -> bytes:
+    """A generated slice of a new patient whose name is not ASCII, in `charset`."""
+    ds.SpecificCharacterSet = charset
+    ds.PatientName, ds.PatientID = name, f"NONASCII-{charset}"
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        setattr(ds, keyword, generate_uid())
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return encode_instance(ds)
+
+
+def _identifier(level: str) -> Identifier:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword in [*KEYS[level], *LOCAL, *UNKNOWN]:
+        setattr(ds, keyword, None)  # universal matching: return the key
+    return Identifier(ds, PATIENT_ROOT_LEVELS)
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+@pytest.mark.parametrize("level", PATIENT_ROOT_LEVELS)
+def test_encoded_answers_equal_the_dataset_path(archive: Archive, level: str,
+                                                encoding: str) -> None:  # fmt: skip
+    implicit, little = ENCODINGS[encoding]
+    ident = _identifier(level)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom validates odd stored values (1997.04.24)
+        reference = [encode(answer(match, ident, "PACS"), implicit, little)
+                     for match in archive.find(ident.level, ident.query)]  # fmt: skip
+    columns, rows = find_rows(archive, ident.level, ident.query)
+    local = local_values(ident, "PACS")
+    ours = [encode(answer_dataset(columns, attrs, level, local, ident.unknown,
+                                  Encoding(implicit, little)), implicit, little)
+            for attrs in rows]  # fmt: skip
+    assert len(reference) >= 3
+    assert ours == reference
+
+
+def test_non_ascii_values_make_the_answer_utf8(archive: Archive) -> None:
+    ident = _identifier("PATIENT")
+    columns, rows = find_rows(archive, ident.level, ident.query)
+    local = local_values(ident, "PACS")
+    answers = [answer_dataset(columns, attrs, "PATIENT", local, [], Encoding(False, True))
+               for attrs in rows]  # fmt: skip
+    utf8 = [ds for ds in answers if ds.get("SpecificCharacterSet") == "ISO_IR 192"]
+    assert utf8, "the corpus has patients with non-ASCII names"
+    assert sorted(str(ds.PatientName) for ds in utf8) == ["Müller^Jürgen", "Ærøskøbing^Åse"]
+    assert all("SpecificCharacterSet" not in ds for ds in answers if ds not in utf8)
+
+
+def test_text_values_are_padded_to_even_length() -> None:
+    assert text_value("1.2.3", "UI", "ascii") == b"1.2.3\0"
+    assert text_value("ABC", "CS", "ascii") == b"ABC "
+    assert text_value(12, "IS", "ascii") == b"12"
+    assert text_value("Müller", "PN", "utf-8") == "Müller ".encode()
+    assert text_value(None, "LO", "ascii") == b""
+
+
+def test_only_text_values_take_the_raw_path() -> None:
+    assert is_text("CT", "CS") and is_text(3, "IS") and is_text(None, "DA")
+    assert is_text(None, "US")  # empty
+    assert not is_text(512, "US")  # binary: pydicom encodes it in the context's byte order
+    assert not is_text(1.5, "DS") and not is_text(True, "IS") and not is_text(None, "SQ")
+    assert not is_text(None, "US or SS")
