@@ -2,9 +2,13 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/compare.py --studies 4 --associations 4 \\
-        --targets pacs,pacs-nosync,orthanc,orthanc-zip,storescp,dcmqrscp,pynetdicom-storescp,pynetdicom-qrscp \\
-        --json compare.json --update-benchmarks-md
+    # every target (pacs, pacs-nosync, orthanc, orthanc-zip, storescp, dcmqrscp,
+    # pynetdicom-storescp, pynetdicom-qrscp), 4 CT studies, 4 associations
+    python benchmarks/compare.py --studies 4 --associations 4 --json compare.json \\
+        --update-benchmarks-md
+
+    # some of them
+    python benchmarks/compare.py --targets pacs,orthanc,dcmqrscp
 
 One run writes one corpus with ``pacs bench corpus`` (or reuses ``--corpus``),
 then for each target in turn: starts it on loopback (benchmarks/peers.py),
@@ -29,7 +33,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +44,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import REPO, TARGETS, Peer, missing_tools, start_peer  # noqa: E402
-from report import (  # noqa: E402
+from peers import REPO, TARGETS, Peer, free_port, missing_tools, start_peer
+from report import (
     fmt_ratio,
     fmt_value,
     machine_info,
@@ -55,9 +58,10 @@ from report import (  # noqa: E402
 
 US = "pacs"
 BENCH_TIMEOUT_S = 3600.0
-# Keys of the bench JSON that describe the run rather than measure it
-NOT_METRICS = {"machine", "settings", "command", "date", "note", "target", "corpus", "version"}
-LABEL_KEYS = ("name", "query", "type", "kind", "level", "mode", "metric")
+RESULT_SCHEMA = "pacs-bench-result/1"  # engine/bench/report.py
+# Metrics kept in the JSON but not in the table: the client's share is the bench tool's concern
+HIDDEN = {"client_cpu_share"}
+MOVE_DEST = "BENCHMOVE"  # the C-MOVE receiver `pacs bench retrieve` runs, known to every target
 
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -69,48 +73,28 @@ class Result:
 
     target: str
     metrics: dict[str, float] = field(default_factory=dict)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+
+    def add(self, name: str, value: float, higher_is_better: bool) -> None:
+        self.metrics[name] = value
+        self.higher_is_better[name] = higher_is_better
 
     def as_json(self) -> dict[str, Any]:
         return {"target": self.target, "ok": not self.errors, "metrics": self.metrics,
-                "errors": self.errors}  # fmt: skip
+                "higher_is_better": self.higher_is_better, "errors": self.errors}  # fmt: skip
 
 
 # -- reading the bench tool's JSON ----------------------------------------------------------
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, float]:
-    """Every number in a bench JSON, keyed by its dotted path (lists keyed by a name field)."""
-    flat: dict[str, float] = {}
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if key not in NOT_METRICS:
-                flat.update(flatten(value, f"{prefix}{key}."))
-    elif isinstance(obj, list):
-        for i, item in enumerate(obj):
-            label = str(i)
-            if isinstance(item, dict):
-                label = next((str(item[k]) for k in LABEL_KEYS if k in item), label)
-            flat.update(flatten(item, f"{prefix}{label}."))
-    elif isinstance(obj, int | float) and not isinstance(obj, bool):
-        flat[prefix.rstrip(".")] = float(obj)
-    return flat
-
-
-def is_metric(key: str) -> bool:
-    """Whether `key` is a figure worth a row: a rate, a latency, or a failure count."""
-    k = key.lower()
-    return any(s in k for s in ("per_s", "mb_s", "_ms", "p50", "p99", "failures", "failed"))
-
-
-def higher_is_better(key: str) -> bool | None:
-    """True for rates, False for latencies and CPU, None for counts (no ratio)."""
-    k = key.lower()
-    if "fail" in k:
-        return None
-    if "per_s" in k or "mb_s" in k:
-        return True
-    return False
+def read_metrics(path: Path) -> dict[str, tuple[float, bool]]:
+    """A ``pacs-bench-result/1`` file's metrics: name -> (value, higher is better)."""
+    data = orjson.loads(path.read_bytes())
+    if data.get("schema") != RESULT_SCHEMA:
+        raise ValueError(f"{path}: not a {RESULT_SCHEMA} result (schema {data.get('schema')!r})")
+    return {name: (float(m["value"]), m.get("better", "higher") == "higher")
+            for name, m in data["metrics"].items()}  # fmt: skip
 
 
 # -- running the bench tool -----------------------------------------------------------------
@@ -124,7 +108,8 @@ def bench(tree: Path, args: Sequence[str], log: Path) -> None:
         f.write(f"$ {shlex.join(cmd)}\n".encode())
         f.flush()
         res = subprocess.run(cmd, cwd=tree, env=env, stdout=f, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, timeout=BENCH_TIMEOUT_S, check=False)  # fmt: skip
+                             stdin=subprocess.DEVNULL, timeout=BENCH_TIMEOUT_S,
+                             check=False)  # fmt: skip
     if res.returncode != 0:
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
         raise RuntimeError(f"pacs bench {args[0]} exited with {res.returncode}: {tail}")
@@ -142,18 +127,21 @@ def corpus_instances(corpus: Path) -> int:
 
 
 def run_target(name: str, corpus: Path, instances: int, work: Path, tree: Path, *,
-               associations: int, workers: int) -> Result:  # fmt: skip
+               associations: int, workers: int, series: int | None) -> Result:  # fmt: skip
     """Start `name`, run every phase it answers, stop it; never raises."""
     result = Result(name)
     log = work / f"{name}-bench.log"
     os.sync()  # the previous target's dirty pages must not be flushed on this one's time
+    move_port = free_port()
     try:
-        peer = start_peer(name, work, workers=workers)
+        peer = start_peer(name, work, workers=workers, move_destinations={MOVE_DEST: move_port})
     except RuntimeError as exc:
         result.errors.append(str(exc))
         return result
     try:
-        _phases(peer, result, corpus, instances, work, tree, associations, log)
+        retrieve = ["--corpus", str(corpus), "--move-dest", MOVE_DEST, "--move-port",
+                    str(move_port), *(["--series", str(series)] if series else [])]  # fmt: skip
+        _phases(peer, result, corpus, instances, work, tree, associations, retrieve, log)
     finally:
         peer.stop()
         shutil.rmtree(peer.work / "data", ignore_errors=True)
@@ -161,31 +149,31 @@ def run_target(name: str, corpus: Path, instances: int, work: Path, tree: Path, 
 
 
 def _phases(peer: Peer, result: Result, corpus: Path, instances: int, work: Path, tree: Path,
-            associations: int, log: Path) -> None:  # fmt: skip
+            associations: int, retrieve: list[str], log: Path) -> None:  # fmt: skip
     http = ["--http", peer.http_url] if peer.http_url else []
-    cpu0, t0 = peer.cpu_s(), time.perf_counter()
+    cpu0 = peer.cpu_s()
     phases: list[tuple[str, list[str]]] = [
         ("ingest", ["--associations", str(associations), str(corpus)]),
     ]
     if "query" in peer.services:
         phases.append(("query", [*http, "--corpus", str(corpus)]))
     if "retrieve" in peer.services:
-        phases.append(("retrieve", http))
+        phases.append(("retrieve", [*http, *retrieve]))
     for phase, extra in phases:
         out_json = work / f"{peer.name}-{phase}.json"
         try:
             bench(tree, [phase, "--target", peer.target, *extra, "--json", str(out_json)], log)
-            flat = flatten(orjson.loads(out_json.read_bytes()))
-        except (RuntimeError, OSError, subprocess.TimeoutExpired, orjson.JSONDecodeError) as exc:
+            metrics = read_metrics(out_json)
+        except (RuntimeError, OSError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
             result.errors.append(f"{phase}: {exc}")
             if phase == "ingest":
                 return  # nothing stored: nothing to query or retrieve
             continue
-        result.metrics.update({f"{phase}.{k}": v for k, v in flat.items() if is_metric(k)})
+        for key, (value, higher) in metrics.items():
+            result.add(f"{phase}.{key}", value, higher)
         if phase == "ingest":
             cpu = peer.settled_cpu_s() - cpu0
-            result.metrics["ingest.server_cpu_ms_per_instance"] = 1e3 * cpu / instances
-            result.metrics["ingest.wall_s_with_settle"] = time.perf_counter() - t0
+            result.add("ingest.server_cpu_ms_per_instance", 1e3 * cpu / instances, False)
 
 
 # -- the table ---------------------------------------------------------------------------
@@ -200,17 +188,22 @@ def rows(results: Sequence[Result]) -> tuple[list[str], list[list[str]]]:
     header = ["metric", *(r.target for r in results)]
     cells: list[list[str]] = []
     for key in keys:
-        better = higher_is_better(key)
-        line = [key.replace("_", " ")]
+        last = key.rsplit(".", 1)[-1]
+        if last in HIDDEN:
+            continue
+        better = next(r.higher_is_better[key] for r in results if key in r.higher_is_better)
+        figure = "_ms" in last or "per_s" in last  # counts (matches, failures) get no ratio
+        line = [key]
         for r in results:
             value = r.metrics.get(key)
             cell = fmt_value(value)
-            if ours is not None and r is not ours and better is not None and value is not None:
+            if ours is not None and r is not ours and figure and value is not None:
                 ratio = ratio_to_us(ours.metrics.get(key), value, higher_is_better=better)
                 cell += f" ({fmt_ratio(ratio)})" if ratio is not None else ""
             line.append(cell)
         cells.append(line)
-    cells.append(["errors", *("; ".join(r.errors)[:120] or "ok" for r in results)])
+    cells.append(["status", *("ok" if not r.errors else f"{len(r.errors)} errors, below"
+                              for r in results)])  # fmt: skip
     return header, cells
 
 
@@ -244,13 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", type=Path, help="an existing bench corpus (skips generation)")
     p.add_argument("--associations", type=int, default=4, help="concurrent C-STORE associations")
     p.add_argument("--workers", type=int, default=2, help="pacs serve worker processes")
+    p.add_argument("--series", type=int, help="retrieve at most this many series")
     p.add_argument("--bench-tree", type=Path,
                    default=Path(os.environ.get("PACS_BENCH_TREE") or REPO),
-                   help="checkout whose `pacs bench` runs (default: $PACS_BENCH_TREE or this one)")  # fmt: skip
+                   help="checkout whose `pacs bench` runs "
+                        "(default: $PACS_BENCH_TREE or this one)")  # fmt: skip
     p.add_argument("--work-dir", type=Path, help="where servers write (default: a temp dir)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--update-benchmarks-md", action="store_true",
-                   help="write the table, date, machine and command into BENCHMARKS.md")  # fmt: skip
+                   help="write table, date, machine, command into BENCHMARKS.md")  # fmt: skip
     return p
 
 
@@ -280,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.targets:
             err.print(f"{name}: ingest, query, retrieve of {instances} instances ...")
             result = run_target(name, corpus, instances, work, args.bench_tree,
-                                associations=args.associations, workers=args.workers)  # fmt: skip
+                                associations=args.associations, workers=args.workers,
+                                series=args.series)  # fmt: skip
             err.print("  ok" if not result.errors else f"  [red]{'; '.join(result.errors)}")
             results.append(result)
     finally:
@@ -290,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              "(ratio) = how many times better we are")  # fmt: skip
     header, cells = rows(results)
     out.print(rich_table(header, cells, title))
+    for r in results:
+        for line in r.errors:
+            out.print(f"[red]{r.target}:[/] {line}")
     out.print(f"command: {command}")
     ok = all(not r.errors for r in results)
     report = {"date": started, "machine": info, "command": command, "instances": instances,
@@ -313,6 +312,7 @@ def _markdown(report: dict[str, Any], header: list[str], cells: list[list[str]])
         "(ratio) = how many times better we are than that target: ours/theirs for rates, "
         "theirs/ours for latencies and CPU; above 1 we win.",
         markdown_table(header, cells),
+        *(f"- {r['target']}: {e}" for r in report["results"] for e in r["errors"]),
     ])  # fmt: skip
 
 

@@ -226,7 +226,8 @@ def _orthanc(work: Path, port: int, http_port: int, moves: Mapping[str, int], *,
     config = work / "orthanc.json"
     body = orthanc_config(work, port, http_port, moves, compression=compression)
     config.write_text(json.dumps(body, indent=2))
-    return [ORTHANC, str(config)], dict(os.environ)
+    # Orthanc speaks DICOM through DCMTK, which reads TCP_NODELAY from the environment too
+    return [ORTHANC, str(config)], dcmtk_env()
 
 
 def dcmqrscp_config(work: Path, port: int, moves: Mapping[str, int]) -> str:
@@ -320,7 +321,8 @@ def _port_open(port: int) -> bool:
 
 
 def start_peer(name: str, work_root: Path, *, workers: int = 2,
-               move_destinations: Mapping[str, int] | None = None) -> Peer:  # fmt: skip
+               move_destinations: Mapping[str, int] | None = None,
+               keep_data: bool = False) -> Peer:  # fmt: skip
     """Start target `name` under `work_root`/`name`; return once it answers.
 
     Parameters
@@ -333,6 +335,9 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
         Worker processes of ``pacs serve``.
     move_destinations
         AE title -> port on 127.0.0.1, configured as C-MOVE destinations.
+    keep_data
+        Start on what an earlier run left in the folder (a resumed run)
+        instead of an empty one.
 
     Raises
     ------
@@ -346,15 +351,16 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
                            "(apt-get install dcmtk orthanc orthanc-dicomweb)")  # fmt: skip
     moves = dict(move_destinations or {})
     work = work_root / name
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "data").mkdir(parents=True)
+    if not keep_data:
+        shutil.rmtree(work, ignore_errors=True)
+    (work / "data").mkdir(parents=True, exist_ok=True)
     port = free_port()
     http_port = free_port() if "http" in SERVICES[name] else 0
     while http_port == port:
         http_port = free_port()
     cmd, env = command(name, work, port, http_port, moves, workers=workers)
     log_path = work / "server.log"
-    log_file = log_path.open("wb")
+    log_file = log_path.open("ab")
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL,
                             stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
     http_url = f"http://127.0.0.1:{http_port}/dicom-web" if http_port else None

@@ -45,7 +45,8 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank]
 
 
-def ratio_to_us(ours: float | None, theirs: float | None, *, higher_is_better: bool) -> float | None:
+def ratio_to_us(ours: float | None, theirs: float | None, *,
+                higher_is_better: bool) -> float | None:  # fmt: skip
     """How many times better we are than them (above 1: we win); None without both."""
     if not ours or not theirs:
         return None

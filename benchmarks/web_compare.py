@@ -50,9 +50,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loader import send, write_ct_series, write_small  # noqa: E402
-from peers import Peer, missing_tools, start_peer  # noqa: E402
-from report import (  # noqa: E402
+from loader import send, write_ct_series, write_small
+from peers import Peer, missing_tools, start_peer
+from report import (
     fmt_ratio,
     fmt_value,
     machine_info,
@@ -95,12 +95,12 @@ def query_mix(ct_meta: dict[str, str]) -> dict[str, dict[str, str]]:
     patients ``PID000000``..``PID099999``, ten surnames, dates 2010-2024),
     and from the CT series' own study, so every query matches something.
     """
+    month = ct_meta["StudyDate"][:6]
     return {
         "PatientID": {"PatientID": ct_meta["PatientID"]},
         "PatientName wildcard, limit 100": {"PatientName": "Smith*", "limit": "100"},
         "StudyDate one day": {"StudyDate": ct_meta["StudyDate"]},
-        "StudyDate one month": {"StudyDate": ct_meta["StudyDate"][:6] + "01-"
-                                + ct_meta["StudyDate"][:6] + "28"},  # fmt: skip
+        "StudyDate one month": {"StudyDate": f"{month}01-{month}28"},
         "AccessionNumber": {"AccessionNumber": ct_meta["AccessionNumber"]},
         "all, limit 100": {"limit": "100"},
     }
@@ -116,7 +116,8 @@ def timed(fn: Callable[[], int], repeat: int) -> tuple[list[float], int]:
     return times, result
 
 
-def _get(client: httpx.Client, url: str, accept: str, params: dict[str, str] | None = None) -> bytes:
+def _get(client: httpx.Client, url: str, accept: str,
+         params: dict[str, str] | None = None) -> bytes:  # fmt: skip
     r = client.get(url, params=params, headers={"Accept": accept})
     if r.status_code != 200:
         raise RuntimeError(f"GET {url} {params or ''}: HTTP {r.status_code}: {r.text[:200]}")
@@ -181,7 +182,8 @@ def measure_frames(peer: Peer, result: WebResult, study: str, series: str,
         sum(pool.map(fetch, chunks))
     wall = time.perf_counter() - t0
     result.metrics["frames of the series: frames/s (per_s)"] = len(sops) / wall
-    result.metrics["frames of the series: pixel MB/s (per_s)"] = len(sops) * frame_bytes / 1e6 / wall
+    mb = len(sops) * frame_bytes / 1e6
+    result.metrics["frames of the series: pixel MB/s (per_s)"] = mb / wall
 
 
 def run_target(name: str, folders: list[Path], ct: Path, ct_meta: dict[str, str], work: Path,
@@ -263,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, help="where the corpus and servers go (temp dir)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--update-benchmarks-md", action="store_true",
-                   help="write the table, date, machine and command into BENCHMARKS.md")  # fmt: skip
+                   help="write table, date, machine, command into BENCHMARKS.md")  # fmt: skip
     return p
 
 
