@@ -127,7 +127,8 @@ def corpus_instances(corpus: Path) -> int:
 
 
 def run_target(name: str, corpus: Path, instances: int, work: Path, tree: Path, *,
-               associations: int, workers: int, series: int | None) -> Result:  # fmt: skip
+               associations: int, workers: int, series: int | None,
+               repeat: int) -> Result:  # fmt: skip
     """Start `name`, run every phase it answers, stop it; never raises."""
     result = Result(name)
     log = work / f"{name}-bench.log"
@@ -141,7 +142,7 @@ def run_target(name: str, corpus: Path, instances: int, work: Path, tree: Path, 
     try:
         retrieve = ["--corpus", str(corpus), "--move-dest", MOVE_DEST, "--move-port",
                     str(move_port), *(["--series", str(series)] if series else [])]  # fmt: skip
-        _phases(peer, result, corpus, instances, work, tree, associations, retrieve, log)
+        _phases(peer, result, corpus, instances, work, tree, associations, retrieve, repeat, log)
     finally:
         peer.stop()
         shutil.rmtree(peer.work / "data", ignore_errors=True)
@@ -149,14 +150,14 @@ def run_target(name: str, corpus: Path, instances: int, work: Path, tree: Path, 
 
 
 def _phases(peer: Peer, result: Result, corpus: Path, instances: int, work: Path, tree: Path,
-            associations: int, retrieve: list[str], log: Path) -> None:  # fmt: skip
+            associations: int, retrieve: list[str], repeat: int, log: Path) -> None:  # fmt: skip
     http = ["--http", peer.http_url] if peer.http_url else []
     cpu0 = peer.cpu_s()
     phases: list[tuple[str, list[str]]] = [
         ("ingest", ["--associations", str(associations), str(corpus)]),
     ]
     if "query" in peer.services:
-        phases.append(("query", [*http, "--corpus", str(corpus)]))
+        phases.append(("query", [*http, "--corpus", str(corpus), "--repeat", str(repeat)]))
     if "retrieve" in peer.services:
         phases.append(("retrieve", [*http, *retrieve]))
     for phase, extra in phases:
@@ -233,11 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma separated (default: all): {','.join(TARGETS)}")  # fmt: skip
     p.add_argument("--studies", type=int, default=4, help="studies in the corpus")
     p.add_argument("--small", action="store_true", help="small instances (bench corpus --small)")
+    p.add_argument("--slices", type=int, help="instances per series (default: the bench tool's)")
     p.add_argument("--seed", type=int, default=20240)
     p.add_argument("--corpus", type=Path, help="an existing bench corpus (skips generation)")
     p.add_argument("--associations", type=int, default=4, help="concurrent C-STORE associations")
     p.add_argument("--workers", type=int, default=2, help="pacs serve worker processes")
     p.add_argument("--series", type=int, help="retrieve at most this many series")
+    p.add_argument("--repeat", type=int, default=20, help="times the query mix runs")
     p.add_argument("--bench-tree", type=Path,
                    default=Path(os.environ.get("PACS_BENCH_TREE") or REPO),
                    help="checkout whose `pacs bench` runs "
@@ -269,14 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.corpus is None:
             err.print(f"corpus: {args.studies} studies into {corpus}")
             gen = ["corpus", str(corpus), "--seed", str(args.seed), "--studies", str(args.studies)]
-            bench(args.bench_tree, gen + ["--small"] * args.small, work / "corpus.log")
+            gen += ["--small"] * args.small
+            gen += ["--slices", str(args.slices)] if args.slices else []
+            bench(args.bench_tree, gen, work / "corpus.log")
         instances = corpus_instances(corpus)
         results = []
         for name in args.targets:
             err.print(f"{name}: ingest, query, retrieve of {instances} instances ...")
             result = run_target(name, corpus, instances, work, args.bench_tree,
                                 associations=args.associations, workers=args.workers,
-                                series=args.series)  # fmt: skip
+                                series=args.series, repeat=args.repeat)  # fmt: skip
             err.print("  ok" if not result.errors else f"  [red]{'; '.join(result.errors)}")
             results.append(result)
     finally:

@@ -17,25 +17,42 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peers import CALLING_AE, Peer, dcmtk_env
+
+if TYPE_CHECKING:
+    from engine.synthetic import StudyPlan
 
 STORESCU = "/usr/bin/storescu"
 SMALL_ROWS = 8  # pixels per side of a "small" instance
 SEND_TIMEOUT_S = 6 * 3600.0
+SMALL_STREAM = 1  # the middle word of a small study's seed
+
+
+def small_study_plan(seed: int, k: int) -> StudyPlan:
+    """Patient, dates and UIDs of small study `k`.
+
+    The seed is ``[seed, SMALL_STREAM, k]``: numpy ignores trailing zeros in
+    a seed sequence, so ``(seed, 0)`` would give study 0 the same UIDs as the
+    CT series that ``ct_series(seed, ...)`` draws from ``default_rng(seed)``.
+    """
+    import numpy as np
+
+    from engine.synthetic import plan_study
+
+    return plan_study(np.random.default_rng([seed, SMALL_STREAM, k]))
 
 
 def _write_studies(folder: str, seed: int, first: int, count: int, per_study: int) -> int:
     """Write `count` small studies (`per_study` slices each); return the bytes written."""
-    import numpy as np
-
-    from engine.synthetic import ct_series, encode, plan_study
+    from engine.synthetic import ct_series, encode
 
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
     nbytes = 0
     for k in range(first, first + count):
-        study = plan_study(np.random.default_rng((seed, k)))
+        study = small_study_plan(seed, k)
         for i, ds in enumerate(ct_series(seed + k, per_study, rows=SMALL_ROWS,
                                          columns=SMALL_ROWS, study=study)):  # fmt: skip
             data = encode(ds)

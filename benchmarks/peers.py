@@ -233,10 +233,11 @@ def _orthanc(work: Path, port: int, http_port: int, moves: Mapping[str, int], *,
 def dcmqrscp_config(work: Path, port: int, moves: Mapping[str, int]) -> str:
     """A ``dcmqrscp.cfg``: one storage area for DCMQRSCP, any peer, generous quotas."""
     hosts = "".join(f"{aet} = ({aet}, 127.0.0.1, {p})\n" for aet, p in moves.items())
-    # quota: studies per area, bytes per study (dcmqrscp deletes the oldest study past it)
+    # quota: studies per area, bytes per study, at dcmqrscp's maximum (500, 1 GiB): past it
+    # dcmqrscp deletes the oldest study, so a corpus must stay under 500 studies
     return (f"NetworkTCPPort = {port}\nMaxPDUSize = {DCMTK_MAX_PDU}\nMaxAssociations = 64\n\n"
             f"HostTable BEGIN\n{hosts}HostTable END\n\nVendorTable BEGIN\nVendorTable END\n\n"
-            f"AETable BEGIN\nDCMQRSCP {work / 'data'} RW (1000000, 1000000mb) ANY\n"
+            f"AETable BEGIN\nDCMQRSCP {work / 'data'} RW (500, 1024mb) ANY\n"
             "AETable END\n")  # fmt: skip
 
 

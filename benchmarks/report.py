@@ -8,6 +8,7 @@ markers; a run replaces its own section and leaves the others alone.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import platform
 import re
@@ -41,8 +42,8 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
 
 
 def ratio_to_us(ours: float | None, theirs: float | None, *,

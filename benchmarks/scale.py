@@ -41,14 +41,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loader import send, write_small
+from loader import send, small_study_plan, write_small
 from peers import Peer, missing_tools, start_peer
 from report import (
     fmt_ratio,
@@ -70,9 +69,7 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 def first_study_keys(seed: int) -> dict[str, str]:
     """The query keys of study 0, which every checkpoint holds."""
-    from engine.synthetic import plan_study
-
-    plan = plan_study(np.random.default_rng((seed, 0)))
+    plan = small_study_plan(seed, 0)
     return {"PatientID": plan.patient_id, "StudyDate": plan.study_date,
             "AccessionNumber": plan.accession}  # fmt: skip
 
