@@ -62,6 +62,12 @@ RESULT_SCHEMA = "pacs-bench-result/1"  # engine/bench/report.py
 # Metrics kept in the JSON but not in the table: the client's share is the bench tool's concern
 HIDDEN = {"client_cpu_share"}
 MOVE_DEST = "BENCHMOVE"  # the C-MOVE receiver `pacs bench retrieve` runs, known to every target
+# The summary table: one figure per service
+HEADLINE = ("ingest.instances_per_s", "ingest.server_cpu_ms_per_instance",
+            "query.find.study_by_patient_id.p50_ms", "query.find.all_studies.p50_ms",
+            "query.find.instances_of_series.p50_ms", "query.qido.study_by_patient_id.p50_ms",
+            "query.qido.instances_of_series.p50_ms", "retrieve.get.instances_per_s",
+            "retrieve.move.instances_per_s", "retrieve.wado.instances_per_s")  # fmt: skip
 
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -162,13 +168,17 @@ def _phases(peer: Peer, result: Result, corpus: Path, instances: int, work: Path
         phases.append(("retrieve", [*http, *retrieve]))
     for phase, extra in phases:
         out_json = work / f"{peer.name}-{phase}.json"
+        out_json.unlink(missing_ok=True)
         try:
             bench(tree, [phase, "--target", peer.target, *extra, "--json", str(out_json)], log)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            result.errors.append(f"{phase}: {exc}")  # some operations failed: still the figures
+        try:
             metrics = read_metrics(out_json)
-        except (RuntimeError, OSError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
-            result.errors.append(f"{phase}: {exc}")
+        except (OSError, ValueError, KeyError) as exc:
+            result.errors.append(f"{phase}: no result ({exc})")
             if phase == "ingest":
-                return  # nothing stored: nothing to query or retrieve
+                return  # nothing known to be stored: nothing to query or retrieve
             continue
         for key, (value, higher) in metrics.items():
             result.add(f"{phase}.{key}", value, higher)
@@ -180,12 +190,15 @@ def _phases(peer: Peer, result: Result, corpus: Path, instances: int, work: Path
 # -- the table ---------------------------------------------------------------------------
 
 
-def rows(results: Sequence[Result]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells: one row per metric, per target its value and its ratio to us."""
+def rows(results: Sequence[Result],
+         only: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+    """Header and cells: one row per metric (or per metric of `only`), value and ratio to us."""
     ours = next((r for r in results if r.target == US), results[0] if results else None)
     keys: list[str] = []
     for r in results:
         keys += [k for k in r.metrics if k not in keys]
+    if only is not None:
+        keys = [k for k in only if k in keys]
     header = ["metric", *(r.target for r in results)]
     cells: list[list[str]] = []
     for key in keys:
@@ -290,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = (f"{instances} instances, {args.associations} associations; "
              "(ratio) = how many times better we are")  # fmt: skip
     header, cells = rows(results)
+    summary = rows(results, HEADLINE)[1]
     out.print(rich_table(header, cells, title))
+    out.print(rich_table(header, summary, "summary: " + title))
     for r in results:
         for line in r.errors:
             out.print(f"[red]{r.target}:[/] {line}")
@@ -304,11 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     if args.update_benchmarks_md:
-        update_section("compare", _markdown(report, header, cells))
+        update_section("compare", _markdown(report, header, summary, cells))
     return 0 if ok else 1
 
 
-def _markdown(report: dict[str, Any], header: list[str], cells: list[list[str]]) -> str:
+def _markdown(report: dict[str, Any], header: list[str], summary: list[list[str]],
+              cells: list[list[str]]) -> str:  # fmt: skip
     return "\n\n".join([
         "## DIMSE and DICOMweb: `pacs bench` against every archive (`benchmarks/compare.py`)",
         f"Measured {report['date']}: {report['instances']} instances, "
@@ -316,6 +332,8 @@ def _markdown(report: dict[str, Any], header: list[str], cells: list[list[str]])
         f"```\n{report['command']}\n```",
         "(ratio) = how many times better we are than that target: ours/theirs for rates, "
         "theirs/ours for latencies and CPU; above 1 we win.",
+        "Summary:", markdown_table(header, summary),
+        "Every metric (`pacs bench`'s names; p50/p99 are per query or per series):",
         markdown_table(header, cells),
         *(f"- {r['target']}: {e}" for r in report["results"] for e in r["errors"]),
     ])  # fmt: skip
