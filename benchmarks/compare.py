@@ -206,7 +206,8 @@ def rows(results: Sequence[Result],
         if last in HIDDEN:
             continue
         better = next(r.higher_is_better[key] for r in results if key in r.higher_is_better)
-        figure = "_ms" in last or "per_s" in last  # counts (matches, failures) get no ratio
+        # counts (matches, failures) and the sender's own cost get no ratio
+        figure = ("_ms" in last or "per_s" in last) and not last.startswith("sender")
         line = [key]
         for r in results:
             value = r.metrics.get(key)
