@@ -37,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -129,8 +130,12 @@ def measure_qido(peer: Peer, result: WebResult, mix: dict[str, dict[str, str]],
     assert peer.http_url is not None
     with httpx.Client(timeout=HTTP_TIMEOUT_S) as client:
         for name, params in mix.items():
-            def search(params: dict[str, str] = params) -> int:
-                body = _get(client, f"{peer.http_url}/studies", DICOM_JSON, params)
+            # "*" stays literal: RFC 3986 makes it reserved, and Orthanc's plugin takes %2A
+            # (what httpx sends for params) as a literal asterisk, not the wildcard
+            url = f"{peer.http_url}/studies?{urllib.parse.urlencode(params, safe='*')}"
+
+            def search(url: str = url) -> int:
+                body = _get(client, url, DICOM_JSON)
                 return len(orjson.loads(body)) if body.strip() else 0
 
             search()  # warm: first use of this index path
