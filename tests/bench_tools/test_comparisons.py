@@ -45,7 +45,7 @@ def test_web_compare_gives_every_figure_for_us_and_orthanc(tmp_path: Path) -> No
         assert r["metrics"]["QIDO PatientID: p99 ms"] >= r["metrics"]["QIDO PatientID: p50 ms"]
         assert r["matches"]["all, limit 100"] == 5  # 4 small studies and the CT study
         assert r["matches"]["PatientID"] >= 1 and r["matches"]["AccessionNumber"] == 1
-    for query in ("PatientID", "StudyDate one day", "StudyDate one month", "AccessionNumber"):
+    for query in ours["matches"]:  # the same instances: the same studies found
         assert ours["matches"][query] == theirs["matches"][query], query
     assert not list((tmp_path / "work").iterdir())  # corpus and archives removed
 
