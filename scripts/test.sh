@@ -10,9 +10,14 @@ if command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
     # dcmtk: the real DICOM peers (storescu, findscu, getscu, movescu) of the network tests;
-    # orthanc + orthanc-dicomweb: the baseline of benchmarks/bench_web.py
+    # orthanc, orthanc-dicomweb: the archive benchmarks/ measure us against (bench_web,
+    # compare.py, web_compare.py)
     $SUDO apt-get install -y -qq --no-install-recommends dcmtk orthanc orthanc-dicomweb \
         python3-venv >/dev/null
+    # Debian starts Orthanc as a service (ports 4242, 8042); the benchmarks start their own
+    if command -v systemctl >/dev/null 2>&1; then
+        $SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true
+    fi
 fi
 
 python3 -m venv .venv

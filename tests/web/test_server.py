@@ -87,3 +87,33 @@ def test_listening_socket_disables_nagle() -> None:
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         sock.close()
+
+
+def test_accepted_connections_have_nagle_off() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose proto says TCP; with Nagle on, every
+    response of more than one write waited ~40 ms for the client's delayed ACK."""
+    import asyncio
+    import socket
+
+    from engine.web.server import _listen
+
+    listener = _listen("127.0.0.1", 0)
+
+    async def accepted_nodelay() -> int:
+        got: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_connect(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            got.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname())
+        try:
+            return await asyncio.wait_for(got, 60)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(accepted_nodelay()) != 0

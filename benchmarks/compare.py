@@ -1,0 +1,344 @@
+"""Side by side: the same corpus through ``pacs bench`` against us and every other archive.
+
+Usage (from the repository root)::
+
+    # every target (pacs, pacs-nosync, orthanc, orthanc-zip, storescp, dcmqrscp,
+    # pynetdicom-storescp, pynetdicom-qrscp), 4 CT studies, 4 associations
+    python benchmarks/compare.py --studies 4 --associations 4 --json compare.json \\
+        --update-benchmarks-md
+
+    # some of them
+    python benchmarks/compare.py --targets pacs,orthanc,dcmqrscp
+
+One run writes one corpus with ``pacs bench corpus`` (or reuses ``--corpus``),
+then for each target in turn: starts it on loopback (benchmarks/peers.py),
+runs ``pacs bench ingest``, then ``pacs bench query`` and ``pacs bench
+retrieve`` where the target answers them (``--http`` too where it speaks
+DICOMweb), reads the server's CPU time from ``/proc`` around the ingest, and
+stops it. Then it prints one table: every metric of every target, with the
+ratio to us (``pacs``, fsync) beside it. A ratio above 1 means we are better:
+ours/theirs for rates, theirs/ours for latencies.
+
+The bench tool runs as a subprocess, ``python -m engine.cli bench ...``, from
+this tree, or from ``--bench-tree`` (``$PACS_BENCH_TREE``) when it lives in
+another checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers import REPO, TARGETS, Peer, free_port, missing_tools, start_peer
+from report import (
+    fmt_ratio,
+    fmt_value,
+    machine_info,
+    machine_line,
+    markdown_table,
+    now_utc,
+    ratio_to_us,
+    update_section,
+)
+
+US = "pacs"
+BENCH_TIMEOUT_S = 3600.0
+RESULT_SCHEMA = "pacs-bench-result/1"  # engine/bench/report.py
+# Metrics kept in the JSON but not in the table: the client's share is the bench tool's concern
+HIDDEN = {"client_cpu_share"}
+MOVE_DEST = "BENCHMOVE"  # the C-MOVE receiver `pacs bench retrieve` runs, known to every target
+# The summary table: one figure per service
+HEADLINE = ("ingest.instances_per_s", "ingest.server_cpu_ms_per_instance",
+            "query.find.study_by_patient_id.p50_ms", "query.find.all_studies.p50_ms",
+            "query.find.instances_of_series.p50_ms", "query.qido.study_by_patient_id.p50_ms",
+            "query.qido.instances_of_series.p50_ms", "retrieve.get.instances_per_s",
+            "retrieve.move.instances_per_s", "retrieve.wado.instances_per_s")  # fmt: skip
+
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+@dataclass(slots=True)
+class Result:
+    """What one target did: flat metrics per phase, its CPU, and what went wrong."""
+
+    target: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, name: str, value: float, higher_is_better: bool) -> None:
+        self.metrics[name] = value
+        self.higher_is_better[name] = higher_is_better
+
+    def as_json(self) -> dict[str, Any]:
+        return {"target": self.target, "ok": not self.errors, "metrics": self.metrics,
+                "higher_is_better": self.higher_is_better, "errors": self.errors}  # fmt: skip
+
+
+# -- reading the bench tool's JSON ----------------------------------------------------------
+
+
+def read_metrics(path: Path) -> dict[str, tuple[float, bool]]:
+    """A ``pacs-bench-result/1`` file's metrics: name -> (value, higher is better)."""
+    data = orjson.loads(path.read_bytes())
+    if data.get("schema") != RESULT_SCHEMA:
+        raise ValueError(f"{path}: not a {RESULT_SCHEMA} result (schema {data.get('schema')!r})")
+    return {name: (float(m["value"]), m.get("better", "higher") == "higher")
+            for name, m in data["metrics"].items()}  # fmt: skip
+
+
+# -- running the bench tool -----------------------------------------------------------------
+
+
+def bench(tree: Path, args: Sequence[str], log: Path) -> None:
+    """Run ``pacs bench ARGS`` from `tree`; raise RuntimeError with its output on failure."""
+    env = dict(os.environ, PYTHONPATH=str(tree), TCP_NODELAY="1")
+    cmd = [sys.executable, "-m", "engine.cli", "bench", *args]
+    with log.open("ab") as f:
+        f.write(f"$ {shlex.join(cmd)}\n".encode())
+        f.flush()
+        res = subprocess.run(cmd, cwd=tree, env=env, stdout=f, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, timeout=BENCH_TIMEOUT_S,
+                             check=False)  # fmt: skip
+    if res.returncode != 0:
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
+        raise RuntimeError(f"pacs bench {args[0]} exited with {res.returncode}: {tail}")
+
+
+def corpus_instances(corpus: Path) -> int:
+    """The number of instances the corpus manifest says it holds."""
+    manifest = orjson.loads((corpus / "manifest.json").read_bytes())
+    for key in ("instances", "instance_count", "count"):
+        if isinstance(manifest.get(key), int):
+            return int(manifest[key])
+    if isinstance(manifest.get("files"), list):
+        return len(manifest["files"])
+    return sum(1 for p in corpus.rglob("*.dcm"))
+
+
+def run_target(name: str, corpus: Path, instances: int, work: Path, tree: Path, *,
+               associations: int, workers: int, series: int | None,
+               repeat: int) -> Result:  # fmt: skip
+    """Start `name`, run every phase it answers, stop it; never raises."""
+    result = Result(name)
+    log = work / f"{name}-bench.log"
+    os.sync()  # the previous target's dirty pages must not be flushed on this one's time
+    move_port = free_port()
+    try:
+        peer = start_peer(name, work, workers=workers, move_destinations={MOVE_DEST: move_port})
+    except RuntimeError as exc:
+        result.errors.append(str(exc))
+        return result
+    try:
+        retrieve = ["--corpus", str(corpus), "--move-dest", MOVE_DEST, "--move-port",
+                    str(move_port), *(["--series", str(series)] if series else [])]  # fmt: skip
+        _phases(peer, result, corpus, instances, work, tree, associations, retrieve, repeat, log)
+    finally:
+        peer.stop()
+        shutil.rmtree(peer.work / "data", ignore_errors=True)
+    return result
+
+
+def _phases(peer: Peer, result: Result, corpus: Path, instances: int, work: Path, tree: Path,
+            associations: int, retrieve: list[str], repeat: int, log: Path) -> None:  # fmt: skip
+    http = ["--http", peer.http_url] if peer.http_url else []
+    cpu0 = peer.cpu_s()
+    phases: list[tuple[str, list[str]]] = [
+        ("ingest", ["--associations", str(associations), str(corpus)]),
+    ]
+    if "query" in peer.services:
+        phases.append(("query", [*http, "--corpus", str(corpus), "--repeat", str(repeat)]))
+    if "retrieve" in peer.services:
+        phases.append(("retrieve", [*http, *retrieve]))
+    for phase, extra in phases:
+        out_json = work / f"{peer.name}-{phase}.json"
+        out_json.unlink(missing_ok=True)
+        try:
+            bench(tree, [phase, "--target", peer.target, *extra, "--json", str(out_json)], log)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            result.errors.append(f"{phase}: {exc}")  # some operations failed: still the figures
+        try:
+            metrics = read_metrics(out_json)
+        except (OSError, ValueError, KeyError) as exc:
+            result.errors.append(f"{phase}: no result ({exc})")
+            if phase == "ingest":
+                return  # nothing known to be stored: nothing to query or retrieve
+            continue
+        for key, (value, higher) in metrics.items():
+            result.add(f"{phase}.{key}", value, higher)
+        if phase == "ingest":
+            cpu = peer.settled_cpu_s() - cpu0
+            result.add("ingest.server_cpu_ms_per_instance", 1e3 * cpu / instances, False)
+
+
+# -- the table ---------------------------------------------------------------------------
+
+
+def rows(results: Sequence[Result],
+         only: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+    """Header and cells: one row per metric (or per metric of `only`), value and ratio to us."""
+    ours = next((r for r in results if r.target == US), results[0] if results else None)
+    keys: list[str] = []
+    for r in results:
+        keys += [k for k in r.metrics if k not in keys]
+    if only is not None:
+        keys = [k for k in only if k in keys]
+    header = ["metric", *(r.target for r in results)]
+    cells: list[list[str]] = []
+    for key in keys:
+        last = key.rsplit(".", 1)[-1]
+        if last in HIDDEN:
+            continue
+        better = next(r.higher_is_better[key] for r in results if key in r.higher_is_better)
+        # counts (matches, failures) and the sender's own cost get no ratio
+        figure = ("_ms" in last or "per_s" in last) and not last.startswith("sender")
+        line = [key]
+        for r in results:
+            value = r.metrics.get(key)
+            cell = fmt_value(value)
+            if ours is not None and r is not ours and figure and value is not None:
+                ratio = ratio_to_us(ours.metrics.get(key), value, higher_is_better=better)
+                cell += f" ({fmt_ratio(ratio)})" if ratio is not None else ""
+            line.append(cell)
+        cells.append(line)
+    cells.append(["status", *("ok" if not r.errors else f"{len(r.errors)} errors, below"
+                              for r in results)])  # fmt: skip
+    return header, cells
+
+
+def rich_table(header: list[str], cells: list[list[str]], title: str) -> Table:
+    t = Table(title=title)
+    for i, name in enumerate(header):
+        t.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+    for line in cells:
+        t.add_row(*line)
+    return t
+
+
+# -- entry point --------------------------------------------------------------------------
+
+
+def _targets(text: str) -> list[str]:
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = sorted(set(values) - set(TARGETS))
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}; targets are {', '.join(TARGETS)}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compare.py", description=__doc__.split("\n")[0])
+    p.add_argument("--targets", type=_targets, default=list(TARGETS),
+                   help=f"comma separated (default: all): {','.join(TARGETS)}")  # fmt: skip
+    p.add_argument("--studies", type=int, default=4, help="studies in the corpus")
+    p.add_argument("--small", action="store_true", help="small instances (bench corpus --small)")
+    p.add_argument("--slices", type=int, help="instances per series (default: the bench tool's)")
+    p.add_argument("--seed", type=int, default=20240)
+    p.add_argument("--corpus", type=Path, help="an existing bench corpus (skips generation)")
+    p.add_argument("--associations", type=int, default=4, help="concurrent C-STORE associations")
+    p.add_argument("--workers", type=int, default=2, help="pacs serve worker processes")
+    p.add_argument("--series", type=int, help="retrieve at most this many series")
+    p.add_argument("--repeat", type=int, default=20, help="times the query mix runs")
+    p.add_argument("--bench-tree", type=Path,
+                   default=Path(os.environ.get("PACS_BENCH_TREE") or REPO),
+                   help="checkout whose `pacs bench` runs "
+                        "(default: $PACS_BENCH_TREE or this one)")  # fmt: skip
+    p.add_argument("--work-dir", type=Path, help="where servers write (default: a temp dir)")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--update-benchmarks-md", action="store_true",
+                   help="write table, date, machine, command into BENCHMARKS.md")  # fmt: skip
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison; 0 when every target completed every phase, else 1."""
+    args = build_parser().parse_args(argv)
+    command = shlex.join(["python", "benchmarks/compare.py",
+                          *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
+    missing = missing_tools(args.targets)
+    if missing:
+        err.print(f"[red]error:[/] missing {', '.join(missing)} "
+                  "(apt-get install dcmtk orthanc orthanc-dicomweb)")  # fmt: skip
+        return 2
+    if args.work_dir:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="pacs-compare-", dir=args.work_dir))
+    started = now_utc()
+    try:
+        info = machine_info(work, args.targets)
+        corpus = args.corpus or work / "corpus"
+        if args.corpus is None:
+            err.print(f"corpus: {args.studies} studies into {corpus}")
+            gen = ["corpus", str(corpus), "--seed", str(args.seed), "--studies", str(args.studies)]
+            gen += ["--small"] * args.small
+            gen += ["--slices", str(args.slices)] if args.slices else []
+            bench(args.bench_tree, gen, work / "corpus.log")
+        instances = corpus_instances(corpus)
+        results = []
+        for name in args.targets:
+            err.print(f"{name}: ingest, query, retrieve of {instances} instances ...")
+            result = run_target(name, corpus, instances, work, args.bench_tree,
+                                associations=args.associations, workers=args.workers,
+                                series=args.series, repeat=args.repeat)  # fmt: skip
+            err.print("  ok" if not result.errors else f"  [red]{'; '.join(result.errors)}")
+            results.append(result)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    title = (f"{instances} instances, {args.associations} associations; "
+             "(ratio) = how many times better we are")  # fmt: skip
+    header, cells = rows(results)
+    summary = rows(results, HEADLINE)[1]
+    out.print(rich_table(header, cells, title))
+    out.print(rich_table(header, summary, "summary: " + title))
+    for r in results:
+        for line in r.errors:
+            out.print(f"[red]{r.target}:[/] {line}")
+    out.print(f"command: {command}")
+    ok = all(not r.errors for r in results)
+    report = {"date": started, "machine": info, "command": command, "instances": instances,
+              "settings": {"associations": args.associations, "workers": args.workers,
+                           "targets": args.targets, "studies": args.studies,
+                           "small": args.small},
+              "ok": ok, "results": [r.as_json() for r in results]}  # fmt: skip
+    if args.json:
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    if args.update_benchmarks_md:
+        update_section("compare", _markdown(report, header, summary, cells))
+    return 0 if ok else 1
+
+
+def _markdown(report: dict[str, Any], header: list[str], summary: list[list[str]],
+              cells: list[list[str]]) -> str:  # fmt: skip
+    return "\n\n".join([
+        "## DIMSE and DICOMweb: `pacs bench` against every archive (`benchmarks/compare.py`)",
+        f"Measured {report['date']}: {report['instances']} instances, "
+        f"{report['settings']['associations']} associations. {machine_line(report['machine'])}",
+        f"```\n{report['command']}\n```",
+        "(ratio) = how many times better we are than that target: ours/theirs for rates, "
+        "theirs/ours for latencies and CPU; above 1 we win.",
+        "Summary:", markdown_table(header, summary),
+        "Every metric (`pacs bench`'s names; p50/p99 are per query or per series):",
+        markdown_table(header, cells),
+        *(f"- {r['target']}: {e}" for r in report["results"] for e in r["errors"]),
+    ])  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""compare.py, web_compare.py and scale.py run end to end at tiny sizes, with sane numbers.
+
+``compare.py`` drives ``pacs bench``; it runs from this tree, or from the
+checkout named by ``$PACS_BENCH_TREE`` while the bench tool lives elsewhere.
+Its absence fails the test: the comparison is worth nothing without it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import compare
+import orjson
+import peers
+import pytest
+import report
+import scale
+import web_compare
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_web_compare_gives_every_figure_for_us_and_orthanc(tmp_path: Path) -> None:
+    out = tmp_path / "web.json"
+    argv = ["--instances", "40", "--per-study", "10", "--slices", "6", "--rows", "32",
+            "--repeat", "3", "--threads", "2", "--processes", "2", "--workers", "1",
+            "--targets", "pacs,orthanc", "--work-dir", str(tmp_path / "work"),
+            "--json", str(out)]  # fmt: skip
+
+    assert web_compare.main(argv) == 0
+
+    data = orjson.loads(out.read_bytes())
+    assert data["ok"] and data["command"].startswith("python benchmarks/web_compare.py")
+    assert data["machine"]["cores"] >= 1 and "Orthanc" in data["machine"]["versions"]["orthanc"]
+    results = {r["target"]: r for r in data["results"]}
+    assert set(results) == {"pacs", "orthanc"}
+    ours, theirs = results["pacs"], results["orthanc"]
+    assert set(ours["metrics"]) == set(theirs["metrics"])
+    assert {k for k in ours["metrics"] if k.startswith("QIDO")} >= {
+        "QIDO PatientID: p50 ms", "QIDO PatientID: p99 ms", "QIDO all, limit 100: p99 ms"}
+    for r in (ours, theirs):
+        assert r["errors"] == []
+        assert all(v > 0 for k, v in r["metrics"].items() if not k.startswith("server CPU"))
+        assert r["metrics"]["QIDO PatientID: p99 ms"] >= r["metrics"]["QIDO PatientID: p50 ms"]
+        assert r["matches"]["all, limit 100"] == 5  # 4 small studies and the CT study
+        assert r["matches"]["PatientID"] >= 1 and r["matches"]["AccessionNumber"] == 1
+    for query in ours["matches"]:  # the same instances: the same studies found
+        assert ours["matches"][query] == theirs["matches"][query], query
+    assert not list((tmp_path / "work").iterdir())  # corpus and archives removed
+
+
+def test_compare_runs_every_target_through_pacs_bench(tmp_path: Path) -> None:
+    tree = Path(os.environ.get("PACS_BENCH_TREE") or ROOT)
+    assert (tree / "engine" / "bench" / "cli.py").is_file(), (
+        f"`pacs bench` (engine/bench) is missing from {tree}: set PACS_BENCH_TREE to its checkout"
+    )
+    out = tmp_path / "compare.json"
+    argv = ["--studies", "1", "--small", "--slices", "12", "--associations", "1",
+            "--repeat", "2", "--workers", "1", "--bench-tree", str(tree),
+            "--work-dir", str(tmp_path / "work"), "--json", str(out)]  # fmt: skip
+
+    code = compare.main(argv)
+
+    data = orjson.loads(out.read_bytes())
+    results = {r["target"]: r for r in data["results"]}
+    assert list(results) == list(peers.TARGETS)
+    assert data["instances"] == 12
+    assert code == 0, {t: r["errors"] for t, r in results.items() if r["errors"]}
+    for name, r in results.items():
+        m = r["metrics"]
+        assert m["ingest.instances_per_s"] > 0 and m["ingest.failures"] == 0, name
+        assert m["ingest.server_cpu_ms_per_instance"] >= 0, name
+        if "query" in peers.SERVICES[name]:
+            assert m["query.find.study_by_patient_id.p50_ms"] > 0, name
+            assert m["query.find.instances_of_series.matches"] == 12, name
+        if "retrieve" in peers.SERVICES[name]:
+            assert m["retrieve.get.instances"] == 12 and m["retrieve.move.instances"] == 12, name
+        if "http" in peers.SERVICES[name]:
+            assert m["retrieve.wado.instances"] == 12 and m["query.qido.all_studies.p50_ms"] > 0
+        else:
+            assert not any(".qido." in k or ".wado." in k for k in m), name
+    header, cells = compare.rows([compare.Result(t, r["metrics"], r["higher_is_better"])
+                                  for t, r in results.items()])  # fmt: skip
+    assert header == ["metric", *peers.TARGETS]
+    rate = next(c for c in cells if c[0] == "ingest.instances_per_s")
+    assert all("x)" in cell for cell in rate[2:])  # every other target has its ratio to us
+
+
+def test_scale_reaches_the_target_count_and_resumes(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    argv = ["--target-count", "40", "--checkpoints", "20", "--chunk", "20", "--per-study", "10",
+            "--processes", "2", "--repeat", "2", "--workers", "1", "--state-dir", str(state),
+            "--json", str(tmp_path / "scale.json")]  # fmt: skip
+
+    assert scale.main(argv) == 0
+
+    data = orjson.loads((tmp_path / "scale.json").read_bytes())
+    assert data["checkpoints"] == [20, 40]
+    ours, theirs = data["progress"]["pacs"], data["progress"]["orthanc"]
+    assert ours["stored"] == 40 and set(ours["checkpoints"]) == {"20", "40"}
+    assert 20 <= theirs["stored"] <= 40  # as far as it got in our time, one chunk at least
+    for point in ours["checkpoints"].values():
+        assert point["ingest_instances_per_s"] > 0 and point["server_disk_bytes"] > 0
+        assert point["qido"]["QIDO PatientID: p50 ms"] > 0
+        assert point["matches"]["PatientID"] >= 1 and point["matches"]["AccessionNumber"] == 1
+
+    # the same state folder, a higher target: pacs goes on from 40 on the archive it kept
+    assert scale.main([*argv[:1], "60", *argv[2:]]) == 0
+
+    data = orjson.loads((tmp_path / "scale.json").read_bytes())
+    ours = data["progress"]["pacs"]
+    assert ours["stored"] == 60 and set(ours["checkpoints"]) == {"20", "40", "60"}
+    assert ours["checkpoints"]["60"]["matches"]["all, limit 100"] == 6  # 60 instances, 10 a study
+
+
+def test_a_section_of_benchmarks_md_is_replaced_and_the_others_kept(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    report.update_section("compare", "first", path)
+    report.update_section("scale", "kept", path)
+    report.update_section("compare", "second", path)
+
+    text = path.read_text()
+    assert text.startswith("# Side-by-side benchmarks")
+    assert "second" in text and "first" not in text and "kept" in text
+    assert text.index("compare:start") < text.index("scale:start")
+
+
+@pytest.mark.parametrize(("ours", "theirs", "higher", "expected"), [
+    (200.0, 100.0, True, 2.0),    # twice their rate
+    (5.0, 20.0, False, 4.0),      # a quarter of their latency
+    (10.0, 5.0, False, 0.5),      # twice their latency: we lose
+    (0.0, 5.0, True, None),       # nothing to compare
+])  # fmt: skip
+def test_ratio_above_one_means_we_win(ours: float, theirs: float, higher: bool,
+                                      expected: float | None) -> None:  # fmt: skip
+    assert report.ratio_to_us(ours, theirs, higher_is_better=higher) == expected
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert report.percentile(values, 50) == 50.0
+    assert report.percentile(values, 99) == 99.0
+    assert report.percentile([7.0], 99) == 7.0 and report.percentile([], 50) == 0.0
