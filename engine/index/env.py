@@ -54,18 +54,37 @@ DB_NAMES = (
 
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NEARLY_FULL_BYTES = 1 << 20  # below this much free space, an LMDB EIO is taken for a full disk
 
 
-def index_error(exc: lmdb.Error, what: str) -> IndexFailureError | StorageFullError:
+def _nearly_full(path: Path | None) -> bool:
+    if path is None:
+        return False
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < NEARLY_FULL_BYTES
+
+
+def index_error(
+    exc: lmdb.Error, what: str, path: Path | None = None
+) -> IndexFailureError | StorageFullError:
     """Wrap an LMDB error once: a full disk is StorageFullError (A700), as for the segments.
 
     py-lmdb raises a plain ``lmdb.Error`` for an errno from the system, with
-    only its strerror in the message: match that.
+    only its strerror in the message: match that. LMDB also turns a short
+    write into EIO, which is what a filesystem that is full mid-page gives
+    (seen on tmpfs): an EIO with (almost) no free space under `path` is a
+    full disk too.
     """
     text = str(exc)
     for code in _FULL_ERRNOS:
         if os.strerror(code) in text:
             return StorageFullError(code, f"{what}: {text}; free disk space and retry")
+    if os.strerror(errno.EIO) in text and _nearly_full(path):
+        return StorageFullError(errno.ENOSPC, f"{what}: {text} with the disk (nearly) full; "
+                                "free disk space and retry")  # fmt: skip
     return IndexFailureError(f"{what}: {exc}")
 
 
@@ -175,7 +194,7 @@ class IndexEnv:
             except lmdb.MapFullError:
                 remedy = self._grow
             except lmdb.Error as exc:
-                raise index_error(exc, "index write failed") from exc
+                raise index_error(exc, "index write failed", self.path) from exc
             finally:
                 self._leave()
             remedy()  # outside any transaction of ours: both remap the file

@@ -11,6 +11,7 @@ stores go to a new segment.
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -153,3 +154,22 @@ def test_a_failed_fsync_under_the_server_refuses_that_store_and_the_next_ones_su
     assert len(segments) >= 2, "later stores did not go to a new segment"
     figure("refused after EIO", len(score.refused))
     figure("acked", len(score.acked))
+
+
+def test_an_lmdb_eio_on_a_full_disk_is_out_of_resources_not_a_processing_failure(
+    tmp_path: Path,
+) -> None:
+    """LMDB turns a short page write into EIO; on a full tmpfs a store got 0x0110 from it."""
+    import lmdb
+
+    from engine.errors import IndexFailureError, StorageFullError
+    from engine.index.env import index_error
+
+    eio = lmdb.Error(f"mdb_txn_commit: {os.strerror(errno.EIO)}")
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        assert isinstance(index_error(eio, "index write failed", disk), IndexFailureError)
+        fill(disk, 0)
+        full = index_error(eio, "index write failed", disk)
+        assert isinstance(full, StorageFullError) and "free disk space" in str(full)
+    # an EIO with room to spare stays an I/O failure of the index
+    assert type(index_error(eio, "index write failed", tmp_path)) is IndexFailureError
