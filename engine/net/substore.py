@@ -185,6 +185,8 @@ def _send(assoc: Any, item: EncodedInstance, msg_id: int, priority: int,
           direct: bool) -> Dataset:  # fmt: skip
     if direct:  # the reactor stays paused for the whole retrieve (send_encoded_instances)
         while not _reactor_blocked(assoc):
+            if not assoc.is_established:  # aborted or released: it will never block again
+                raise ConnectionError("the C-MOVE destination association has ended")
             time.sleep(PAUSE_POLL_S)
         command = encode_store_request(msg_id, item.sop_class, str(item.SOPInstanceUID),
                                        priority, originator_aet, originator_id)  # fmt: skip
@@ -229,7 +231,11 @@ def send_encoded_instances(assoc: Any, *, direct: bool = False) -> None:
                      originator_id: int | None = None) -> Dataset:  # fmt: skip
         if isinstance(dataset, EncodedInstance):
             return _send(assoc, dataset, msg_id, priority, originator_aet, originator_id, direct)
-        result: Dataset = original(dataset, msg_id, priority, originator_aet, originator_id)
+        try:  # a converted instance: pynetdicom's own method
+            result: Dataset = original(dataset, msg_id, priority, originator_aet, originator_id)
+        finally:
+            if direct:  # pynetdicom's send_c_store reopened the checkpoint: pause again
+                assoc._reactor_checkpoint.clear()
         return result
 
     send_c_store.sends_encoded = True  # type: ignore[attr-defined]
