@@ -41,6 +41,7 @@ from engine.net.status import (
     status_dataset,
 )
 from engine.net.store import audit_refusal
+from engine.net.substore import DRAIN_EVERY, quick_polling, wait_for_network
 from engine.query import RETURN_ONLY, normalise_level
 from engine.search import find_rows
 
@@ -192,12 +193,14 @@ def handle_find(
         ts = event.context.transfer_syntax
         encoding = Encoding(ts.is_implicit_VR, ts.is_little_endian)
         local = local_values(ident, ae_title)
-        for attrs in rows:
-            if event.is_cancelled:  # PS3.4 C.4.1.3.1: stop and answer Cancel
-                yield CANCEL, None
-                return
-            yield PENDING, answer_dataset(columns, attrs, ident.level, local, ident.unknown,
-                                          encoding)  # fmt: skip
+        with quick_polling(event.assoc):
+            for i, attrs in enumerate(rows):
+                wait_for_network(event.assoc, drain=i % DRAIN_EVERY == DRAIN_EVERY - 1)
+                if event.is_cancelled:  # PS3.4 C.4.1.3.1: stop and answer Cancel
+                    yield CANCEL, None
+                    return
+                yield PENDING, answer_dataset(columns, attrs, ident.level, local,
+                                              ident.unknown, encoding)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 -- every failure must become a status
         yield failure(exc, f"C-FIND {ident.level} from {calling}"), None
         return

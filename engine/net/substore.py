@@ -43,6 +43,8 @@ PAUSE_POLL_S = 0.0001  # as pynetdicom's own send_* methods wait for the reactor
 # (1 ms by default): each sub-operation waits for it twice, to send the C-STORE-RQ and
 # to read the C-STORE-RSP. While a retrieve runs the thread is never idle for long.
 RETRIEVE_POLL_S = 0.0001
+SEND_AHEAD_PDUS = 4  # answers queued ahead of the network (see wait_for_network)
+DRAIN_EVERY = 16  # answers between two chances for the DUL to read a C-CANCEL
 _COMMAND_ELEMENT = struct.Struct("<HHI")  # PS3.7 6.3.1: command sets are implicit VR LE
 _US = struct.Struct("<H")
 C_STORE_RQ = 0x0001
@@ -240,6 +242,23 @@ def send_encoded_instances(assoc: Any, *, direct: bool = False) -> None:
 
     send_c_store.sends_encoded = True  # type: ignore[attr-defined]
     assoc.send_c_store = send_c_store
+
+
+def wait_for_network(assoc: Any, *, drain: bool = False) -> None:
+    """Keep a handler that yields answers from running ahead of `assoc`'s network.
+
+    pynetdicom's DUL sends whatever is queued before it reads the peer: a
+    handler yielding faster than it sends would queue its whole answer in
+    memory, and a C-CANCEL would stay unread until the last answer is out.
+    So at most :data:`SEND_AHEAD_PDUS` PDUs wait; with `drain`, the queue is
+    emptied and the DUL given a loop in which to read what the peer sent.
+    """
+    pending = assoc.dul.to_provider_queue
+    limit = 0 if drain else SEND_AHEAD_PDUS
+    while pending.qsize() > limit and assoc.is_established:
+        time.sleep(PAUSE_POLL_S)
+    if drain:
+        time.sleep(2 * assoc.dul._run_loop_delay)
 
 
 @contextlib.contextmanager
