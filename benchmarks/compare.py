@@ -32,7 +32,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import REPO, TARGETS, Peer, free_port, missing_tools, start_peer
 from report import (
+    command_line,
     fmt_ratio,
     fmt_value,
     machine_info,
@@ -54,6 +54,7 @@ from report import (
     now_utc,
     ratio_to_us,
     update_section,
+    work_dir,
 )
 
 US = "pacs"
@@ -269,16 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 when every target completed every phase, else 1."""
     args = build_parser().parse_args(argv)
-    command = shlex.join(["python", "benchmarks/compare.py",
-                          *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
+    command = command_line("compare.py", argv)
     missing = missing_tools(args.targets)
     if missing:
         err.print(f"[red]error:[/] missing {', '.join(missing)} "
                   "(apt-get install dcmtk orthanc orthanc-dicomweb)")  # fmt: skip
         return 2
-    if args.work_dir:
-        args.work_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="pacs-compare-", dir=args.work_dir))
+    work = work_dir(args.work_dir, "pacs-compare-")
     started = now_utc()
     try:
         info = machine_info(work, args.targets)

@@ -12,8 +12,11 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,18 @@ it names (`benchmarks/compare.py`, `benchmarks/web_compare.py`,
 ratios, not absolute figures: a ratio compares two servers measured minutes
 apart on the same machine; the absolute figures move with whatever else runs.
 """
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command as typed, for the record in BENCHMARKS.md and the JSON."""
+    return shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def work_dir(parent: Path | None, prefix: str) -> Path:
+    """A fresh folder for one run's corpus and servers, under `parent` if given."""
+    if parent:
+        parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
 
 
 def now_utc() -> str:

@@ -32,7 +32,6 @@ servers keep one copy of a re-sent instance).
 from __future__ import annotations
 
 import argparse
-import shlex
 import shutil
 import sys
 import tempfile
@@ -50,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import send, small_study_plan, write_small
 from peers import Peer, missing_tools, start_peer
 from report import (
+    command_line,
     fmt_ratio,
     fmt_value,
     machine_info,
@@ -225,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run (or resume) the scale benchmark; 0 when no target failed, else 1."""
     args = build_parser().parse_args(argv)
-    command = shlex.join(["python", "benchmarks/scale.py",
-                          *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
+    command = command_line("scale.py", argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not targets or set(targets) - set(WEB_TARGETS):
         err.print(f"[red]error:[/] targets are {', '.join(WEB_TARGETS)}")

@@ -32,10 +32,8 @@ request) included. The table gives each figure and its ratio to ours (above
 from __future__ import annotations
 
 import argparse
-import shlex
 import shutil
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -54,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import send, write_ct_series, write_small
 from peers import Peer, missing_tools, start_peer
 from report import (
+    command_line,
     fmt_ratio,
     fmt_value,
     machine_info,
@@ -63,6 +62,7 @@ from report import (
     percentile,
     ratio_to_us,
     update_section,
+    work_dir,
 )
 
 WEB_TARGETS = ("pacs", "pacs-nosync", "orthanc", "orthanc-zip")
@@ -277,16 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 when every target answered everything, else 1."""
     args = build_parser().parse_args(argv)
-    command = shlex.join(["python", "benchmarks/web_compare.py",
-                          *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
+    command = command_line("web_compare.py", argv)
     missing = missing_tools(args.targets)
     if missing:
         err.print(f"[red]error:[/] missing {', '.join(missing)} "
                   "(apt-get install dcmtk orthanc orthanc-dicomweb)")  # fmt: skip
         return 2
-    if args.work_dir:
-        args.work_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="pacs-webcmp-", dir=args.work_dir))
+    work = work_dir(args.work_dir, "pacs-webcmp-")
     started = now_utc()
     try:
         info = machine_info(work, args.targets)
