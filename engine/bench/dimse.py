@@ -12,7 +12,7 @@ what a benchmark needs and nothing more:
   P-DATA-TF fragments no longer than the peer accepts (PS3.8 9.3.5), and
   received without decoding: their length is counted, the bytes dropped.
 
-It reuses the socket reader and PDU framing of :mod:`engine.net.pdu`.
+It reuses the socket reader and PDU framing of :mod:`engine.pdu`.
 """
 
 from __future__ import annotations
@@ -37,16 +37,16 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
+from engine import pdu as P
 from engine.bench.target import Target
-from engine.net import pdu as P
-from engine.net.pdu import PDUReader, PeerClosed
 from engine.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from engine.pdu import PDUReader, PeerClosed
 
 MAX_PDU_BYTES = 1 << 20  # what we accept; the peer's own limit decides what we send
 CONNECT_TIMEOUT_S = 30.0
 NETWORK_TIMEOUT_S = 300.0  # a slow archive on a loaded machine is measured, not aborted
 
-# PS3.7 E.1: command fields and elements beyond those of engine.net.pdu
+# PS3.7 E.1: command fields and elements beyond those of engine.pdu
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
 C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020

@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 from pydicom.dataset import Dataset
 
+from engine import pdu as P
 from engine.bench import dimse
 from engine.bench.corpus import MULTIFRAME_SOP_CLASS, SOP_CLASSES
 from engine.bench.corpus import SYNTAXES as CORPUS_SYNTAXES
@@ -43,7 +44,6 @@ from engine.bench.ingest import DCMTK_LOG_CONFIG, DCMTK_LOG_LINE, log_time
 from engine.bench.query import STUDY_ROOT_FIND, SYNTAXES, encode_identifier
 from engine.bench.report import metric, percentile
 from engine.bench.target import Target
-from engine.net import pdu as P
 
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"

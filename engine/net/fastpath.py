@@ -18,7 +18,7 @@ sending images, so the worker serves those itself:
    limit as pynetdicom's path, negotiates the presentation contexts with
    pynetdicom's own ``negotiate_as_acceptor``, sends the A-ASSOCIATE-AC,
    then runs the DIMSE loop (PS3.7 9.3.1 C-STORE, 9.3.5 C-ECHO) over
-   :class:`engine.net.pdu.PDUReader`.
+   :class:`engine.pdu.PDUReader`.
 
 The acknowledgement rule is unchanged: a C-STORE-RSP leaves only after
 :meth:`engine.archive.Archive.store` returned, that is once the instance is
@@ -50,10 +50,9 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import AllStoragePresentationContexts, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from engine import pdu as P
 from engine.audit import SERIOUS_FAILURE, Event
 from engine.errors import AuditError
-from engine.net import pdu as P
-from engine.net.pdu import Command, MessageBuffer, PDUReader, PeerClosed, ProtocolError
 from engine.net.scp import MAX_PDU_BYTES
 from engine.net.settings import ServerSettings
 from engine.net.status import (
@@ -66,6 +65,7 @@ from engine.net.status import (
 from engine.net.store import audit_refusal, audit_store
 from engine.net.transport import REJECT_CALLING_AE, REJECT_LIMIT, refused
 from engine.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from engine.pdu import Command, MessageBuffer, PDUReader, PeerClosed, ProtocolError
 
 if TYPE_CHECKING:
     from pynetdicom import AE

@@ -34,8 +34,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 
+from engine import pdu as P
 from engine.errors import MalformedDicomError
-from engine.net import pdu as P
 from engine.part10 import PREAMBLE
 
 PAUSE_POLL_S = 0.0001  # as pynetdicom's own send_* methods wait for the reactor

@@ -38,10 +38,10 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from engine import audit
-from engine.net import pdu as P
-from engine.net.pdu import PeerClosed
+from engine import pdu as P
 from engine.net.settings import DEFAULT_MAX_INSTANCE_BYTES, Access
 from engine.net.tls import handshake, peer_identity
+from engine.pdu import PeerClosed
 
 if TYPE_CHECKING:  # fastpath imports this module
     from engine.net.fastpath import StorageFastPath

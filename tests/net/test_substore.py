@@ -15,14 +15,6 @@ from pynetdicom.dsutils import decode
 
 from engine.archive import Archive
 from engine.errors import InvalidInstanceError, MalformedDicomError
-from engine.net.pdu import (
-    MCH_COMMAND,
-    MCH_LAST,
-    P_DATA_TF,
-    PDU_HEADER,
-    PDV_HEADER,
-    parse_command,
-)
 from engine.net.retrieve import Match, prepare
 from engine.net.substore import (
     C_STORE_RQ,
@@ -32,6 +24,14 @@ from engine.net.substore import (
     encode_store_request,
 )
 from engine.part10 import PREAMBLE
+from engine.pdu import (
+    MCH_COMMAND,
+    MCH_LAST,
+    P_DATA_TF,
+    PDU_HEADER,
+    PDV_HEADER,
+    parse_command,
+)
 from tests.corpus import real_files
 
 

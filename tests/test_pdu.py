@@ -1,4 +1,4 @@
-"""engine.net.pdu against pynetdicom's and pydicom's own encoders and decoders."""
+"""engine.pdu against pynetdicom's and pydicom's own encoders and decoders."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from engine.net import pdu as P
+from engine import pdu as P
 
 
 def _command(**elements: object) -> bytes:

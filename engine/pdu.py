@@ -1,4 +1,4 @@
-"""Upper-layer PDUs for the storage fast path: the buffered reader, command sets, responses.
+"""DICOM upper-layer PDUs (PS3.8): the buffered reader, command sets, responses.
 
 Only what a Storage and Verification SCP needs, written against the
 standard rather than through pynetdicom's objects (one Python object per
@@ -16,6 +16,9 @@ PDU and per PDV is what made pynetdicom's receive path cost milliseconds):
 
 Association negotiation itself (the A-ASSOCIATE-RQ and -AC) goes through
 pynetdicom's PDU classes, in :mod:`engine.net.fastpath`.
+
+It sits beside Archive rather than in net/ because both ends use it: the
+server (:mod:`engine.net`) and the benchmark client (:mod:`engine.bench`).
 """
 
 from __future__ import annotations
