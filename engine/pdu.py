@@ -63,11 +63,14 @@ AffectedSOPInstanceUID = 0x00001000
 # PS3.7 E.1: Command Field values
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
 C_CANCEL_RQ = 0x0FFF
 RESPONSE_BIT = 0x8000
 NO_DATA_SET = 0x0101  # PS3.7 E.1: CommandDataSetType "no data set"; any other value: one follows
+DATA_SET_PRESENT = 0x0000
 
 PDU_HEADER = struct.Struct(">BxI")  # type, reserved, length
 PDV_HEADER = struct.Struct(">IBB")  # item length, context ID, message control header
@@ -297,10 +300,12 @@ def parse_command(data: bytes) -> Command:
         values[group << 16 | element] = data[pos : pos + length]
         pos += length
     field_ = values.get(CommandField)
-    message_id = values.get(MessageID)
     if field_ is None or len(field_) != 2:
         raise invalid("command set without a Command Field")
     command_field = _US.unpack(field_)[0]
+    # PS3.7 9.3.2.3: a C-CANCEL-RQ names the request it cancels and has no Message ID
+    cancel = command_field == C_CANCEL_RQ
+    message_id = values.get(MessageIDBeingRespondedTo if cancel else MessageID)
     if message_id is None or len(message_id) != 2:
         # a response carries MessageIDBeingRespondedTo instead; the caller aborts those
         if not command_field & RESPONSE_BIT:
@@ -338,6 +343,7 @@ def encode_response(
     *,
     sop_instance_uid: str = "",
     error_comment: str = "",
+    data_set: bool = False,
 ) -> bytes:
     """Encode a response command set (implicit VR Little Endian, group length first).
 
@@ -356,6 +362,8 @@ def encode_response(
         Affected SOP Instance UID (omitted when empty).
     error_comment
         Error Comment (0000,0902), already at most 64 characters (omitted when empty).
+    data_set
+        Whether a data set follows (a C-FIND pending response's identifier).
 
     Returns
     -------
@@ -368,7 +376,7 @@ def encode_response(
     parts += [
         _element(CommandField, _US.pack(command_field)),
         _element(MessageIDBeingRespondedTo, _US.pack(message_id)),
-        _element(CommandDataSetType, _US.pack(NO_DATA_SET)),
+        _element(CommandDataSetType, _US.pack(DATA_SET_PRESENT if data_set else NO_DATA_SET)),
         _element(Status, _US.pack(status)),
     ]
     if error_comment:
@@ -393,6 +401,19 @@ def encode_p_data(context_id: int, command: bytes, peer_max_pdu: int) -> bytes:
         mch = MCH_COMMAND | (MCH_LAST if last else 0)
         item = PDV_HEADER.pack(len(chunk) + 2, context_id, mch) + chunk
         out.append(PDU_HEADER.pack(P_DATA_TF, len(item)) + item)
+    return b"".join(out)
+
+
+def data_set_pdus(context_id: int, data: bytes, peer_max_pdu: int) -> bytes:
+    """P-DATA-TF PDUs carrying a data set, each within the peer's Maximum Length (0: none)."""
+    limit = len(data) if peer_max_pdu == 0 else max(1, peer_max_pdu - PDV_HEADER_BYTES)
+    view, out = memoryview(data), list[bytes | memoryview]()
+    for pos in range(0, max(1, len(data)), limit):
+        chunk = view[pos : pos + limit]
+        mch = MCH_LAST if pos + limit >= len(data) else 0
+        out.append(PDU_HEADER.pack(P_DATA_TF, len(chunk) + PDV_HEADER_BYTES))
+        out.append(PDV_HEADER.pack(len(chunk) + 2, context_id, mch))
+        out.append(chunk)
     return b"".join(out)
 
 

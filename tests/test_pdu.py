@@ -41,6 +41,21 @@ def test_parse_command_knows_an_echo_has_no_data_set() -> None:
     assert cmd.command_field == P.C_ECHO_RQ and not cmd.has_data_set
 
 
+def test_parse_command_reads_the_request_a_c_cancel_names() -> None:
+    """PS3.7 9.3.2.3: C-CANCEL-RQ has Message ID Being Responded To, no Message ID."""
+    raw = _command(CommandGroupLength=0, CommandField=0x0FFF, MessageIDBeingRespondedTo=41,
+                   CommandDataSetType=0x0101)  # fmt: skip
+    cmd = P.parse_command(raw)
+    assert (cmd.command_field, cmd.message_id, cmd.has_data_set) == (P.C_CANCEL_RQ, 41, False)
+
+
+def test_a_pending_find_response_says_a_data_set_follows() -> None:
+    raw = P.encode_response(P.C_FIND_RSP, 5, "1.2.840.10008.5.1.4.1.2.2.1", 0xFF00, data_set=True)
+    ds = decode(io.BytesIO(raw), True, True)
+    assert ds.CommandField == 0x8020 and ds.Status == 0xFF00
+    assert ds.CommandDataSetType != 0x0101  # PS3.7 E.1: anything else means one follows
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -127,3 +142,18 @@ def test_reader_raises_peer_closed_inside_a_fragment() -> None:
     with pytest.raises(P.PeerClosed):
         P.PDUReader(b).pdu_header()
     b.close()
+
+
+@pytest.mark.parametrize("peer_max_pdu", [0, 16384, 1001])
+def test_data_set_pdus_respect_the_peer_maximum_length(peer_max_pdu: int) -> None:
+    data = bytes(range(256)) * 200
+    pdus, got, pos = P.data_set_pdus(3, data, peer_max_pdu), b"", 0
+    while pos < len(pdus):
+        kind, length = P.PDU_HEADER.unpack_from(pdus, pos)
+        item_length, context, mch = P.PDV_HEADER.unpack_from(pdus, pos + 6)
+        assert kind == P.P_DATA_TF and context == 3 and item_length + 4 == length
+        assert peer_max_pdu == 0 or length <= peer_max_pdu
+        got += pdus[pos + 12 : pos + 6 + length]
+        pos += 6 + length
+        assert bool(mch & P.MCH_LAST) == (pos == len(pdus)) and not mch & P.MCH_COMMAND
+    assert got == data

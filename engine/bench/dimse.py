@@ -49,12 +49,10 @@ NETWORK_TIMEOUT_S = 300.0  # a slow archive on a loaded machine is measured, not
 # PS3.7 E.1: command fields and elements beyond those of engine.pdu
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
-C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
 C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
 MoveDestination = 0x00000600
 NumberOfCompletedSuboperations = 0x00001021
 NumberOfFailedSuboperations = 0x00001022
-DATA_SET_PRESENT = 0x0000
 PENDING = (0xFF00, 0xFF01)
 WARNING_STATUSES = (0x0001, 0xB000, 0xB006, 0xB007)
 _ELEMENT = struct.Struct("<HHI")
@@ -100,7 +98,7 @@ def request(
         P.CommandField: _US.pack(command_field),
         P.MessageID: _US.pack(message_id),
         P.Priority: _US.pack(0),
-        P.CommandDataSetType: _US.pack(DATA_SET_PRESENT),
+        P.CommandDataSetType: _US.pack(P.DATA_SET_PRESENT),
     }
     if sop_instance_uid:
         elements[P.AffectedSOPInstanceUID] = _ui(sop_instance_uid)

@@ -45,6 +45,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from engine.bench import dimse
 from engine.bench.report import metric, percentile
 from engine.bench.target import Target
+from engine.pdu import C_FIND_RQ
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
@@ -204,7 +205,7 @@ def c_find(
 ) -> tuple[int, int, list[bytes]]:
     """Send one C-FIND; (matches, final status, the match data sets if `keep`)."""
     cid = assoc.context_for(root)
-    assoc.send(cid, dimse.request(dimse.C_FIND_RQ, assoc.next_message_id(), root), identifier)
+    assoc.send(cid, dimse.request(C_FIND_RQ, assoc.next_message_id(), root), identifier)
     matches, kept = 0, list[bytes]()
     while True:
         rsp = assoc.read_message(keep_dataset=keep)

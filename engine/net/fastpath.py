@@ -1,24 +1,26 @@
-"""The storage fast path: associations that only store and echo, served without pynetdicom.
+"""The fast path: associations that only store, echo and find, served without pynetdicom.
 
 pynetdicom spends about 3 ms of CPU per CT slice on the receive path
 (polling reactors, one object per PDU, deep copies per message); storing
 the instance costs 0.3 ms. Most associations a PACS sees are a modality
-sending images, so the worker serves those itself:
+sending images or a viewer or RIS querying, so the worker serves those itself:
 
 1. :func:`peek_associate_rq` looks at the A-ASSOCIATE-RQ without taking it
    off the socket (``MSG_PEEK``), within an ARTIM-like timeout (PS3.8 9.1.5).
 2. :meth:`StorageFastPath.classify` decodes it with pynetdicom's PDU classes.
-   If every proposed abstract syntax is a Storage SOP Class or
-   Verification, and nothing beyond the maximum length, implementation
-   identity and asynchronous operations window is negotiated, the fast path
-   takes the association; anything else (Query/Retrieve, role selection for
-   C-GET, extended negotiation, user identity, a PDU it cannot decode) goes
-   to pynetdicom with the socket untouched.
+   If every proposed abstract syntax is a Storage SOP Class, Verification
+   or a Find model of Query/Retrieve, and nothing beyond the maximum length,
+   implementation identity and asynchronous operations window is
+   negotiated, the fast path takes the association; anything else (Get and
+   Move, role selection for C-GET, extended negotiation, user identity, a
+   PDU it cannot decode) goes to pynetdicom with the socket untouched.
 3. :class:`FastAssociation` applies the same access rules and association
    limit as pynetdicom's path, negotiates the presentation contexts with
    pynetdicom's own ``negotiate_as_acceptor``, sends the A-ASSOCIATE-AC,
-   then runs the DIMSE loop (PS3.7 9.3.1 C-STORE, 9.3.5 C-ECHO) over
-   :class:`engine.pdu.PDUReader`.
+   then runs the DIMSE loop (PS3.7 9.3.1 C-STORE, 9.3.5 C-ECHO, 9.3.2
+   C-FIND) over :class:`engine.pdu.PDUReader`. C-FIND answers come from
+   :func:`engine.net.find.find_responses`, as on pynetdicom's path; a
+   C-CANCEL is looked for between two answers without blocking.
 
 The acknowledgement rule is unchanged: a C-STORE-RSP leaves only after
 :meth:`engine.archive.Archive.store` returned, that is once the instance is
@@ -35,9 +37,13 @@ import ssl
 import struct
 import threading
 import time
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import A_ASSOCIATE_AC as AssociateAcPDU
 from pynetdicom.pdu import A_ASSOCIATE_RQ as AssociateRqPDU
 from pynetdicom.pdu_primitives import (
@@ -53,13 +59,17 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from engine import pdu as P
 from engine.audit import SERIOUS_FAILURE, Event
 from engine.errors import AuditError
-from engine.net.scp import MAX_PDU_BYTES
+from engine.net.find import find_responses
+from engine.net.identifier import Encoding
+from engine.net.scp import FIND_MODELS, MAX_PDU_BYTES
 from engine.net.settings import ServerSettings
 from engine.net.status import (
+    PENDING,
     REFUSED_NOT_AUTHORISED,
     SUCCESS,
     UNRECOGNIZED_OPERATION,
     error_comment,
+    failure,
     failure_status,
 )
 from engine.net.store import audit_refusal, audit_store
@@ -185,7 +195,7 @@ class StorageFastPath:
         self.ae = ae
         self.contexts = ae.supported_contexts
         syntaxes = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
-        self.syntaxes = frozenset(syntaxes | {str(Verification)})
+        self.syntaxes = frozenset(syntaxes | {str(Verification)} | FIND_MODELS.keys())
         self._lock = threading.Lock()
         self._active: set[FastAssociation] = set()
         self.served = 0  # associations the fast path took
@@ -279,6 +289,10 @@ class FastAssociation:
         self.calling = str(rq.calling_ae_title).strip()
         self.peer_max_pdu = int(rq.maximum_length_received or 0)
         self.accepted: dict[int, str] = {}  # context ID -> accepted transfer syntax
+        self.abstract: dict[int, str] = {}  # context ID -> its abstract syntax
+        self.find_levels: dict[int, tuple[str, ...]] = {}  # Find contexts -> the model's levels
+        self.reader = PDUReader(sock)
+        self.pdu_left = 0  # bytes of PDVs left in the P-DATA-TF being read
         self.may_store = owner.settings.access.may(self.calling, "store")
         self.stored = 0
         self._done = threading.Event()
@@ -356,11 +370,12 @@ class FastAssociation:
         results, _roles = negotiate_as_acceptor(
             self.rq.presentation_context_definition_list, owner.contexts
         )
-        self.accepted = {
-            int(cx.context_id): str(cx.transfer_syntax[0])  # type: ignore[arg-type]
-            for cx in results
-            if cx.result == 0x00
-        }
+        accepted = [cx for cx in results if cx.result == 0x00]
+        self.accepted = {int(cx.context_id): str(cx.transfer_syntax[0])  # type: ignore[arg-type]
+                         for cx in accepted}  # fmt: skip
+        self.abstract = {int(cx.context_id): str(cx.abstract_syntax) for cx in accepted}  # type: ignore[arg-type]
+        self.find_levels = {cid: FIND_MODELS[uid] for cid, uid in self.abstract.items()
+                            if uid in FIND_MODELS}  # fmt: skip
         ac = A_ASSOCIATE()
         ac.application_context_name = APPLICATION_CONTEXT_NAME
         ac.calling_ae_title = self.rq.calling_ae_title
@@ -385,7 +400,7 @@ class FastAssociation:
     # -- the DIMSE loop (PS3.8 9.3.5, PS3.7 6.3.1) ------------------------------------------
 
     def _loop(self) -> None:  # hot loop, kept in one piece
-        reader = PDUReader(self.sock)
+        reader = self.reader
         message = MessageBuffer(limit_bytes=self.owner.settings.max_instance_bytes)
         command_bytes = bytearray()
         command_context = 0
@@ -434,7 +449,9 @@ class FastAssociation:
                         reader.read_into(message, n)
                         if mch & P.MCH_LAST:
                             command, pending = pending, None
+                            self.pdu_left = left  # a C-FIND may read on, for a C-CANCEL
                             self._dispatch(command, context, message.data())
+                            left = self.pdu_left
             elif kind == P.A_RELEASE_RQ:  # PS3.8 9.3.6: answer, then the requestor closes
                 if length != 4:
                     raise P.invalid("A-RELEASE-RQ length not 4")
@@ -458,10 +475,13 @@ class FastAssociation:
                 P.C_STORE_RSP, command.message_id, command.sop_class_uid, status,
                 sop_instance_uid=command.sop_instance_uid, error_comment=comment,
             )  # fmt: skip
+        elif field_ == P.C_FIND_RQ and data is not None and context in self.find_levels:
+            self._find(command, context, data)
+            return
         elif field_ == P.C_ECHO_RQ:  # PS3.7 9.3.5: always success
             uid = command.sop_class_uid or str(Verification)
             rsp = P.encode_response(P.C_ECHO_RSP, command.message_id, uid, SUCCESS)
-        elif field_ == P.C_CANCEL_RQ:  # PS3.7 9.3.2.3: nothing to cancel, and no response
+        elif field_ == P.C_CANCEL_RQ:  # PS3.7 9.3.2.3: nothing outstanding, and no response
             return
         elif field_ & P.RESPONSE_BIT:
             raise P.unexpected(f"a response (0x{field_:04X}) from the requestor")
@@ -474,6 +494,81 @@ class FastAssociation:
                 error_comment=error_comment(f"command 0x{field_:04X} is not served here"),
             )  # fmt: skip
         self.sock.sendall(P.encode_p_data(context, rsp, self.peer_max_pdu))
+
+    def _find(self, command: Command, context: int, data: memoryview) -> None:
+        """Answer a C-FIND (PS3.7 9.3.2): a pending response per match, then the final one."""
+        ts = UID(self.accepted[context])
+        implicit, little, deflated = ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated
+        identifier = bytes(data)  # the buffer is reused by the next message
+        sop_class = command.sop_class_uid or self.abstract[context]
+        responses = find_responses(
+            lambda: decode(BytesIO(identifier), implicit, little, deflated),
+            self.find_levels[context], self.owner.archive, self.owner.settings.access,
+            (self.calling, self.address), self.owner.settings.ae_title,
+            Encoding(implicit, little), lambda _i: self._cancel_requested(command.message_id),
+        )  # fmt: skip
+        send, peer_max = self.sock.sendall, self.peer_max_pdu
+        pending = P.encode_p_data(context, P.encode_response(  # the same for every match
+            P.C_FIND_RSP, command.message_id, sop_class, PENDING, data_set=True), peer_max)
+        status: int | Dataset = SUCCESS
+        for status, match in responses:
+            if status != PENDING or match is None:
+                break
+            answer = encode(match, implicit, little, deflated)
+            if answer is None:  # pynetdicom logged why; nothing the peer could read
+                status = failure(RuntimeError("an answer could not be encoded"),
+                                 f"C-FIND from {self.calling}")  # fmt: skip
+                break
+            send(pending + P.data_set_pdus(context, answer, peer_max))
+        code, comment = _status_of(status)
+        rsp = P.encode_response(P.C_FIND_RSP, command.message_id, sop_class, code,
+                                error_comment=comment)  # fmt: skip
+        send(P.encode_p_data(context, rsp, peer_max))
+
+    def _cancel_requested(self, message_id: int) -> bool:
+        """Whether a C-CANCEL-RQ for `message_id` has arrived (PS3.7 9.3.2.3); never waits.
+
+        With one outstanding operation (PS3.7 D.3.3.3) a cancel, or an
+        A-ABORT, is all the peer may send while a C-FIND is answered.
+        """
+        reader = self.reader
+        if reader.end == reader.start and not _readable(self.sock):
+            return False
+        command = self._read_command()
+        if command.command_field != P.C_CANCEL_RQ:
+            raise P.unexpected(f"command 0x{command.command_field:04X} while a C-FIND is answered")
+        return command.message_id == message_id
+
+    def _read_command(self) -> Command:
+        """The next whole command set, which may span PDUs; no data set may come now."""
+        reader, parts = self.reader, bytearray()
+        while True:
+            if not self.pdu_left:
+                kind, length = reader.pdu_header()
+                if kind == P.A_ABORT:
+                    raise PeerClosed("the peer aborted the association during a C-FIND")
+                if kind != P.P_DATA_TF:
+                    what = f"PDU type 0x{kind:02X} while a C-FIND is answered"
+                    raise ProtocolError(P.ABORT_UNEXPECTED_PDU, what)
+                if length > MAX_PDU_BYTES:
+                    raise P.invalid(f"P-DATA-TF of {length} bytes, more than {MAX_PDU_BYTES}")
+                self.pdu_left = length
+            while self.pdu_left:
+                if self.pdu_left < P.PDV_HEADER_BYTES:
+                    raise P.invalid("PDU ends inside a PDV header")
+                item_length, context, mch = reader.pdv_header()
+                if item_length < 2 or item_length + 4 > self.pdu_left:
+                    raise P.invalid("PDV length runs past the end of its PDU")
+                self.pdu_left -= item_length + 4
+                if context not in self.accepted:
+                    raise P.invalid(f"PDV on presentation context {context}, not accepted")
+                if not mch & P.MCH_COMMAND:
+                    raise P.unexpected("a data set fragment while a C-FIND is answered")
+                if len(parts) + item_length - 2 > P.COMMAND_MAX_BYTES:
+                    raise P.invalid("command set too long")
+                parts += reader.read(item_length - 2)
+                if mch & P.MCH_LAST:
+                    return P.parse_command(bytes(parts))
 
     def _store(self, command: Command, context: int, data: memoryview) -> tuple[int, str]:
         """Store the data set as received; (status, error comment) once it is durable."""
@@ -493,6 +588,22 @@ class FastAssociation:
             return failure_status(exc, f"C-STORE from {self.calling} of {uid}")
         self.stored += 1
         return SUCCESS, ""
+
+
+def _status_of(status: int | Dataset) -> tuple[int, str]:
+    """(status, Error Comment) of a final response: a code, or a failure status Dataset."""
+    if isinstance(status, Dataset):
+        return int(status.Status), str(status.get("ErrorComment", ""))
+    return status, ""
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether a read on `sock` would not block: bytes in the kernel or in TLS's buffer."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _consume(sock: socket.socket, n: int) -> None:

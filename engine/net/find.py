@@ -13,7 +13,7 @@ between two matches.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -147,10 +147,89 @@ def local_values(ident: Identifier, ae_title: str) -> dict[int, tuple[str, str]]
     return local
 
 
+def find_responses(
+    identifier: Callable[[], Dataset],
+    levels: tuple[str, ...],
+    archive: Archive,
+    access: Access,
+    peer: tuple[str, str],
+    ae_title: str,
+    encoding: Encoding,
+    cancelled: Callable[[int], bool],
+) -> Iterator[Response]:
+    """The responses to one C-FIND, whichever path serves the association.
+
+    Parameters
+    ----------
+    identifier
+        Decodes the request's identifier (it may raise: the answer is then 0xA900).
+    levels
+        The levels of the information model of the presentation context.
+    archive
+        This worker's archive.
+    access
+        Whether the calling AE may query.
+    peer
+        The calling AE title and its address.
+    ae_title
+        Our AE title, returned as RetrieveAETitle when asked.
+    encoding
+        The transfer syntax of the presentation context, for the answers.
+    cancelled
+        Called before match ``i`` is looked for: whether a C-CANCEL arrived. What it
+        raises ends the association, not the C-FIND.
+
+    Yields
+    ------
+    tuple
+        ``(0xFF00, match)`` per match, then ``(status, None)``; 0xFE00 once
+        cancelled; a failure status Dataset with an Error Comment on error.
+    """
+    calling, address = peer
+    if not access.may(calling, "query"):
+        log.warning("C-FIND from %s refused: not allowed to query", calling)
+        audit_refusal(audit.Event.QUERY, calling, address, "may not query")
+        yield status_dataset(REFUSED_NOT_AUTHORISED, f"{calling} may not query here"), None
+        return
+    try:
+        ident = Identifier(identifier(), levels)
+    except InvalidQueryError as exc:
+        yield failure(exc, f"C-FIND from {calling}"), None
+        return
+    except Exception as exc:  # noqa: BLE001 -- an undecodable identifier
+        log.warning("C-FIND from %s: cannot decode the identifier: %s", calling, exc)
+        yield status_dataset(DOES_NOT_MATCH_SOP_CLASS, f"cannot decode identifier: {exc}"), None
+        return
+    what = f"C-FIND {ident.level} from {calling}"
+    try:
+        audit_query(ident, calling, address)
+        columns, rows = find_rows(archive, ident.level, ident.query)
+        local = local_values(ident, ae_title)
+        matches = (answer_dataset(columns, attrs, ident.level, local, ident.unknown, encoding)
+                   for attrs in rows)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 -- every failure must become a status
+        yield failure(exc, what), None
+        return
+    i = 0
+    # outside the try: what `cancelled` raises (a broken association) is no DIMSE status
+    while not cancelled(i):
+        try:
+            match = next(matches, None)
+        except Exception as exc:  # noqa: BLE001 -- every failure must become a status
+            yield failure(exc, what), None
+            return
+        if match is None:
+            yield SUCCESS, None
+            return
+        yield PENDING, match
+        i += 1
+    yield CANCEL, None  # PS3.4 C.4.1.3.1: stop and answer Cancel
+
+
 def handle_find(
     event: Any, archive: Archive, access: Access, levels: tuple[str, ...], ae_title: str
 ) -> Iterator[Response]:
-    """EVT_C_FIND: stream the matches of one identifier.
+    """EVT_C_FIND: stream the matches of one identifier (:func:`find_responses`).
 
     Parameters
     ----------
@@ -164,44 +243,15 @@ def handle_find(
         The levels of the information model of the presentation context.
     ae_title
         Our AE title, returned as RetrieveAETitle when asked.
-
-    Yields
-    ------
-    tuple
-        ``(0xFF00, match)`` per match, then ``(status, None)``; 0xFE00 once
-        cancelled; a failure status Dataset with an Error Comment on error.
     """
-    calling = str(event.assoc.requestor.ae_title).strip()
-    address = str(event.assoc.requestor.address)
-    if not access.may(calling, "query"):
-        log.warning("C-FIND from %s refused: not allowed to query", calling)
-        audit_refusal(audit.Event.QUERY, calling, address, "may not query")
-        yield status_dataset(REFUSED_NOT_AUTHORISED, f"{calling} may not query here"), None
-        return
-    try:
-        ident = Identifier(event.identifier, levels)
-    except InvalidQueryError as exc:
-        yield failure(exc, f"C-FIND from {calling}"), None
-        return
-    except Exception as exc:  # noqa: BLE001 -- an undecodable identifier
-        log.warning("C-FIND from %s: cannot decode the identifier: %s", calling, exc)
-        yield status_dataset(DOES_NOT_MATCH_SOP_CLASS, f"cannot decode identifier: {exc}"), None
-        return
-    try:
-        audit_query(ident, calling, address)
-        columns, rows = find_rows(archive, ident.level, ident.query)
-        ts = event.context.transfer_syntax
-        encoding = Encoding(ts.is_implicit_VR, ts.is_little_endian)
-        local = local_values(ident, ae_title)
-        with quick_polling(event.assoc):
-            for i, attrs in enumerate(rows):
-                wait_for_network(event.assoc, drain=i % DRAIN_EVERY == DRAIN_EVERY - 1)
-                if event.is_cancelled:  # PS3.4 C.4.1.3.1: stop and answer Cancel
-                    yield CANCEL, None
-                    return
-                yield PENDING, answer_dataset(columns, attrs, ident.level, local,
-                                              ident.unknown, encoding)  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 -- every failure must become a status
-        yield failure(exc, f"C-FIND {ident.level} from {calling}"), None
-        return
-    yield SUCCESS, None
+    peer = (str(event.assoc.requestor.ae_title).strip(), str(event.assoc.requestor.address))
+    ts = event.context.transfer_syntax
+    encoding = Encoding(ts.is_implicit_VR, ts.is_little_endian)
+
+    def cancelled(i: int) -> bool:
+        wait_for_network(event.assoc, drain=i % DRAIN_EVERY == DRAIN_EVERY - 1)
+        return bool(event.is_cancelled)
+
+    with quick_polling(event.assoc):
+        yield from find_responses(lambda: event.identifier, levels, archive, access, peer,
+                                  ae_title, encoding, cancelled)  # fmt: skip

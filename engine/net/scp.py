@@ -52,6 +52,8 @@ _MODELS = {
     "move": ((PatientRootQueryRetrieveInformationModelMove, PATIENT_ROOT_LEVELS),
              (StudyRootQueryRetrieveInformationModelMove, STUDY_ROOT_LEVELS)),
 }  # fmt: skip
+# Find SOP Class UID -> its levels; the fast path answers C-FIND on these too
+FIND_MODELS = {str(uid): levels for uid, levels in _MODELS["find"]}
 
 
 def quiet_pynetdicom() -> None:

@@ -48,7 +48,6 @@ DRAIN_EVERY = 16  # answers between two chances for the DUL to read a C-CANCEL
 _COMMAND_ELEMENT = struct.Struct("<HHI")  # PS3.7 6.3.1: command sets are implicit VR LE
 _US = struct.Struct("<H")
 C_STORE_RQ = 0x0001
-DATA_SET_PRESENT = 0x0000  # PS3.7 E.1: anything but 0x0101
 PRIORITY_MEDIUM = 0x0000
 _SHORT = struct.Struct("<HH2sH")  # PS3.5 7.1.2: group, element, VR, 16-bit length
 _LONG_LENGTH = struct.Struct("<I")
@@ -126,7 +125,7 @@ def encode_store_request(message_id: int, sop_class: str, sop_instance: str, pri
         _command_element(0x00000100, _US.pack(C_STORE_RQ)),
         _command_element(0x00000110, _US.pack(message_id)),
         _command_element(0x00000700, _US.pack(priority)),
-        _command_element(0x00000800, _US.pack(DATA_SET_PRESENT)),
+        _command_element(0x00000800, _US.pack(P.DATA_SET_PRESENT)),
         _command_element(0x00001000, _padded(sop_instance, b"\0")),
     ]
     if originator_aet:
@@ -137,24 +136,11 @@ def encode_store_request(message_id: int, sop_class: str, sop_instance: str, pri
     return _command_element(0x00000000, struct.pack("<I", len(body))) + body
 
 
-def data_set_pdus(context_id: int, data: bytes, peer_max_pdu: int) -> bytes:
-    """P-DATA-TF PDUs carrying a data set, each within the peer's Maximum Length (0: none)."""
-    limit = len(data) if peer_max_pdu == 0 else max(1, peer_max_pdu - P.PDV_HEADER_BYTES)
-    view, out = memoryview(data), list[bytes | memoryview]()
-    for pos in range(0, max(1, len(data)), limit):
-        chunk = view[pos : pos + limit]
-        mch = P.MCH_LAST if pos + limit >= len(data) else 0
-        out.append(P.PDU_HEADER.pack(P.P_DATA_TF, len(chunk) + P.PDV_HEADER_BYTES))
-        out.append(P.PDV_HEADER.pack(len(chunk) + 2, context_id, mch))
-        out.append(chunk)
-    return b"".join(out)
-
-
 def _write_request(assoc: Any, item: EncodedInstance, command: bytes) -> None:
     peer_max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
     assoc.dul.socket.socket.sendall(
         P.encode_p_data(item.context_id, command, peer_max_pdu)
-        + data_set_pdus(item.context_id, item.encoded, peer_max_pdu)
+        + P.data_set_pdus(item.context_id, item.encoded, peer_max_pdu)
     )
 
 

@@ -9,12 +9,36 @@ from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
 )
 
+from engine.part10 import IMPLEMENTATION_VERSION_NAME
 from tests.net._support import NODELAY
 
 MODELS = {"P": PatientRootQueryRetrieveInformationModelFind,
           "S": StudyRootQueryRetrieveInformationModelFind}  # fmt: skip
+# The worker serves a Find-only association itself; one that could also C-GET goes to
+# pynetdicom. Tests of C-FIND run on both: "fast" and "pynetdicom".
+PATHS = ("fast", "pynetdicom")
+
+
+def find_association(port: int, via: str, *contexts: str, ae_title: str = "PYNETDICOM",
+                     syntaxes: list[str] | None = None) -> Any:  # fmt: skip
+    """An association for C-FIND served by `via` (one of :data:`PATHS`), checked to be.
+
+    `contexts` are abstract syntaxes (both Find models if none), proposed
+    with `syntaxes` (pynetdicom's default transfer syntaxes if None).
+    """
+    ae = AE(ae_title=ae_title)
+    for cx in contexts or tuple(MODELS.values()):
+        ae.add_requested_context(cx, *([syntaxes] if syntaxes else []))
+    if via == "pynetdicom":
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS", evt_handlers=NODELAY)
+    assert assoc.is_established
+    fast = assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
+    assert fast == (via == "fast"), assoc.acceptor.implementation_version_name
+    return assoc
 
 
 def identifier(level: str, keys: dict[str, Any]) -> Dataset:
@@ -26,12 +50,10 @@ def identifier(level: str, keys: dict[str, Any]) -> Dataset:
 
 
 def c_find(port: int, level: str, keys: dict[str, Any], model: str = "S",
-           ae_title: str = "PYNETDICOM") -> tuple[list[Dataset], int]:  # fmt: skip
-    """(matches, final status) of one C-FIND."""
-    ae = AE(ae_title=ae_title)
-    ae.add_requested_context(MODELS[model])
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACS", evt_handlers=NODELAY)
-    assert assoc.is_established
+           ae_title: str = "PYNETDICOM",
+           via: str = "fast") -> tuple[list[Dataset], int]:  # fmt: skip
+    """(matches, final status) of one C-FIND on its own association."""
+    assoc = find_association(port, via, MODELS[model], ae_title=ae_title)
     matches: list[Dataset] = []
     final = -1
     try:

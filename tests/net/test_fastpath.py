@@ -1,4 +1,4 @@
-"""Which associations the storage fast path serves, and that they work with real peers.
+"""Which associations the fast path serves, and that they work with real peers.
 
 The fast path answers the A-ASSOCIATE-RQ with engine.part10's implementation
 version name (PACSENGINE_...), pynetdicom with its own (PYNETDICOM_...): the
@@ -15,6 +15,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     Verification,
 )
 
@@ -64,11 +65,11 @@ def test_pynetdicom_stores_and_echoes_on_one_fast_path_association(server: Serve
     assert set(got) == {str(ds.SOPInstanceUID) for ds in datasets}
 
 
-def test_storage_plus_query_goes_to_pynetdicom_and_both_work(server: Server) -> None:
+def test_storage_plus_query_is_served_by_the_fast_path_and_both_work(server: Server) -> None:
     ds = next(ct_series(702, 1, rows=16, columns=16))
     assoc = _associate(server.port, CTImageStorage, StudyRootQueryRetrieveInformationModelFind)
     try:
-        assert assoc.acceptor.implementation_version_name != IMPLEMENTATION_VERSION_NAME
+        assert assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
         assert assoc.send_c_store(ds).Status == 0
         query = pydicom.Dataset()
         query.QueryRetrieveLevel = "STUDY"
@@ -76,6 +77,16 @@ def test_storage_plus_query_goes_to_pynetdicom_and_both_work(server: Server) -> 
         replies = assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
         statuses = [s.Status for s, _ in replies]
         assert statuses == [0xFF00, 0x0000]
+    finally:
+        assoc.release()
+
+
+def test_an_association_that_may_get_goes_to_pynetdicom(server: Server) -> None:
+    assoc = _associate(server.port, StudyRootQueryRetrieveInformationModelFind,
+                       StudyRootQueryRetrieveInformationModelGet, Verification)  # fmt: skip
+    try:
+        assert assoc.acceptor.implementation_version_name != IMPLEMENTATION_VERSION_NAME
+        assert assoc.send_c_echo().Status == 0
     finally:
         assoc.release()
 

@@ -1,8 +1,8 @@
 """What the server refuses, and how: A-ASSOCIATE-RJ reasons and failure statuses with comments.
 
-Each refusal is checked on both sides of the worker: the storage fast path
-(an association proposing storage or verification only) and pynetdicom (the
-same association plus a Query/Retrieve context).
+Each refusal is checked on both sides of the worker: the fast path (an
+association proposing storage, verification or C-FIND only) and pynetdicom
+(the same association plus a C-GET context).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
-    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     Verification,
 )
 
@@ -35,8 +35,8 @@ def _ae(ae_title: str, path: str, *contexts: Any) -> AE:
     ae = AE(ae_title=ae_title)
     for cx in contexts:
         ae.add_requested_context(*cx) if isinstance(cx, tuple) else ae.add_requested_context(cx)
-    if path == "pynetdicom":  # a Query/Retrieve context takes the association off the fast path
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    if path == "pynetdicom":  # a C-GET context takes the association off the fast path
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     return ae
 
 

@@ -19,17 +19,11 @@ from engine.net.retrieve import Match, prepare
 from engine.net.substore import (
     C_STORE_RQ,
     EncodedInstance,
-    data_set_pdus,
     dataset_offset,
     encode_store_request,
 )
 from engine.part10 import PREAMBLE
 from engine.pdu import (
-    MCH_COMMAND,
-    MCH_LAST,
-    P_DATA_TF,
-    PDU_HEADER,
-    PDV_HEADER,
     parse_command,
 )
 from tests.corpus import real_files
@@ -115,16 +109,3 @@ def test_store_request_command_parses_back() -> None:
     assert ds.CommandGroupLength == len(command) - 12
 
 
-@pytest.mark.parametrize("peer_max_pdu", [0, 16384, 1001])
-def test_data_set_pdus_respect_the_peer_maximum_length(peer_max_pdu: int) -> None:
-    data = bytes(range(256)) * 200
-    pdus, got, pos = data_set_pdus(3, data, peer_max_pdu), b"", 0
-    while pos < len(pdus):
-        kind, length = PDU_HEADER.unpack_from(pdus, pos)
-        item_length, context, mch = PDV_HEADER.unpack_from(pdus, pos + 6)
-        assert kind == P_DATA_TF and context == 3 and item_length + 4 == length
-        assert peer_max_pdu == 0 or length <= peer_max_pdu
-        got += pdus[pos + 12 : pos + 6 + length]
-        pos += 6 + length
-        assert bool(mch & MCH_LAST) == (pos == len(pdus)) and not mch & MCH_COMMAND
-    assert got == data

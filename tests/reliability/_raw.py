@@ -2,8 +2,8 @@
 
 :class:`RawPeer` sends exactly the bytes a test builds (pynetdicom's PDU
 classes encode the well-formed parts), so a malformed PDU or data set reaches
-the server unchanged. It proposes either storage alone (the server's fast
-path) or storage plus C-FIND (pynetdicom's path).
+the server unchanged. It proposes storage, with C-FIND (both on the server's
+fast path) or with C-GET (pynetdicom's path).
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
 )
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 STORE_CONTEXT = 1
-FIND_CONTEXT = 3
+GET_CONTEXT = 3
+FIND_CONTEXT = 11
 PDU = struct.Struct(">BxI")
 PDV = struct.Struct(">IBB")
 READ_TIMEOUT_S = 60.0  # generous: a loaded 2-core CI machine
@@ -40,15 +42,19 @@ SYNTAX_CONTEXTS = {
 }
 
 
-def associate_rq(*, with_find: bool, calling: str = "PYNETDICOM", version: int = 1,
-                 all_syntaxes: bool = False) -> bytes:  # fmt: skip
-    """An encoded A-ASSOCIATE-RQ: CT storage, plus Study Root C-FIND if `with_find`, plus
-    a CT context for each of :data:`SYNTAX_CONTEXTS` if `all_syntaxes`."""
+def associate_rq(*, with_get: bool, calling: str = "PYNETDICOM", version: int = 1,
+                 all_syntaxes: bool = False, with_find: bool = False) -> bytes:  # fmt: skip
+    """An encoded A-ASSOCIATE-RQ: CT storage, plus Study Root C-GET if `with_get` (which
+    takes the association off the fast path, to pynetdicom), plus
+    a CT context for each of :data:`SYNTAX_CONTEXTS` if `all_syntaxes`, plus Study Root
+    C-FIND if `with_find`."""
     rq = A_ASSOCIATE()
     rq.application_context_name = "1.2.840.10008.3.1.1.1"
     rq.calling_ae_title = calling
     rq.called_ae_title = "PACS"
     wanted = {STORE_CONTEXT: (CTImageStorage, EXPLICIT_LE)}
+    if with_get:
+        wanted[GET_CONTEXT] = (StudyRootQueryRetrieveInformationModelGet, EXPLICIT_LE)
     if with_find:
         wanted[FIND_CONTEXT] = (StudyRootQueryRetrieveInformationModelFind, EXPLICIT_LE)
     if all_syntaxes:
@@ -73,14 +79,26 @@ def store_command(ds: Dataset, message_id: int = 1) -> bytes:
 
 def command_for(sop_instance_uid: str, message_id: int = 1) -> bytes:
     """An encoded C-STORE-RQ command set (CT Image Storage) for `sop_instance_uid`."""
+    return _command(CTImageStorage, 0x0001, message_id, AffectedSOPInstanceUID=sop_instance_uid)
+
+
+def find_request(identifier: bytes, message_id: int = 1) -> bytes:
+    """A whole Study Root C-FIND-RQ: its command, then `identifier` as given, a PDU each."""
+    command = _command(StudyRootQueryRetrieveInformationModelFind, 0x0020, message_id)
+    return p_data(FIND_CONTEXT, 0x03, command) + p_data(FIND_CONTEXT, 0x02, identifier)
+
+
+def _command(sop_class: str, field: int, message_id: int, **more: str) -> bytes:
+    """A request command set with a data set (PS3.7 E.1), implicit VR Little Endian."""
     cmd = Dataset()
     cmd.CommandGroupLength = 0
-    cmd.AffectedSOPClassUID = CTImageStorage
-    cmd.CommandField = 0x0001
+    cmd.AffectedSOPClassUID = sop_class
+    cmd.CommandField = field
     cmd.MessageID = message_id
     cmd.Priority = 0
     cmd.CommandDataSetType = 0x0000
-    cmd.AffectedSOPInstanceUID = sop_instance_uid
+    for keyword, value in more.items():
+        setattr(cmd, keyword, value)
     raw = encode(cmd, True, True)
     assert raw is not None
     cmd.CommandGroupLength = len(raw) - 12  # PS3.7 E.1: the bytes after the group length
@@ -112,8 +130,10 @@ class RawPeer:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def associate(self, *, with_find: bool, all_syntaxes: bool = False) -> None:
-        self.sock.sendall(associate_rq(with_find=with_find, all_syntaxes=all_syntaxes))
+    def associate(self, *, with_get: bool, all_syntaxes: bool = False,
+                  with_find: bool = False) -> None:  # fmt: skip
+        self.sock.sendall(associate_rq(with_get=with_get, all_syntaxes=all_syntaxes,
+                                       with_find=with_find))  # fmt: skip
         kind, _ = self.read_pdu()
         assert kind == 0x02, f"expected A-ASSOCIATE-AC, got PDU type {kind}"
 

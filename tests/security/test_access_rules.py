@@ -75,8 +75,8 @@ def destination(secure_server: TlsServer) -> Iterator[socket.socket]:
     sock.close()
 
 
-STORE_ONLY = (CTImageStorage,)  # served by the storage fast path
-MIXED = (CTImageStorage, Verification, StudyRootQueryRetrieveInformationModelFind)  # pynetdicom
+STORE_ONLY = (CTImageStorage,)  # served by the fast path
+MIXED = (CTImageStorage, Verification, StudyRootQueryRetrieveInformationModelGet)  # pynetdicom
 
 
 @pytest.mark.parametrize("contexts", [STORE_ONLY, MIXED])

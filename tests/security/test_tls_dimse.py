@@ -23,9 +23,11 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from engine.part10 import IMPLEMENTATION_VERSION_NAME
 from tests._helpers import small_ct
 from tests.net._support import Server, dcmtk, dcmtk_env, run_dcmtk
 from tests.security._pki import Pki
@@ -92,15 +94,21 @@ def test_findscu_and_echoscu_over_tls(secure_server: TlsServer, pki: Pki, tmp_pa
     assert queries and queries[-1]["patient"] == ds.PatientID and queries[-1]["user"] == "FINDSCU"
 
 
-def test_pynetdicom_store_and_find_over_tls(secure_server: TlsServer, pki: Pki) -> None:
-    ds = small_ct(31)
+@pytest.mark.parametrize("served_by", ["fast path", "pynetdicom"])
+def test_pynetdicom_store_and_find_over_tls(secure_server: TlsServer, pki: Pki,
+                                            served_by: str) -> None:  # fmt: skip
+    ds = small_ct(31 if served_by == "fast path" else 32)
     ae = AE(ae_title="PYSCU")
     ae.add_requested_context(CTImageStorage)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    if served_by == "pynetdicom":  # a C-GET context takes it off the fast path
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     assoc = ae.associate("127.0.0.1", secure_server.port, ae_title="PACS",
                          tls_args=(client_context(pki), None))  # fmt: skip
     assert assoc.is_established
     try:
+        fast = assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
+        assert fast == (served_by == "fast path")
         assert assoc.send_c_store(ds).Status == 0
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
