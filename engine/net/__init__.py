@@ -8,7 +8,7 @@
 - :mod:`engine.net.transport`: SO_REUSEPORT, TCP_NODELAY, access control
   during association negotiation, and the choice between the two paths below.
 - :mod:`engine.net.fastpath`, :mod:`engine.pdu`: associations that only
-  store and echo, served without pynetdicom's reactor (PDUs read by hand).
+  store, echo and find, served without pynetdicom's reactor (PDUs read by hand).
 - :mod:`engine.net.settings`: the ``[server]``, ``[remotes.*]`` and ``[access]`` tables.
 
 Nothing here is imported by ``import engine``; the ``serve`` command imports it.

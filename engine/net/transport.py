@@ -8,7 +8,7 @@ DIMSE response waits for the peer's delayed ACK, about 40 ms on Linux) and
 large socket buffers (a CT slice is half a megabyte).
 
 Each accepted connection first meets :class:`_RequestHandler.handle`: an
-association that only stores and echoes goes to the storage fast path
+association that only stores, echoes and finds goes to the fast path
 (:mod:`engine.net.fastpath`), everything else to pynetdicom, which still
 finds the A-ASSOCIATE-RQ unread on the socket.
 
@@ -242,7 +242,7 @@ def bound_dul(assoc: Association, max_instance_bytes: int) -> None:
 
 
 class _RequestHandler(RequestHandler):
-    """Storage-only associations to the fast path; the others to pynetdicom, with our ACSE."""
+    """Store/echo/find associations to the fast path; the others to pynetdicom, with our ACSE."""
 
     server: AssociationServer
 
@@ -294,7 +294,7 @@ class AssociationServer(ThreadedAssociationServer):
     tls
         The server SSL context (:func:`engine.net.tls.server_context`), or None for plain TCP.
     fast
-        The storage fast path, or None to give every association to pynetdicom.
+        The fast path, or None to give every association to pynetdicom.
     max_instance_bytes
         The largest data set pynetdicom's associations may receive.
     **kwargs
