@@ -7,7 +7,7 @@ sending images or a viewer or RIS querying, so the worker serves those itself:
 
 1. :func:`peek_associate_rq` looks at the A-ASSOCIATE-RQ without taking it
    off the socket (``MSG_PEEK``), within an ARTIM-like timeout (PS3.8 9.1.5).
-2. :meth:`StorageFastPath.classify` decodes it with pynetdicom's PDU classes.
+2. :meth:`FastPath.classify` decodes it with pynetdicom's PDU classes.
    If every proposed abstract syntax is a Storage SOP Class, Verification
    or a Find model of Query/Retrieve, and nothing beyond the maximum length,
    implementation identity and asynchronous operations window is
@@ -174,7 +174,7 @@ def _set_timeouts(sock: socket.socket, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
 
-class StorageFastPath:
+class FastPath:
     """What a worker's fast-path associations share: archive, settings, contexts, counts.
 
     Parameters
@@ -280,7 +280,7 @@ class FastAssociation:
     association.
     """
 
-    def __init__(self, owner: StorageFastPath, sock: socket.socket, address: Any,
+    def __init__(self, owner: FastPath, sock: socket.socket, address: Any,
                  rq: A_ASSOCIATE) -> None:  # fmt: skip
         self.owner = owner
         self.sock = sock

@@ -84,7 +84,7 @@ def run_worker(
 
     from engine import audit
     from engine.archive import Archive
-    from engine.net.fastpath import StorageFastPath
+    from engine.net.fastpath import FastPath
     from engine.net.scp import build_ae, handlers
     from engine.net.tls import server_context
     from engine.net.transport import AssociationServer
@@ -93,7 +93,7 @@ def run_worker(
     archive = Archive(path, config)
     try:
         ae = build_ae(settings)
-        fast = StorageFastPath(archive, settings, ae)
+        fast = FastPath(archive, settings, ae)
         server = ae.make_server(
             (settings.host, settings.dicom_port),
             evt_handlers=handlers(archive, settings),

@@ -44,7 +44,7 @@ from engine.net.tls import handshake, peer_identity
 from engine.pdu import PeerClosed
 
 if TYPE_CHECKING:  # fastpath imports this module
-    from engine.net.fastpath import StorageFastPath
+    from engine.net.fastpath import FastPath
 
 log = logging.getLogger("engine.net")
 
@@ -94,7 +94,7 @@ class _AccessACSE(ACSE):
     """ACSE that refuses calling AE titles (and hosts) the access list does not name."""
 
     access: Access
-    fast: StorageFastPath | None
+    fast: FastPath | None
 
     def _reject(self, calling: str, reason: tuple[int, int, int], why: str) -> None:
         refused(calling, str(self.requestor.address), why)
@@ -304,7 +304,7 @@ class AssociationServer(ThreadedAssociationServer):
     request_queue_size = LISTEN_BACKLOG
     daemon_threads = True
 
-    def __init__(self, *args: Any, access: Access, fast: StorageFastPath | None = None,
+    def __init__(self, *args: Any, access: Access, fast: FastPath | None = None,
                  tls: ssl.SSLContext | None = None,
                  max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
                  **kwargs: Any) -> None:  # fmt: skip
