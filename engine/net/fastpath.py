@@ -273,7 +273,7 @@ class FastPath:
 
 
 class FastAssociation:
-    """One storage association served by the fast path (PS3.8 9.2 state machine, acceptor side).
+    """One association served by the fast path (PS3.8 9.2 state machine, acceptor side).
 
     It runs in the socket server's handler thread; :meth:`join` and
     :meth:`abort` let the worker drain it on shutdown like a pynetdicom
