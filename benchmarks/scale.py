@@ -98,6 +98,9 @@ def run_target(name: str, args: argparse.Namespace, state: Path, progress: Progr
     if record["stored"] >= args.target_count:
         err.print(f"{name}: already holds {record['stored']:,} (from {progress.path})")
         return
+    if budget_s is not None and record["elapsed_s"] >= budget_s:  # no server start for nothing
+        err.print(f"{name}: out of time at {record['stored']:,} instances (from {progress.path})")
+        return
     peer = start_peer(name, state, workers=args.workers, keep_data=True)
     try:
         _ingest(peer, args, state, progress, record, budget_s)
@@ -244,8 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="pacs-scale-"))
     state.mkdir(parents=True, exist_ok=True)
     progress = Progress(state / "progress.json")
-    started = now_utc()
-    info = machine_info(state, targets)
+    # a resumed run reports when, where and at which commit the run began
+    started = progress.data.setdefault("started", now_utc())
+    info = progress.data.setdefault("machine", machine_info(state, targets))
+    progress.save()
     ok = True
     try:
         for i, name in enumerate(targets):
@@ -276,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.update_benchmarks_md:
         update_section("scale", "\n\n".join([
             "## Scale: ingest and QIDO-RS as the archive grows (`benchmarks/scale.py`)",
-            f"Measured {started} (resumed runs keep their first figures): {title}. "
+            f"Measured from {started} (a resumed run keeps its first figures): {title}. "
             f"{machine_line(info)}",
             f"```\n{command}\n```", markdown_table(header, cells),
         ]))  # fmt: skip
