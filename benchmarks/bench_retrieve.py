@@ -13,6 +13,11 @@ and :func:`engine.net.identifier.answer_dataset`; the baseline builds the
 Dataset (:meth:`engine.archive.Archive.find`, :func:`engine.net.find.answer`).
 Both end with pynetdicom's ``encode``, as the SCP does.
 
+``C-GET/C-MOVE matches``: the instances a retrieve of one CT series names,
+before its first C-STORE. Ours: :func:`engine.net.retrieve.resolve` over
+plain dicts (:meth:`engine.archive.Archive.find_attrs`); the baseline made a
+pydicom Dataset per match (:meth:`engine.archive.Archive.find`).
+
 Each benchmark checks its output against the other path's before timing.
 """
 
@@ -34,7 +39,7 @@ from engine import Archive, open_archive
 from engine.config import Config
 from engine.net.find import STUDY_ROOT_LEVELS, Identifier, answer, local_values
 from engine.net.identifier import Encoding, answer_dataset
-from engine.net.retrieve import Match, prepare
+from engine.net.retrieve import HIERARCHY, Match, prepare, resolve
 from engine.net.substore import EncodedInstance
 from engine.search import find_rows
 from engine.synthetic import ct_series
@@ -42,6 +47,7 @@ from engine.synthetic import encode as encode_instance
 
 SUB_OPERATION = "C-GET/C-MOVE sub-operation, 512x512 CT slice"
 FIND_ANSWERS = "C-FIND, 200 STUDY answers"
+RESOLVE = "C-GET/C-MOVE matches of a CT series"
 STUDIES = 200
 STUDY_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
               "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "StudyDescription",
@@ -131,3 +137,31 @@ def test_find_answers(benchmark: Any, archive: Archive, speedups: Any, role: str
     if not benchmark.disabled:
         benchmark.extra_info["ms_per_match"] = benchmark.stats.stats.median / len(answers) * 1e3
     speedups.record(FIND_ANSWERS, role, benchmark)
+
+
+def _resolve_datasets(archive: Archive, ident: Identifier) -> list[Match]:
+    """The replaced path: a pydicom Dataset per match."""
+    query = {k: v for k, v in ident.query.items() if k in HIERARCHY and v}
+    query.update(SOPInstanceUID="", SOPClassUID="", TransferSyntaxUID="")
+    return [Match(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.TransferSyntaxUID))
+            for ds in archive.find("IMAGE", query)]  # fmt: skip
+
+
+def _as_tuples(found: list[Match]) -> list[tuple[str, str, str]]:
+    return [(m.sop_instance, m.sop_class, m.transfer_syntax) for m in found]
+
+
+@pytest.mark.parametrize("role", ["ours", "Dataset per match"])
+def test_retrieve_matches(benchmark: Any, archive: Archive, ct_slices: list[bytes],
+                          speedups: Any, role: str) -> None:  # fmt: skip
+    first = pydicom.dcmread(io.BytesIO(ct_slices[0]), stop_before_pixels=True)
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = first.StudyInstanceUID, first.SeriesInstanceUID
+    ident = Identifier(ds, STUDY_ROOT_LEVELS)
+    expected = _as_tuples(_resolve_datasets(archive, ident))
+    assert len(expected) == len(ct_slices) and _as_tuples(resolve(archive, ident)) == expected
+    run = resolve if role == "ours" else _resolve_datasets
+    found = benchmark(lambda: run(archive, ident))
+    assert _as_tuples(found) == expected
+    speedups.record(RESOLVE, role, benchmark)
