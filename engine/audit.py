@@ -8,14 +8,17 @@ and when (UTC). Configured by the ``[audit]`` table::
 
     [audit]
     file = "/var/log/pacs/audit.jsonl"   # default for `pacs serve`: <archive>/audit.jsonl
-    syslog = true                        # also to the local syslog (LOG_AUTHPRIV)
+    syslog = true                        # also to the local syslog (/dev/log, LOG_AUTHPRIV)
+    # syslog = "/run/rsyslog.sock"       # ... or to this Unix datagram socket
+    # syslog = "audit.example.org:514"   # ... or to a collector over UDP (an ATNA repository)
 
 Cost: one ``write(2)`` of a few hundred bytes per event on an ``O_APPEND``
 descriptor (atomic between the worker processes, no lock, nothing held back in
 a buffer to lose when a worker is killed); no fsync.
 
-Never lost silently: when the write fails (disk full, file removed read-only)
-:func:`emit` logs at ERROR and raises :class:`~engine.errors.AuditError`, which
+Never lost silently: when the write fails (disk full, file removed read-only,
+the syslog socket gone) :func:`emit` logs at ERROR and raises
+:class:`~engine.errors.AuditError`, which
 the network and web layers turn into a refusal (A700, 503) of the request it
 would have recorded.
 
@@ -28,9 +31,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import logging.handlers
 import os
 import socket
-import syslog
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ from engine.errors import AuditError
 log = logging.getLogger("engine.audit")
 AUDIT_KEYS = ("file", "syslog")
 DEFAULT_FILE_NAME = "audit.jsonl"
+LOCAL_SYSLOG = "/dev/log"
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = 0, 4, 8, 12  # RFC 3881 5.1.4
 
 
@@ -62,10 +67,13 @@ class Event(Enum):
 
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
-    """Where the trail goes: a JSON-lines file (None: no file) and/or syslog."""
+    """Where the trail goes: a JSON-lines file (None: no file) and/or syslog.
+
+    `syslog` is None (off), a Unix datagram socket's path, or ``host:port`` (UDP).
+    """
 
     file: str | None = None
-    syslog: bool = False
+    syslog: str | None = None
 
 
 def audit_settings(table: Mapping[str, Any] | None, default_file: str | None) -> AuditSettings:
@@ -83,9 +91,42 @@ def audit_settings(table: Mapping[str, Any] | None, default_file: str | None) ->
     file = values.get("file", default_file)
     if file is not None and not isinstance(file, str):
         raise ValueError("audit.file must be a path")
-    if not isinstance(values.get("syslog", False), bool):
-        raise ValueError("audit.syslog must be true or false")
-    return AuditSettings(file or None, values.get("syslog", False))
+    target = values.get("syslog", False)
+    if target is True:
+        target = LOCAL_SYSLOG
+    if target is not False and (not isinstance(target, str) or not target):
+        raise ValueError('audit.syslog must be true, false, a socket path or "host:port"')
+    return AuditSettings(file or None, target or None)
+
+
+class _SyslogSink(logging.handlers.SysLogHandler):
+    """The stdlib's syslog client (RFC 3164 framing, LOG_AUTHPRIV) that raises, not prints.
+
+    ``SysLogHandler.emit`` hands a failed send to ``handleError``, which only
+    prints to stderr; a refused record must reach :meth:`AuditTrail.write`.
+    """
+
+    def __init__(self, target: str) -> None:
+        host, sep, port = target.rpartition(":")
+        address: str | tuple[str, int] = target
+        if sep and not target.startswith("/") and port.isdigit():
+            address = (host, int(port))
+        super().__init__(address, facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV)
+        self.ident = "pacs-audit: "
+        if isinstance(address, str):  # the stdlib lets a missing socket pass at start: we refuse
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+                probe.connect(address)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]  # called from emit's except clause: what the send raised
+        raise exc if exc is not None else OSError("syslog send failed")
+
+    def mapPriority(self, levelName: str) -> str:
+        return "notice"  # every record, as the audit trail always sent them
+
+    def send_line(self, text: str) -> None:
+        """Send one record as one syslog message; raises OSError when it cannot be."""
+        self.emit(logging.makeLogRecord({"msg": text}))
 
 
 class AuditTrail:
@@ -103,8 +144,12 @@ class AuditTrail:
                 self._fd = os.open(settings.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             except OSError as exc:
                 raise AuditError(f"cannot open the audit trail {settings.file}: {exc}") from exc
-        if settings.syslog:
-            syslog.openlog("pacs-audit", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+        self._syslog: _SyslogSink | None = None
+        if settings.syslog is not None:
+            try:
+                self._syslog = _SyslogSink(settings.syslog)
+            except OSError as exc:
+                raise AuditError(f"cannot open syslog {settings.syslog}: {exc}") from exc
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append one record; raise :class:`AuditError` (after logging it) if it cannot be."""
@@ -116,21 +161,27 @@ class AuditTrail:
                     view = view[os.write(self._fd, view) :]
             except OSError as exc:
                 self._failed(exc)
-        if self.settings.syslog:
-            syslog.syslog(syslog.LOG_NOTICE, line[:-1].decode())
+        if self._syslog is not None:
+            try:
+                self._syslog.send_line(line[:-1].decode())
+            except OSError as exc:
+                self._failed(exc, f"syslog {self.settings.syslog}")
 
-    def _failed(self, exc: OSError) -> None:
+    def _failed(self, exc: OSError, where: str | None = None) -> None:
         with self._lock:
             self.failures += 1
             n = self.failures
         log.error("AUDIT TRAIL FAILED (%d records refused so far): cannot write %s: %s",
-                  n, self.settings.file, exc)  # fmt: skip
+                  n, where or self.settings.file, exc)  # fmt: skip
         raise AuditError(f"the audit trail cannot be written: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._syslog is not None:
+            self._syslog.close()
+            self._syslog = None
 
 
 _trail: AuditTrail | None = None

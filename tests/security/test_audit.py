@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,8 +24,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from engine import audit
 from engine.errors import AuditError
-from tests._helpers import ROOT, small_ct
-from tests.net._support import NODELAY, Server, free_port
+from tests._helpers import ROOT, small_ct, small_ct_bytes
+from tests.net._support import NODELAY, Server, free_port, storescu
 
 OUT_OF_RESOURCES = 0xA700
 
@@ -130,3 +132,65 @@ def test_anonymous_dicomweb_off_loopback_refuses_to_start(tmp_path: Path) -> Non
                        capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert r.returncode == 1
     assert "without authentication" in r.stderr and "anonymous = true" in r.stderr
+
+
+def _syslog_records(sock: socket.socket, want: int) -> list[tuple[int, dict[str, Any]]]:
+    """(priority, record) of the next `want` syslog messages (RFC 3164: <PRI>ident: msg)."""
+    out = []
+    for _ in range(want):
+        raw = sock.recv(65536).decode().rstrip("\0")
+        pri, _, rest = raw[1:].partition(">")
+        assert rest.startswith("pacs-audit: "), raw
+        out.append((int(pri), json.loads(rest.removeprefix("pacs-audit: "))))
+    return out
+
+
+def test_syslog_over_udp_from_a_running_server(tmp_path: Path) -> None:
+    """[audit] syslog = "host:port": every record also goes to a collector, LOG_AUTHPRIV.notice."""
+    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    collector.bind(("127.0.0.1", 0))
+    collector.settimeout(30)
+    port = collector.getsockname()[1]
+    server = Server(tmp_path, workers=1, config=f'[audit]\nsyslog = "127.0.0.1:{port}"\n').start()
+    try:
+        ct = tmp_path / "ct.dcm"
+        ct.write_bytes(small_ct_bytes(7))
+        r = storescu(server.port, [ct])
+        assert r.returncode == 0, r.stdout + r.stderr
+        records = _syslog_records(collector, 1)  # the store (an echo is not audited)
+    finally:
+        assert server.stop() == 0
+        collector.close()
+    stores = [rec for pri, rec in records if rec["event"] == "DICOM Instances Transferred"]
+    assert stores and stores[0]["user"] == "STORESCU" and stores[0]["outcome"] == 0
+    assert {pri for pri, _ in records} == {10 * 8 + 5}  # LOG_AUTHPRIV (10), LOG_NOTICE (5)
+    in_file = (tmp_path / "archive" / "audit.jsonl").read_text()
+    assert stores[0]["detail"]["sop_instance_uid"] in in_file  # the file still gets every record
+
+
+def test_syslog_to_a_unix_socket_and_its_loss_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "syslog.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    listener.settimeout(10)
+    try:
+        audit.configure(audit.audit_settings({"syslog": str(path)}, None))
+        audit.emit(audit.Event.QUERY, user="FINDSCU", address="127.0.0.1", patient="P1")
+        [(_, record)] = _syslog_records(listener, 1)
+        assert record["event"] == "Query" and record["patient"] == "P1"
+    finally:
+        listener.close()
+        path.unlink()
+    try:  # the collector is gone: the request is refused, never recorded nowhere
+        with pytest.raises(AuditError):
+            audit.emit(audit.Event.QUERY, user="FINDSCU", address="127.0.0.1")
+    finally:
+        audit.configure(None)
+    with pytest.raises(AuditError, match="cannot open syslog"):
+        audit.configure(audit.audit_settings({"syslog": str(path)}, None))
+
+
+@pytest.mark.parametrize("value", [1, "", ["x"]])
+def test_a_bad_syslog_value_is_an_error(value: object) -> None:
+    with pytest.raises(ValueError, match=r"audit\.syslog"):
+        audit.audit_settings({"syslog": value}, None)
