@@ -338,6 +338,7 @@ class AuthMiddleware:
                 kind = audit.Event.SECURITY_ALERT
             await self._refuse(send, exc, kind, address, path, method)
             return
+        scope.setdefault("state", {})["audit_user"] = who.name  # per-instance records (STOW-RS)
         audited = _AuditedSend(send, event, who.name, address, study, method, path)
         try:
             await self.app(scope, receive, audited)

@@ -7,6 +7,10 @@ UIDs, checked against the study of the URL, and appended with
 :meth:`Archive.submit`; appends are waited for in groups, and every one of
 them is durable (group commit) before the response goes out.
 
+Every stored instance gets its own audit record, as a C-STORE does (DICOM
+Instances Transferred, with its SOP Instance UID); one that cannot be
+recorded is answered as failed (0xA700), though it stays stored.
+
 Response (PS3.18 10.5.3, Table 10.5.3-1): ``application/dicom+json`` with
 RetrieveURL (0008,1190) of the study when there is one, ReferencedSOPSequence
 (0008,1199) of the stored instances (class, instance, RetrieveURL) and
@@ -20,6 +24,7 @@ acknowledged in the problem's ``stored`` member).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -28,8 +33,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from engine import audit
 from engine.archive import Archive
-from engine.errors import EngineError
+from engine.errors import AuditError, EngineError
 from engine.scan import scan
 from engine.web.context import WebContext, instance_url, path_uid, study_url
 from engine.web.errors import (
@@ -93,10 +99,33 @@ class StowResult:
         return 202 if self.stored else 409
 
 
+UID_KEYS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID")
+Who = tuple[str, str | None]  # the audited user and address of the request
+
+
 def _uids(body: bytes) -> dict[str, str]:
     r = scan(body)
-    return {k: str(r.attributes.get(k, "")) for k in
-            ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}  # fmt: skip
+    return {k: str(r.attributes.get(k, "")) for k in UID_KEYS}
+
+
+def _audit_part(who: Who, uids: dict[str, str], outcome: int = audit.SUCCESS,
+                why: str = "") -> None:  # fmt: skip
+    """The audit record of one part: what a C-STORE of it would have written."""
+    audit.emit(audit.Event.INSTANCES_TRANSFERRED, outcome, user=who[0], address=who[1],
+               patient=uids["PatientID"] or None, study=uids["StudyInstanceUID"] or None,
+               description=why, sop_instance_uid=uids["SOPInstanceUID"],
+               service="STOW-RS")  # fmt: skip
+
+
+def _failed(result: StowResult, who: Who, uids: dict[str, str], exc: Exception) -> None:
+    """Fail one part: its FailureReason in the answer, its audit record (best effort)."""
+    if isinstance(exc, EngineError):
+        result.fail(uids["SOPClassUID"], uids["SOPInstanceUID"], failure_reason(exc, "STOW-RS"))
+    else:  # not the engine's: a bug must fail one part, not the parts stored
+        _unexpected(result, uids, exc)
+    if not isinstance(exc, AuditError):
+        with contextlib.suppress(AuditError):  # logged by the trail
+            _audit_part(who, uids, audit.SERIOUS_FAILURE, str(exc))
 
 
 def _submit_part(archive: Archive, part: Part, study: str | None) -> tuple[dict[str, str], Any]:
@@ -112,14 +141,13 @@ def _submit_part(archive: Archive, part: Part, study: str | None) -> tuple[dict[
 
 
 def _wait_all(archive: Archive, pending: list[tuple[dict[str, str], Any]],
-              result: StowResult) -> None:  # fmt: skip
+              result: StowResult, who: Who) -> None:  # fmt: skip
     for uids, p in pending:
         try:
             archive.wait(p)
-        except EngineError as exc:
-            result.fail(uids["SOPClassUID"], uids["SOPInstanceUID"], failure_reason(exc, "STOW-RS"))
-        except Exception as exc:  # noqa: BLE001 -- a bug must fail one part, not the parts stored
-            _unexpected(result, uids, exc)
+            _audit_part(who, uids)  # an AuditError: stored, but not acknowledged
+        except Exception as exc:  # noqa: BLE001 -- one part fails, not the request
+            _failed(result, who, uids, exc)
         else:
             result.ok(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["StudyInstanceUID"],
                       uids["SeriesInstanceUID"])  # fmt: skip
@@ -139,6 +167,8 @@ async def store(request: Request) -> Response:
         )
     reader = MultipartReader(ctype.params.get("boundary", ""), ctx.settings.max_part_bytes)
     result = StowResult(ctx.base_url(request))
+    who = (getattr(request.state, "audit_user", "unknown"),
+           request.client.host if request.client else None)  # fmt: skip
     pending: list[tuple[dict[str, str], Any]] = []
     parts = 0
     try:
@@ -146,23 +176,19 @@ async def store(request: Request) -> Response:
             parts += 1
             try:
                 pending.append(await ctx.call(_submit_part, ctx.archive, part, study))
-            except EngineError as exc:
-                uids = _safe_uids(part.body)
-                result.fail(uids["SOPClassUID"], uids["SOPInstanceUID"],
-                            failure_reason(exc, "STOW-RS"))  # fmt: skip
             except Exception as exc:  # noqa: BLE001 -- a 500 would drop the parts stored already
-                _unexpected(result, _safe_uids(part.body), exc)
+                _failed(result, who, _safe_uids(part.body), exc)
             if len(pending) >= WAIT_EVERY:
-                await ctx.call(_wait_all, ctx.archive, pending, result)
+                await ctx.call(_wait_all, ctx.archive, pending, result, who)
     except WebRequestError as exc:
-        await ctx.call(_wait_all, ctx.archive, pending, result)  # what was stored is durable
+        await ctx.call(_wait_all, ctx.archive, pending, result, who)  # stored is durable
         resp = problem(exc, "STOW-RS body")
         row = translate(exc)
         stored = [item["00081155"]["Value"][0] for item in result.stored]
         resp.body = problem_body(row.status, row.title, str(exc), stored=stored)
         resp.headers["content-length"] = str(len(resp.body))
         return resp
-    await ctx.call(_wait_all, ctx.archive, pending, result)
+    await ctx.call(_wait_all, ctx.archive, pending, result, who)
     if parts == 0:
         raise BadRequestError("the multipart body holds no part")
     return Response(orjson.dumps(result.body(study)), status_code=result.status,
@@ -180,8 +206,7 @@ def _safe_uids(body: bytes) -> dict[str, str]:
     try:
         return _uids(body)
     except Exception:  # noqa: BLE001 -- only for the failure report: no UIDs is an answer
-        return dict.fromkeys(("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
-                              "SeriesInstanceUID"), "")  # fmt: skip
+        return dict.fromkeys(UID_KEYS, "")
 
 
 def routes() -> list[Route]:

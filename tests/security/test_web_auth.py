@@ -198,11 +198,19 @@ def test_dicomweb_client_over_https_with_basic_auth(secure_server: TlsServer, pk
     session.headers["Connection"] = "close"
     url = f"https://127.0.0.1:{secure_server.http_port}/dicom-web"
     client = DICOMwebClient(url, session=session)
-    ds = small_ct(907)
+    ds, other = small_ct(907), small_ct(908)
     ds.SeriesInstanceUID = generate_uid()
-    client.store_instances([ds])
+    before = len(secure_server.audit())
+    client.store_instances([ds, other])
     found = client.search_for_instances(ds.StudyInstanceUID)
     assert [f["00080018"]["Value"][0] for f in found] == [ds.SOPInstanceUID]
+    # one record per stored instance, as for a C-STORE, beside the one of the request
+    per_instance = [a for a in secure_server.audit()[before:]
+                    if a["detail"].get("service") == "STOW-RS"]  # fmt: skip
+    assert sorted((a["detail"]["sop_instance_uid"], a["patient"]) for a in per_instance) == sorted(
+        (d.SOPInstanceUID, d.PatientID) for d in (ds, other))
+    assert {(a["event"], a["user"], a["outcome"]) for a in per_instance} == {
+        ("DICOM Instances Transferred", "writer", 0)}
     session.auth = None
     with pytest.raises(requests.HTTPError) as info:
         client.search_for_studies()
