@@ -122,7 +122,7 @@ class Server:
         for pid in map(int, kids):
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except FileNotFoundError:
+            except OSError:  # it exited meanwhile: gone (ENOENT) or going (ESRCH)
                 continue
             if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
                 pids.append(pid)
