@@ -110,7 +110,7 @@ class _SyslogSink(logging.handlers.SysLogHandler):
         host, sep, port = target.rpartition(":")
         address: str | tuple[str, int] = target
         if sep and not target.startswith("/") and port.isdigit():
-            address = (host, int(port))
+            address = (host.strip("[]"), int(port))  # "[::1]:514" too
         super().__init__(address, facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV)
         self.ident = "pacs-audit: "
         if isinstance(address, str):  # the stdlib lets a missing socket pass at start: we refuse
