@@ -43,8 +43,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import REPO, TARGETS, Peer, free_port, missing_tools, start_peer
+from peers import REPO, TARGETS, Peer, free_port, missing_message, start_peer
 from report import (
+    add_run_arguments,
     command_line,
     fmt_ratio,
     fmt_value,
@@ -253,7 +254,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=20240)
     p.add_argument("--corpus", type=Path, help="an existing bench corpus (skips generation)")
     p.add_argument("--associations", type=int, default=4, help="concurrent C-STORE associations")
-    p.add_argument("--workers", type=int, default=2, help="pacs serve worker processes")
     p.add_argument("--series", type=int, help="retrieve at most this many series")
     p.add_argument("--repeat", type=int, default=20, help="times the query mix runs")
     p.add_argument("--bench-tree", type=Path,
@@ -261,9 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkout whose `pacs bench` runs "
                         "(default: $PACS_BENCH_TREE or this one)")  # fmt: skip
     p.add_argument("--work-dir", type=Path, help="where servers write (default: a temp dir)")
-    p.add_argument("--json", type=Path, help="write the results here")
-    p.add_argument("--update-benchmarks-md", action="store_true",
-                   help="write table, date, machine, command into BENCHMARKS.md")  # fmt: skip
+    add_run_arguments(p)
     return p
 
 
@@ -271,10 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 when every target completed every phase, else 1."""
     args = build_parser().parse_args(argv)
     command = command_line("compare.py", argv)
-    missing = missing_tools(args.targets)
+    missing = missing_message(args.targets)
     if missing:
-        err.print(f"[red]error:[/] missing {', '.join(missing)} "
-                  "(apt-get install dcmtk orthanc orthanc-dicomweb)")  # fmt: skip
+        err.print(f"[red]error:[/] {missing}")
         return 2
     work = work_dir(args.work_dir, "pacs-compare-")
     started = now_utc()

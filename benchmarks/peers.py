@@ -168,6 +168,14 @@ def missing_tools(targets: list[str] | tuple[str, ...]) -> list[str]:
     return sorted(p for p in need if not os.path.exists(p))
 
 
+def missing_message(targets: list[str] | tuple[str, ...]) -> str | None:
+    """What a comparison script says when `targets` cannot run here, or None when they can."""
+    missing = missing_tools(targets)
+    if not missing:
+        return None
+    return f"missing {', '.join(missing)} (apt-get install dcmtk orthanc orthanc-dicomweb)"
+
+
 def _python_env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
     return dict(os.environ, PYTHONPATH=str(REPO) + (os.pathsep + path if path else ""))

@@ -7,6 +7,7 @@ markers; a run replaces its own section and leaves the others alone.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import math
 import os
@@ -33,6 +34,14 @@ it names (`benchmarks/compare.py`, `benchmarks/web_compare.py`,
 ratios, not absolute figures: a ratio compares two servers measured minutes
 apart on the same machine; the absolute figures move with whatever else runs.
 """
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """--workers, --json and --update-benchmarks-md, alike in every comparison script."""
+    p.add_argument("--workers", type=int, default=2, help="pacs serve worker processes")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--update-benchmarks-md", action="store_true",
+                   help="write table, date, machine, command into BENCHMARKS.md")  # fmt: skip
 
 
 def command_line(script: str, argv: Sequence[str] | None) -> str:

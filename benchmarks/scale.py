@@ -47,8 +47,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loader import send, small_study_plan, write_small
-from peers import Peer, missing_tools, start_peer
+from peers import Peer, missing_message, start_peer
 from report import (
+    add_run_arguments,
     command_line,
     fmt_ratio,
     fmt_value,
@@ -216,12 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-study", type=int, default=10, help="instances per study")
     p.add_argument("--processes", type=int, default=4, help="concurrent storescu processes")
     p.add_argument("--repeat", type=int, default=20, help="timed repetitions of each query")
-    p.add_argument("--workers", type=int, default=2, help="pacs serve worker processes")
     p.add_argument("--seed", type=int, default=20242)
     p.add_argument("--state-dir", type=Path, help="keep archives and progress here (resumable)")
-    p.add_argument("--json", type=Path, help="write the results here")
-    p.add_argument("--update-benchmarks-md", action="store_true",
-                   help="write table, date, machine, command into BENCHMARKS.md")  # fmt: skip
+    add_run_arguments(p)
     return p
 
 
@@ -233,8 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not targets or set(targets) - set(WEB_TARGETS):
         err.print(f"[red]error:[/] targets are {', '.join(WEB_TARGETS)}")
         return 2
-    if missing_tools(targets):
-        err.print(f"[red]error:[/] missing {', '.join(missing_tools(targets))}")
+    missing = missing_message(targets)
+    if missing:
+        err.print(f"[red]error:[/] {missing}")
         return 2
     if args.target_count % args.per_study or args.chunk % args.per_study:
         err.print("[red]error:[/] --target-count and --chunk must be multiples of --per-study")

@@ -50,8 +50,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loader import send, write_ct_series, write_small
-from peers import Peer, missing_tools, start_peer
+from peers import Peer, missing_message, start_peer
 from report import (
+    add_run_arguments,
     command_line,
     fmt_ratio,
     fmt_value,
@@ -265,12 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=30, help="timed repetitions of each request")
     p.add_argument("--threads", type=int, default=4, help="concurrent frame requests")
     p.add_argument("--processes", type=int, default=4, help="storescu processes while loading")
-    p.add_argument("--workers", type=int, default=2, help="pacs serve worker processes")
     p.add_argument("--seed", type=int, default=20241)
     p.add_argument("--work-dir", type=Path, help="where the corpus and servers go (temp dir)")
-    p.add_argument("--json", type=Path, help="write the results here")
-    p.add_argument("--update-benchmarks-md", action="store_true",
-                   help="write table, date, machine, command into BENCHMARKS.md")  # fmt: skip
+    add_run_arguments(p)
     return p
 
 
@@ -278,10 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 when every target answered everything, else 1."""
     args = build_parser().parse_args(argv)
     command = command_line("web_compare.py", argv)
-    missing = missing_tools(args.targets)
+    missing = missing_message(args.targets)
     if missing:
-        err.print(f"[red]error:[/] missing {', '.join(missing)} "
-                  "(apt-get install dcmtk orthanc orthanc-dicomweb)")  # fmt: skip
+        err.print(f"[red]error:[/] {missing}")
         return 2
     work = work_dir(args.work_dir, "pacs-webcmp-")
     started = now_utc()
