@@ -55,9 +55,10 @@ class TlsServer(Server):
         raise AssertionError(f"server did not start:\n{self.log()}")
 
     def audit(self) -> list[dict[str, Any]]:
+        """The records written so far; a line still being appended (no newline yet) waits."""
         path = self.archive / "audit.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [json.loads(line) for line in lines]
+        text = path.read_text() if path.exists() else ""
+        return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
 
 def client_context(pki: Pki, cert: Any = None, **versions: Any) -> ssl.SSLContext:
