@@ -15,14 +15,17 @@ import pytest
 from engine.synthetic import ct_series, encode
 from tests.corpus import real_files
 
-PACS = shutil.which("pacs") or ""
+# The console script lives next to the interpreter that runs the tests: a venv's
+# bin/ need not be on PATH (scripts/test.sh runs `.venv/bin/python -m pytest`),
+# and a `pacs` found on PATH could be another install's (issue 15).
+PACS = Path(sys.executable).with_name("pacs")
 
 
 def pacs(archive: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    assert PACS, "the `pacs` console script is not installed: run `pip install -e .[test]`"
+    assert PACS.is_file(), f"no `pacs` console script at {PACS}: run `pip install -e .[test]`"
     env = dict(os.environ, COLUMNS="200")
     return subprocess.run(
-        [PACS, "-A", str(archive), *args], capture_output=True, text=True, env=env, timeout=300
+        [str(PACS), "-A", str(archive), *args], capture_output=True, text=True, env=env, timeout=300
     )
 
 
