@@ -197,3 +197,33 @@ def test_a_boundary_without_crlf_is_a_400_problem(client: Client) -> None:
     r = client.post(f"{BASE}/studies", content=chunks(), headers={
         "Content-Type": 'multipart/related; type="application/dicom"; boundary=XbX'})  # fmt: skip
     assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("length", [73, 1000])
+def test_a_long_boundary_and_a_chunked_body_are_stored(
+    live: tuple[Archive, Any], length: int
+) -> None:
+    """Orthanc sends 73 characters, past RFC 2046's 70, chunked: a real sender is taken."""
+    import httpx
+
+    archive, server = live
+    boundary = ("0123456789abcdef-" * 60)[:length]
+    data = ct_study(11 + length, 1, 2)
+    body, ctype = multipart([(DICOM, d) for d in data], boundary=boundary)
+
+    def chunks() -> Any:  # a generator: httpx sends Transfer-Encoding: chunked
+        for i in range(0, len(body), 4096):
+            yield body[i : i + 4096]
+
+    r = httpx.post(f"http://127.0.0.1:{server.port}{BASE}/studies", content=chunks(),
+                   headers={"Content-Type": ctype}, timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.request.headers["transfer-encoding"] == "chunked"
+    assert all(archive.get(str(read(d).SOPInstanceUID)) for d in data)
+
+
+def test_a_boundary_past_the_abuse_bound_is_a_400_that_says_so(client: Client) -> None:
+    body, ctype = multipart([(DICOM, ct_study(12, 1, 1)[0])], boundary="b" * 1001)
+    r = client.post(f"{BASE}/studies", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == 400
+    assert "boundary of 1001 characters: at most 1000" in r.json()["detail"]
