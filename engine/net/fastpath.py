@@ -53,7 +53,7 @@ from pynetdicom.pdu_primitives import (
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
 )
-from pynetdicom.presentation import AllStoragePresentationContexts, negotiate_as_acceptor
+from pynetdicom.presentation import negotiate_as_acceptor
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from engine import pdu as P
@@ -61,7 +61,7 @@ from engine.audit import SERIOUS_FAILURE, Event
 from engine.errors import AuditError
 from engine.net.find import find_responses
 from engine.net.identifier import Encoding
-from engine.net.scp import FIND_MODELS, MAX_PDU_BYTES
+from engine.net.scp import FIND_MODELS, MAX_PDU_BYTES, STORAGE_SOP_CLASSES
 from engine.net.settings import ServerSettings
 from engine.net.status import (
     PENDING,
@@ -194,8 +194,7 @@ class FastPath:
         self.settings = settings
         self.ae = ae
         self.contexts = ae.supported_contexts
-        syntaxes = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
-        self.syntaxes = frozenset(syntaxes | {str(Verification)} | FIND_MODELS.keys())
+        self.syntaxes = frozenset({*STORAGE_SOP_CLASSES, str(Verification), *FIND_MODELS})
         self._lock = threading.Lock()
         self._active: set[FastAssociation] = set()
         self.served = 0  # associations the fast path took

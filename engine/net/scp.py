@@ -3,7 +3,8 @@
 What we accept (PS3.7 Annex D.3.3.2, PS3.8 9.3.2.2):
 
 - Verification, with the uncompressed transfer syntaxes;
-- every Storage SOP Class pynetdicom knows, with every transfer syntax it
+- every Storage SOP Class of the standard, retired ones included
+  (:data:`STORAGE_SOP_CLASSES`), with every transfer syntax pynetdicom
   knows (uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE, MPEG,
   HEVC...), stored as received; the SCP/SCU role selection of a C-GET
   requestor (PS3.7 D.3.3.4) is accepted on the same contexts;
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom import AE, _config, evt
+from pydicom._uid_dict import UID_dictionary
+from pynetdicom import AE, _config, evt, register_uid
+from pynetdicom import sop_class as sop_class_module
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES, DEFAULT_TRANSFER_SYNTAXES
 from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -52,6 +56,28 @@ _MODELS = {
     "move": ((PatientRootQueryRetrieveInformationModelMove, PATIENT_ROOT_LEVELS),
              (StudyRootQueryRetrieveInformationModelMove, STUDY_ROOT_LEVELS)),
 }  # fmt: skip
+
+
+def _storage_sop_classes() -> tuple[str, ...]:
+    """pynetdicom's storage SOP classes and every other one pydicom's UID dictionary names,
+    retired ones too: old modalities still send them (retired Ultrasound Image Storage,
+    1.2.840.10008.5.1.4.1.1.6, from US carts), and an archive must keep what it is sent.
+
+    The extra ones are registered with pynetdicom's Storage Service Class: without that its
+    acceptor has no handler for their C-STORE-RQ and aborts the association.
+    """
+    ours = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
+        storage = kind == "SOP Class" and "Storage" in name and "Commitment" not in name
+        if storage and uid not in ours and uid != MEDIA_STORAGE_DIRECTORY:
+            if not hasattr(sop_class_module, keyword):
+                register_uid(uid, keyword, StorageServiceClass)
+            ours.append(uid)
+    return tuple(ours)
+
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: a file set's index, not an object
+STORAGE_SOP_CLASSES = _storage_sop_classes()
 # Find SOP Class UID -> its levels; the fast path answers C-FIND on these too
 FIND_MODELS = {str(uid): levels for uid, levels in _MODELS["find"]}
 
@@ -86,10 +112,9 @@ def build_ae(settings: ServerSettings) -> AE:
     ae.dimse_timeout = DIMSE_TIMEOUT_S
     ae.network_timeout = settings.network_timeout_s  # an idle association is aborted after this
     ae.add_supported_context(Verification, DEFAULT_TRANSFER_SYNTAXES)
-    for cx in AllStoragePresentationContexts:
-        assert cx.abstract_syntax is not None
+    for sop_class in STORAGE_SOP_CLASSES:
         # scu_role/scp_role True: accept whatever role a C-GET requestor proposes
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES,
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES,
                                  scu_role=True, scp_role=True)  # fmt: skip
     for models in _MODELS.values():
         for sop_class, _ in models:
