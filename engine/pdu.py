@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # PS3.8 9.3.1: PDU types
@@ -171,14 +172,23 @@ class PDUReader:
     ----------
     sock
         A connected, blocking socket (a receive timeout may be set on it).
+    patience
+        Asked when a read times out: True to wait once more (the peer is
+        still busy reading what we sent), False to let the timeout stand.
     """
 
-    def __init__(self, sock: socket.socket, size: int = READ_BUFFER_BYTES) -> None:
+    def __init__(self, sock: socket.socket, size: int = READ_BUFFER_BYTES,
+                 patience: Callable[[], bool] | None = None) -> None:  # fmt: skip
         self.sock = sock
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.start = 0
         self.end = 0
+        self.patience = patience
+
+    def _wait_on(self) -> bool:
+        """A read timed out: whether to read again (:attr:`patience`) or let it stand."""
+        return self.patience is not None and self.patience()
 
     def _fill(self, need: int) -> None:
         """Block until at least `need` bytes are buffered (`need` <= the buffer size)."""
@@ -190,7 +200,12 @@ class PDUReader:
             self.start, self.end = 0, n
         recv_into, view = self.sock.recv_into, self.view
         while self.end - self.start < need:
-            got = recv_into(view[self.end :])
+            try:
+                got = recv_into(view[self.end :])
+            except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO: EAGAIN
+                if self._wait_on():
+                    continue
+                raise
             if not got:
                 raise PeerClosed("the peer closed the connection")
             self.end += got
@@ -240,7 +255,12 @@ class PDUReader:
         while pos < n:
             left = n - pos
             if left >= DIRECT_READ_MIN_BYTES:  # large: straight into the message, no second copy
-                got = recv_into(room[pos:], left)
+                try:
+                    got = recv_into(room[pos:], left)
+                except (TimeoutError, BlockingIOError):
+                    if self._wait_on():
+                        continue
+                    raise
                 if not got:
                     raise PeerClosed("the peer closed the connection inside a fragment")
                 pos += got

@@ -73,7 +73,7 @@ from engine.net.status import (
     failure_status,
 )
 from engine.net.store import audit_refusal, audit_store
-from engine.net.transport import REJECT_CALLING_AE, REJECT_LIMIT, refused
+from engine.net.transport import REJECT_CALLING_AE, REJECT_LIMIT, DrainWatch, refused
 from engine.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.pdu import Command, MessageBuffer, PDUReader, PeerClosed, ProtocolError
 
@@ -290,7 +290,7 @@ class FastAssociation:
         self.accepted: dict[int, str] = {}  # context ID -> accepted transfer syntax
         self.abstract: dict[int, str] = {}  # context ID -> its abstract syntax
         self.find_levels: dict[int, tuple[str, ...]] = {}  # Find contexts -> the model's levels
-        self.reader = PDUReader(sock)
+        self.reader = PDUReader(sock, patience=DrainWatch(sock))  # a slow reader is not idle
         self.pdu_left = 0  # bytes of PDVs left in the P-DATA-TF being read
         self.may_store = owner.settings.access.may(self.calling, "store")
         self.stored = 0

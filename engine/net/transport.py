@@ -25,9 +25,12 @@ audited as a Security Alert.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import socket
 import ssl
+import struct
+import termios
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +91,36 @@ def set_buffers(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
     except OSError as exc:
         log.debug("SO_RCVBUF not set: %s", exc)
+
+
+def unacked_bytes(sock: socket.socket) -> int:
+    """Bytes we sent that the peer has not acknowledged yet (SIOCOUTQ, tcp(7))."""
+    out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return int(struct.unpack("i", out)[0])
+
+
+class DrainWatch:
+    """At each network timeout, tells a peer still reading what we sent from an idle one.
+
+    A peer that reads a long C-FIND answer slowly sends nothing until it has
+    read the final response: it is busy, not idle, as long as the bytes we
+    sent keep leaving our send queue. Called when a wait for the peer timed
+    out: True (wait once more) while the queue changed since the last call,
+    and once more after it emptied (the peer still reads what its own kernel holds).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.left = -1
+
+    def __call__(self) -> bool:
+        try:
+            left = unacked_bytes(self.sock)
+        except (OSError, ValueError):  # not a TCP socket, or closed: the timeout stands
+            return False
+        draining = left != self.left and max(left, self.left) > 0
+        self.left = left
+        return draining
 
 
 class _AccessACSE(ACSE):
@@ -163,6 +196,21 @@ class _BoundedDUL(DULServiceProvider):
     max_pdu_bytes: int
     max_instance_bytes: int
     data_set_bytes: int
+    drain: DrainWatch
+
+    def _send(self, pdu: Any) -> None:
+        super()._send(pdu)
+        # pynetdicom's idle timer counts from the last PDU received: an answer longer than
+        # the network timeout was aborted as it ended, its final response dropped
+        self._idle_timer.restart()
+
+    def idle_timer_expired(self) -> bool:
+        if not super().idle_timer_expired():
+            return False
+        if self.drain():  # the peer is still reading what we sent: busy, not idle
+            self._idle_timer.restart()
+            return False
+        return True
 
     def _read_pdu_data(self) -> None:
         assert self.socket is not None and self.socket.socket is not None
@@ -231,11 +279,12 @@ class _BoundedDUL(DULServiceProvider):
         raise RefusedPDUError(what)
 
 
-def bound_dul(assoc: Association, max_instance_bytes: int) -> None:
-    """Give `assoc` the PDU and data set limits of :class:`_BoundedDUL`."""
+def bound_dul(assoc: Association, sock: socket.socket, max_instance_bytes: int) -> None:
+    """Give `assoc` (on `sock`) the limits and the idle rule of :class:`_BoundedDUL`."""
     dul = assoc.dul
     dul.__class__ = _BoundedDUL
     assert isinstance(dul, _BoundedDUL)
+    dul.drain = DrainWatch(sock)
     dul.max_pdu_bytes = max(assoc.ae.maximum_pdu_size, ASSOCIATE_PDU_MAX_BYTES)
     dul.max_instance_bytes = max_instance_bytes
     dul.data_set_bytes = 0
@@ -275,7 +324,7 @@ class _RequestHandler(RequestHandler):
         acse.access = self.server.access
         acse.fast = self.server.fast
         assoc.acse = acse
-        bound_dul(assoc, self.server.max_instance_bytes)
+        bound_dul(assoc, self.request, self.server.max_instance_bytes)
         # An accepted socket is blocking: a peer silent in the middle of a PDU would hold
         # pynetdicom's reader forever. With a timeout that read fails and the DUL closes.
         self.request.settimeout(self.server.ae.network_timeout)
