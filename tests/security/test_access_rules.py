@@ -85,7 +85,8 @@ def test_unlisted_calling_ae_is_rejected_and_audited(
 ) -> None:
     before = len(secure_server.audit())
     assoc = _associate(secure_server, pki, "INTRUDER", *contexts)
-    assert assoc.is_rejected
+    state = f"established={assoc.is_established} aborted={assoc.is_aborted}"
+    assert assoc.is_rejected, (state, secure_server.log()[-4000:])
     assoc.release()
     alert = _refusals(secure_server, before)[-1]
     assert alert["event"] == "Security Alert" and alert["user"] == "INTRUDER"
