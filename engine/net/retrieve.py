@@ -149,6 +149,8 @@ def _unsendable(uid: str) -> Dataset:
 
 def _to_little_endian(ds: Dataset) -> None:
     """Explicit VR Big Endian to Little Endian: pydicom re-encodes values, we swap Pixel Data."""
+    for _ in ds.iterall():  # decode every raw element now: once the encoding says little
+        pass  # endian, pydicom would write the big endian raw bytes as they are
     if "PixelData" in ds and ds.get("BitsAllocated", 8) > 8:
         arr = ds.pixel_array
         ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
