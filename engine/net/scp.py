@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pydicom._uid_dict import UID_dictionary
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt, register_uid
 from pynetdicom import sop_class as sop_class_module
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES, DEFAULT_TRANSFER_SYNTAXES
@@ -76,6 +77,27 @@ def _storage_sop_classes() -> tuple[str, ...]:
     return tuple(ours)
 
 
+def acceptor_order(syntaxes: list[str]) -> list[str]:
+    """Our preference among the transfer syntaxes a peer proposes in one context.
+
+    pynetdicom's acceptor takes the first of *its own* list that the peer proposed,
+    and its list starts with Implicit VR: a modality offering JPEG-LS and Explicit
+    VR sent Implicit, decompressed, private VRs lost. We store what arrives, so:
+    a lossless compression first (smaller, nothing lost), then Explicit VR Little
+    Endian, then Implicit, then the rest (lossy ones last among what is offered
+    with them: a sender offering lossy beside uncompressed may hold the original).
+    """
+
+    def rank(uid: str) -> int:
+        name = UID(uid).name
+        if "Lossless" in name and "Lossy" not in name:
+            return 0
+        return {str(ExplicitVRLittleEndian): 1, str(ImplicitVRLittleEndian): 2}.get(uid, 3)
+
+    return sorted(syntaxes, key=rank)  # stable: pynetdicom's order within a rank
+
+
+ACCEPTED_TRANSFER_SYNTAXES = acceptor_order(list(ALL_TRANSFER_SYNTAXES))
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: a file set's index, not an object
 STORAGE_SOP_CLASSES = _storage_sop_classes()
 # Find SOP Class UID -> its levels; the fast path answers C-FIND on these too
@@ -114,7 +136,7 @@ def build_ae(settings: ServerSettings) -> AE:
     ae.add_supported_context(Verification, DEFAULT_TRANSFER_SYNTAXES)
     for sop_class in STORAGE_SOP_CLASSES:
         # scu_role/scp_role True: accept whatever role a C-GET requestor proposes
-        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES,
+        ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES,
                                  scu_role=True, scp_role=True)  # fmt: skip
     for models in _MODELS.values():
         for sop_class, _ in models:
