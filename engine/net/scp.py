@@ -6,7 +6,9 @@ What we accept (PS3.7 Annex D.3.3.2, PS3.8 9.3.2.2):
 - every Storage SOP Class of the standard, retired ones included
   (:data:`STORAGE_SOP_CLASSES`), with every transfer syntax pynetdicom
   knows (uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE, MPEG,
-  HEVC...), stored as received; the SCP/SCU role selection of a C-GET
+  HEVC...), stored as received; of several offered in one context, a
+  lossless compression first, then Explicit VR, then Implicit
+  (:func:`acceptor_order`); the SCP/SCU role selection of a C-GET
   requestor (PS3.7 D.3.3.4) is accepted on the same contexts;
 - Find, Get and Move of the Patient Root and Study Root Query/Retrieve
   information models (PS3.4 C.6.1, C.6.2).
