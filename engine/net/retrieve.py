@@ -149,8 +149,10 @@ def _unsendable(uid: str) -> Dataset:
 
 def _to_little_endian(ds: Dataset) -> None:
     """Explicit VR Big Endian to Little Endian: pydicom re-encodes values, we swap Pixel Data."""
-    for _ in ds.iterall():  # decode every raw element now: once the encoding says little
-        pass  # endian, pydicom would write the big endian raw bytes as they are
+    # Read every element once, which decodes it: once the dataset is labelled little
+    # endian, pydicom would write an element still raw as its big endian bytes.
+    for _ in ds.iterall():
+        pass
     if "PixelData" in ds and ds.get("BitsAllocated", 8) > 8:
         arr = ds.pixel_array
         ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
