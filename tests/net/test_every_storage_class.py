@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -84,19 +85,20 @@ def test_every_pair_is_accepted_and_stored_as_sent(
         refused = sorted(f"{UID(c).name} in {UID(t).name} ({p.name})"
                          for (c, t), p in PAIRS.items() if (c, t) not in accepted)  # fmt: skip
         assert not refused, refused
-        statuses = {}
+        statuses: dict[Path, tuple[int, Dataset, str]] = {}
         for (_, ts), file in PAIRS.items():
             status = int(assoc.send_c_store(file).Status)
-            statuses[file.name] = (status, read(file.read_bytes()), ts)
+            statuses[file] = (status, read(file.read_bytes()), ts)
     finally:
         assoc.release()
-    color = statuses["color-pl.dcm"]
-    assert color[0] == 0, color
+    [color] = [status for file, (status, _, _) in statuses.items() if file.name == "color-pl.dcm"]
+    assert color == 0, hex(color)
     assert own_server.stop() == 0, own_server.log()
     sent = Counter(str(ds.SOPInstanceUID) for _, ds, _ in statuses.values())
     archive = open_archive(own_server.archive)
     try:
-        for name, (status, ds, ts) in statuses.items():
+        for file, (status, ds, ts) in statuses.items():
+            name = file.name
             if status != 0 and status not in WARNINGS:
                 continue  # refused by ingest with a status: nothing was acknowledged
             if sent[str(ds.SOPInstanceUID)] > 1:
