@@ -19,7 +19,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pydicom._uid_dict import UID_dictionary
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
 from pynetdicom import AE, _config, evt, register_uid
 from pynetdicom import sop_class as sop_class_module
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES, DEFAULT_TRANSFER_SYNTAXES
@@ -72,7 +77,8 @@ def _storage_sop_classes() -> tuple[str, ...]:
     ours = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
     for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
         storage = kind == "SOP Class" and "Storage" in name and "Commitment" not in name
-        if storage and uid not in ours and uid != MEDIA_STORAGE_DIRECTORY:
+        # a DICOMDIR (Media Storage Directory) indexes a file set: it is no object to store
+        if storage and uid not in ours and uid != MediaStorageDirectoryStorage:
             if not hasattr(sop_class_module, keyword):
                 register_uid(uid, keyword, StorageServiceClass)
             ours.append(uid)
@@ -100,7 +106,6 @@ def acceptor_order(syntaxes: list[str]) -> list[str]:
 
 
 ACCEPTED_TRANSFER_SYNTAXES = acceptor_order(list(ALL_TRANSFER_SYNTAXES))
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: a file set's index, not an object
 STORAGE_SOP_CLASSES = _storage_sop_classes()
 # Find SOP Class UID -> its levels; the fast path answers C-FIND on these too
 FIND_MODELS = {str(uid): levels for uid, levels in _MODELS["find"]}
