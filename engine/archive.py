@@ -43,7 +43,7 @@ from engine.index.catalog import ApplyResult, Catalog
 from engine.index.env import IndexEnv
 from engine.index.keys import Location
 from engine.ingest import prepare, tombstone
-from engine.part10 import PREAMBLE, assemble
+from engine.part10 import PREAMBLE, assemble, dataset_offset
 from engine.storage.format import NO_PIXEL
 from engine.storage.segment import SegmentReader, StoredRecord
 from engine.writer import WritePath, _Pending
@@ -226,6 +226,21 @@ class Archive:
         """The stored instance as a Part 10 file, in the transfer syntax it was received in."""
         rec = self._read(sop_instance_uid, with_pixel=True)
         return assemble(rec.meta, rec.pixel, rec.header.pixel_at)
+
+    def get_dataset_parts(self, sop_instance_uid: str) -> list[memoryview]:
+        """The stored data set, without preamble or File Meta Information, as the parts it is in.
+
+        What a C-STORE sub-operation sends (PS3.7 9.1.1: the data set in the
+        accepted syntax, PS3.10 group 0002 left out): the metadata before
+        Pixel Data, Pixel Data, the metadata after it; nothing is joined.
+        """
+        rec = self._read(sop_instance_uid, with_pixel=True)
+        meta = memoryview(rec.meta)
+        start = dataset_offset(meta, preamble=False)
+        if not rec.pixel:
+            return [meta[start:]]
+        at = rec.header.pixel_at
+        return [meta[start:at], memoryview(rec.pixel), meta[at:]]
 
     def get_metadata(self, sop_instance_uid: str) -> Dataset:
         """The stored instance without Pixel Data, read from the metadata part alone."""

@@ -1,6 +1,6 @@
-"""DICOM upper-layer PDUs (PS3.8): the buffered reader, command sets, responses.
+"""DICOM upper-layer PDUs (PS3.8): the buffered reader and the framing of what we send.
 
-Only what a Storage and Verification SCP needs, written against the
+Written against the
 standard rather than through pynetdicom's objects (one Python object per
 PDU and per PDV is what made pynetdicom's receive path cost milliseconds):
 
@@ -10,12 +10,11 @@ PDU and per PDV is what made pynetdicom's receive path cost milliseconds):
   counting the context ID and control header), presentation context ID
   (1), message control header (1: bit 0 command, bit 1 last fragment),
   then the fragment;
-- command sets (PS3.7 6.3.1, Annex E): group 0000 only, always Implicit VR
-  Little Endian, so a tag, a 32-bit length and the value;
 - A-ASSOCIATE-RJ, A-RELEASE-RP and A-ABORT (PS3.8 9.3.4, 9.3.7, 9.3.8).
 
 Association negotiation itself (the A-ASSOCIATE-RQ and -AC) goes through
-pynetdicom's PDU classes, in :mod:`engine.net.fastpath`.
+pynetdicom's PDU classes, in :mod:`engine.net.fastpath` and
+:mod:`engine.dimse`; command sets are :mod:`engine.dimse`'s.
 
 It sits beside Archive rather than in net/ because both ends use it: the
 server (:mod:`engine.net`) and the benchmark client (:mod:`engine.bench`).
@@ -24,9 +23,9 @@ server (:mod:`engine.net`) and the benchmark client (:mod:`engine.bench`).
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
 # PS3.8 9.3.1: PDU types
 A_ASSOCIATE_RQ = 0x01
@@ -49,39 +48,11 @@ ABORT_INVALID_PARAMETER = 0x06
 MCH_COMMAND = 0x01
 MCH_LAST = 0x02
 
-# PS3.7 E.1: command elements the fast path reads or writes
-CommandGroupLength = 0x00000000
-AffectedSOPClassUID = 0x00000002
-CommandField = 0x00000100
-MessageID = 0x00000110
-MessageIDBeingRespondedTo = 0x00000120
-Priority = 0x00000700
-CommandDataSetType = 0x00000800
-Status = 0x00000900
-ErrorComment = 0x00000902
-AffectedSOPInstanceUID = 0x00001000
-
-# PS3.7 E.1: Command Field values
-C_STORE_RQ = 0x0001
-C_STORE_RSP = 0x8001
-C_FIND_RQ = 0x0020
-C_FIND_RSP = 0x8020
-C_ECHO_RQ = 0x0030
-C_ECHO_RSP = 0x8030
-C_CANCEL_RQ = 0x0FFF
-RESPONSE_BIT = 0x8000
-NO_DATA_SET = 0x0101  # PS3.7 E.1: CommandDataSetType "no data set"; any other value: one follows
-DATA_SET_PRESENT = 0x0000
-
 PDU_HEADER = struct.Struct(">BxI")  # type, reserved, length
 PDV_HEADER = struct.Struct(">IBB")  # item length, context ID, message control header
-_ELEMENT = struct.Struct("<HHI")  # group, element, length (PS3.5 7.1.3, implicit VR)
-_US = struct.Struct("<H")
-_UL = struct.Struct("<I")
 
 PDU_HEADER_BYTES = 6
 PDV_HEADER_BYTES = 6
-COMMAND_MAX_BYTES = 64 << 10  # a command set is a few hundred bytes; more is not a command
 READ_BUFFER_BYTES = 256 << 10
 DIRECT_READ_MIN_BYTES = 64 << 10  # fragments at least this long bypass the read buffer
 
@@ -274,139 +245,6 @@ class PDUReader:
         dest.length += n
 
 
-# -- command sets (PS3.7 6.3.1, Annex E) -------------------------------------------------
-
-
-@dataclass(slots=True)
-class Command:
-    """The elements of a request command set the fast path acts on."""
-
-    command_field: int
-    message_id: int
-    has_data_set: bool
-    sop_class_uid: str = ""
-    sop_instance_uid: str = ""
-    priority: int = 0
-
-
-def _uid(value: bytes) -> str:
-    # PS3.5 9.1: a UID value is padded with one trailing NUL to an even length
-    return value.rstrip(b"\0 ").decode("ascii", "replace")
-
-
-def parse_command(data: bytes) -> Command:
-    """Walk an implicit VR Little Endian command set and pick out the request fields.
-
-    Parameters
-    ----------
-    data
-        The concatenated command fragments (PS3.7 6.3.1).
-
-    Raises
-    ------
-    ProtocolError
-        An element runs past the end, or Command Field or Message ID is
-        missing: without them there is nothing to answer.
-    """
-    values: dict[int, bytes] = {}
-    pos, end = 0, len(data)
-    while pos < end:
-        if end - pos < 8:
-            raise invalid("command set ends inside an element header")
-        group, element, length = _ELEMENT.unpack_from(data, pos)
-        pos += 8
-        if length > end - pos:  # also catches an undefined length, 0xFFFFFFFF
-            raise invalid("command element runs past the command set")
-        values[group << 16 | element] = data[pos : pos + length]
-        pos += length
-    field_ = values.get(CommandField)
-    if field_ is None or len(field_) != 2:
-        raise invalid("command set without a Command Field")
-    command_field = _US.unpack(field_)[0]
-    # PS3.7 9.3.2.3: a C-CANCEL-RQ names the request it cancels and has no Message ID
-    cancel = command_field == C_CANCEL_RQ
-    message_id = values.get(MessageIDBeingRespondedTo if cancel else MessageID)
-    if message_id is None or len(message_id) != 2:
-        # a response carries MessageIDBeingRespondedTo instead; the caller aborts those
-        if not command_field & RESPONSE_BIT:
-            raise invalid("request command without a Message ID")
-        message_id = b"\0\0"
-    data_set_type = values.get(CommandDataSetType, _US.pack(NO_DATA_SET))
-    priority = values.get(Priority, b"\0\0")
-    return Command(
-        command_field, _US.unpack(message_id)[0],
-        len(data_set_type) == 2 and _US.unpack(data_set_type)[0] != NO_DATA_SET,
-        _uid(values.get(AffectedSOPClassUID, b"")), _uid(values.get(AffectedSOPInstanceUID, b"")),
-        _US.unpack(priority)[0] if len(priority) == 2 else 0,
-    )  # fmt: skip
-
-
-def _element(tag: int, value: bytes) -> bytes:
-    return _ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
-
-
-def _ui(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\0" if len(raw) % 2 else raw  # PS3.5 6.2: UI pads with NUL
-
-
-def _lo(text: str) -> bytes:
-    raw = text.encode("ascii", "replace")
-    return raw + b" " if len(raw) % 2 else raw  # PS3.5 6.2: LO pads with a space
-
-
-def encode_response(
-    command_field: int,
-    message_id: int,
-    sop_class_uid: str,
-    status: int,
-    *,
-    sop_instance_uid: str = "",
-    error_comment: str = "",
-    data_set: bool = False,
-) -> bytes:
-    """Encode a response command set (implicit VR Little Endian, group length first).
-
-    Parameters
-    ----------
-    command_field
-        C-STORE-RSP (0x8001), C-ECHO-RSP (0x8030), or a request's field with
-        the response bit set.
-    message_id
-        The request's Message ID, sent back as Message ID Being Responded To.
-    sop_class_uid
-        Affected SOP Class UID (omitted when empty).
-    status
-        The DIMSE status (PS3.7 C).
-    sop_instance_uid
-        Affected SOP Instance UID (omitted when empty).
-    error_comment
-        Error Comment (0000,0902), already at most 64 characters (omitted when empty).
-    data_set
-        Whether a data set follows (a C-FIND pending response's identifier).
-
-    Returns
-    -------
-    bytes
-        The command set, elements in ascending tag order (PS3.5 7.1).
-    """
-    parts = []
-    if sop_class_uid:
-        parts.append(_element(AffectedSOPClassUID, _ui(sop_class_uid)))
-    parts += [
-        _element(CommandField, _US.pack(command_field)),
-        _element(MessageIDBeingRespondedTo, _US.pack(message_id)),
-        _element(CommandDataSetType, _US.pack(DATA_SET_PRESENT if data_set else NO_DATA_SET)),
-        _element(Status, _US.pack(status)),
-    ]
-    if error_comment:
-        parts.append(_element(ErrorComment, _lo(error_comment)))
-    if sop_instance_uid:
-        parts.append(_element(AffectedSOPInstanceUID, _ui(sop_instance_uid)))
-    body = b"".join(parts)
-    return _element(CommandGroupLength, _UL.pack(len(body))) + body
-
-
 def encode_p_data(context_id: int, command: bytes, peer_max_pdu: int) -> bytes:
     """One or more P-DATA-TF PDUs carrying a whole command set (PS3.8 9.3.5).
 
@@ -426,7 +264,7 @@ def encode_p_data(context_id: int, command: bytes, peer_max_pdu: int) -> bytes:
 
 def data_set_pdus(context_id: int, data: bytes, peer_max_pdu: int) -> bytes:
     """P-DATA-TF PDUs carrying a data set, each within the peer's Maximum Length (0: none)."""
-    limit = len(data) if peer_max_pdu == 0 else max(1, peer_max_pdu - PDV_HEADER_BYTES)
+    limit = max(1, len(data)) if peer_max_pdu == 0 else max(1, peer_max_pdu - PDV_HEADER_BYTES)
     view, out = memoryview(data), list[bytes | memoryview]()
     for pos in range(0, max(1, len(data)), limit):
         chunk = view[pos : pos + limit]
@@ -435,6 +273,62 @@ def data_set_pdus(context_id: int, data: bytes, peer_max_pdu: int) -> bytes:
         out.append(PDV_HEADER.pack(len(chunk) + 2, context_id, mch))
         out.append(chunk)
     return b"".join(out)
+
+
+def data_set_buffers(
+    context_id: int, parts: list[memoryview], peer_max_pdu: int
+) -> list[memoryview | bytes]:
+    """P-DATA-TF PDUs carrying the data set that `parts` make up, as a list of buffers.
+
+    The same PDUs as :func:`data_set_pdus` of the joined parts, without joining
+    them: headers and slices of the parts, for :func:`send_buffers`.
+    """
+    total = sum(len(p) for p in parts)
+    limit = total if peer_max_pdu == 0 else max(1, peer_max_pdu - PDV_HEADER_BYTES)
+    out: list[memoryview | bytes] = []
+    sent, i, at = 0, 0, 0  # bytes framed so far; the part and the offset in it
+    while True:
+        n = min(limit, total - sent)
+        sent += n
+        mch = MCH_LAST if sent >= total else 0
+        out.append(PDU_HEADER.pack(P_DATA_TF, n + PDV_HEADER_BYTES)
+                   + PDV_HEADER.pack(n + 2, context_id, mch))  # fmt: skip
+        while n:
+            part = parts[i]
+            step = min(n, len(part) - at)
+            if step:
+                out.append(part[at : at + step])
+            at += step
+            n -= step
+            if at == len(part):
+                i, at = i + 1, 0
+        if mch:
+            return out
+
+
+IOV_MAX = 1024  # Linux: the most buffers one sendmsg() takes
+
+
+def send_buffers(sock: socket.socket, buffers: list[memoryview | bytes]) -> None:
+    """Send `buffers` in order with scatter/gather writes: nothing is joined or copied.
+
+    A TLS socket has no sendmsg(): its buffers are joined and sent at once.
+    """
+    if isinstance(sock, ssl.SSLSocket):
+        sock.sendall(b"".join(buffers))
+        return
+    views = [memoryview(b) for b in buffers]
+    i = 0
+    while i < len(views):
+        sent = sock.sendmsg(views[i : i + IOV_MAX])
+        while sent and i < len(views):  # a short write: skip what went, resume mid-buffer
+            n = len(views[i])
+            if sent >= n:
+                sent -= n
+                i += 1
+            else:
+                views[i] = views[i][sent:]
+                sent = 0
 
 
 def encode_reject(result: int, source: int, reason: int) -> bytes:

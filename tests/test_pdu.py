@@ -1,4 +1,4 @@
-"""engine.pdu against pynetdicom's and pydicom's own encoders and decoders."""
+"""engine.pdu and engine.dimse against pynetdicom's and pydicom's own encoders and decoders."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
+from engine import dimse as D
 from engine import pdu as P
 
 
@@ -28,7 +29,7 @@ def test_parse_command_reads_a_c_store_rq_encoded_by_pynetdicom() -> None:
     raw = _command(CommandGroupLength=0, AffectedSOPClassUID=CTImageStorage, CommandField=1,
                    MessageID=77, Priority=2, CommandDataSetType=0x0000,
                    AffectedSOPInstanceUID="1.2.3.45")  # fmt: skip
-    cmd = P.parse_command(raw)
+    cmd = D.parse_command(raw)
     assert (cmd.command_field, cmd.message_id, cmd.has_data_set) == (1, 77, True)
     assert (cmd.sop_class_uid, cmd.sop_instance_uid) == (CTImageStorage, "1.2.3.45")
     assert cmd.priority == 2
@@ -37,20 +38,20 @@ def test_parse_command_reads_a_c_store_rq_encoded_by_pynetdicom() -> None:
 def test_parse_command_knows_an_echo_has_no_data_set() -> None:
     raw = _command(AffectedSOPClassUID=Verification, CommandField=0x30, MessageID=1,
                    CommandDataSetType=0x0101)  # fmt: skip
-    cmd = P.parse_command(raw)
-    assert cmd.command_field == P.C_ECHO_RQ and not cmd.has_data_set
+    cmd = D.parse_command(raw)
+    assert cmd.command_field == D.C_ECHO_RQ and not cmd.has_data_set
 
 
 def test_parse_command_reads_the_request_a_c_cancel_names() -> None:
     """PS3.7 9.3.2.3: C-CANCEL-RQ has Message ID Being Responded To, no Message ID."""
     raw = _command(CommandGroupLength=0, CommandField=0x0FFF, MessageIDBeingRespondedTo=41,
                    CommandDataSetType=0x0101)  # fmt: skip
-    cmd = P.parse_command(raw)
-    assert (cmd.command_field, cmd.message_id, cmd.has_data_set) == (P.C_CANCEL_RQ, 41, False)
+    cmd = D.parse_command(raw)
+    assert (cmd.command_field, cmd.message_id, cmd.has_data_set) == (D.C_CANCEL_RQ, 41, False)
 
 
 def test_a_pending_find_response_says_a_data_set_follows() -> None:
-    raw = P.encode_response(P.C_FIND_RSP, 5, "1.2.840.10008.5.1.4.1.2.2.1", 0xFF00, data_set=True)
+    raw = D.encode_response(D.C_FIND_RSP, 5, "1.2.840.10008.5.1.4.1.2.2.1", 0xFF00, data_set=True)
     ds = decode(io.BytesIO(raw), True, True)
     assert ds.CommandField == 0x8020 and ds.Status == 0xFF00
     assert ds.CommandDataSetType != 0x0101  # PS3.7 E.1: anything else means one follows
@@ -68,12 +69,12 @@ def test_a_pending_find_response_says_a_data_set_follows() -> None:
 )
 def test_parse_command_rejects_a_broken_command_set(raw: bytes) -> None:
     with pytest.raises(P.ProtocolError) as err:
-        P.parse_command(raw)
+        D.parse_command(raw)
     assert err.value.reason == P.ABORT_INVALID_PARAMETER
 
 
 def test_encode_response_decodes_with_pydicom_and_has_a_true_group_length() -> None:
-    raw = P.encode_response(P.C_STORE_RSP, 9, CTImageStorage, 0xA700,
+    raw = D.encode_response(D.C_STORE_RSP, 9, CTImageStorage, 0xA700,
                             sop_instance_uid="1.2.3", error_comment="disk full")  # fmt: skip
     ds = decode(io.BytesIO(raw), True, True)
     assert ds.CommandField == 0x8001 and ds.MessageIDBeingRespondedTo == 9
@@ -87,7 +88,7 @@ def test_encode_response_decodes_with_pydicom_and_has_a_true_group_length() -> N
 
 @pytest.mark.parametrize("peer_max", [0, 16, 64, 16384])
 def test_encode_p_data_fragments_to_the_peers_maximum(peer_max: int) -> None:
-    command = P.encode_response(P.C_ECHO_RSP, 1, Verification, 0)
+    command = D.encode_response(D.C_ECHO_RSP, 1, Verification, 0)
     out = P.encode_p_data(5, command, peer_max)
     pos, fragments = 0, []
     while pos < len(out):
@@ -157,3 +158,37 @@ def test_data_set_pdus_respect_the_peer_maximum_length(peer_max_pdu: int) -> Non
         pos += 6 + length
         assert bool(mch & P.MCH_LAST) == (pos == len(pdus)) and not mch & P.MCH_COMMAND
     assert got == data
+
+
+@pytest.mark.parametrize("peer_max_pdu", [0, 16384, 1001, 7])
+@pytest.mark.parametrize("sizes", [(51200,), (300, 0, 50000, 17), (0,), (1, 1, 1)])
+def test_data_set_buffers_frame_the_parts_as_data_set_pdus_frames_their_join(
+    peer_max_pdu: int, sizes: tuple[int, ...]
+) -> None:
+    data = bytes(i % 251 for i in range(sum(sizes)))
+    parts, pos = [], 0
+    for n in sizes:
+        parts.append(memoryview(data)[pos : pos + n])
+        pos += n
+    buffers = P.data_set_buffers(5, parts, peer_max_pdu)
+    assert b"".join(buffers) == P.data_set_pdus(5, data, peer_max_pdu)
+
+
+def test_send_buffers_delivers_every_buffer_in_order_past_short_writes() -> None:
+    a, b = _pair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # forces partial sendmsg()
+    payload = [bytes([i % 256]) * (i * 37 % 5000) for i in range(2500)]  # > IOV_MAX buffers
+    want = b"".join(payload)
+    got = bytearray()
+
+    def drain() -> None:
+        while len(got) < len(want):
+            got.extend(b.recv(1 << 16))
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    P.send_buffers(a, [memoryview(p) for p in payload])
+    reader.join(30)
+    assert bytes(got) == want
+    a.close()
+    b.close()

@@ -2,6 +2,6 @@
 
 corpus.py writes deterministic studies; ingest.py, query.py and retrieve.py
 measure an archive over DICOM and DICOMweb through the lean client of
-dimse.py; report.py holds the result schema, the tables and the comparison;
+:mod:`engine.dimse`; report.py holds the result schema, the tables and the comparison;
 cli.py registers the sub-commands on the ``pacs`` parser.
 """

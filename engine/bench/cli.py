@@ -170,7 +170,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def _discover(target: Target) -> list[Any]:
     """Query values from the archive itself (a broad STUDY query, then SERIES queries)."""
-    from engine.bench import dimse, query
+    from engine import dimse
+    from engine.bench import query
 
     with dimse.Association.open(target, query.find_contexts()) as assoc:
         return query.discover(assoc)

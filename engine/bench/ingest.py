@@ -10,7 +10,7 @@ Two senders:
     The sender's CPU is each process's rusage (``os.wait4``) plus what this
     process spent reading their logs.
 ``internal``
-    N threads of :mod:`engine.bench.dimse` associations sending the file's
+    N threads of :mod:`engine.dimse` associations sending the file's
     bytes after its meta header as they are; latency is ``perf_counter``
     around request and response, CPU is each thread's ``thread_time``.
 
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.bench import dimse
+from engine import dimse
 from engine.bench.corpus import MULTIFRAME_SOP_CLASS, SOP_CLASSES
 from engine.bench.report import metric, percentile
 from engine.bench.target import Target

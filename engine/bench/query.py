@@ -19,7 +19,7 @@ instances_of_series     IMAGE (study)    StudyInstanceUID=<uid>, SeriesInstanceU
 
 Each query also asks for the usual return keys of its level. Latency runs
 from the C-FIND-RQ to the final response; the responses are read by
-:mod:`engine.bench.dimse` without being decoded, and the client's own CPU
+:mod:`engine.dimse` without being decoded, and the client's own CPU
 (``thread_time``) is reported as a share of each type's wall time. With
 ``--http`` the same mix goes through QIDO-RS (``patient_by_id`` has no
 QIDO-RS resource and is left out there).
@@ -42,10 +42,10 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from engine.bench import dimse
+from engine import dimse
 from engine.bench.report import metric, percentile
 from engine.bench.target import Target
-from engine.pdu import C_FIND_RQ
+from engine.dimse import C_FIND_RQ
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"

@@ -1,7 +1,7 @@
 """``pacs bench retrieve``: whole series by C-GET, C-MOVE and WADO-RS: rates and first byte.
 
 C-GET
-    One lean association (:mod:`engine.bench.dimse`) offering the SCP role
+    One lean association (:mod:`engine.dimse`) offering the SCP role
     for the storage classes (PS3.7 D.3.3.4); each C-STORE sub-operation is
     counted, its data set dropped unread, and answered with success.
     Time to first instance: C-GET-RQ sent to the first C-STORE-RQ read.
@@ -36,8 +36,8 @@ from typing import Any
 import httpx
 from pydicom.dataset import Dataset
 
+from engine import dimse
 from engine import pdu as P
-from engine.bench import dimse
 from engine.bench.corpus import MULTIFRAME_SOP_CLASS, SOP_CLASSES
 from engine.bench.corpus import SYNTAXES as CORPUS_SYNTAXES
 from engine.bench.ingest import DCMTK_LOG_CONFIG, DCMTK_LOG_LINE, log_time
@@ -150,12 +150,12 @@ def _get_series(
                 first = time.perf_counter() - t0
             received += 1
             nbytes += msg.dataset_bytes
-            rsp = P.encode_response(
+            rsp = dimse.encode_response(
                 dimse.C_STORE_RSP,
-                dimse.us(msg.command, P.MessageID),
-                dimse.uid(msg.command, P.AffectedSOPClassUID),
+                dimse.us(msg.command, dimse.MessageID),
+                dimse.uid(msg.command, dimse.AffectedSOPClassUID),
                 0,
-                sop_instance_uid=dimse.uid(msg.command, P.AffectedSOPInstanceUID),
+                sop_instance_uid=dimse.uid(msg.command, dimse.AffectedSOPInstanceUID),
             )
             assoc.sock.sendall(P.encode_p_data(msg.context_id, rsp, assoc.peer_max_pdu))
         elif msg.status not in dimse.PENDING:

@@ -56,8 +56,10 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import negotiate_as_acceptor
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from engine import dimse as D
 from engine import pdu as P
 from engine.audit import SERIOUS_FAILURE, Event
+from engine.dimse import Command
 from engine.errors import AuditError
 from engine.net.find import find_responses
 from engine.net.identifier import Encoding
@@ -75,7 +77,7 @@ from engine.net.status import (
 from engine.net.store import audit_refusal, audit_store
 from engine.net.transport import REJECT_CALLING_AE, REJECT_LIMIT, DrainWatch, refused
 from engine.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from engine.pdu import Command, MessageBuffer, PDUReader, PeerClosed, ProtocolError
+from engine.pdu import MessageBuffer, PDUReader, PeerClosed, ProtocolError
 
 if TYPE_CHECKING:
     from pynetdicom import AE
@@ -443,12 +445,12 @@ class FastAssociation:
                             raise P.unexpected("a command fragment inside a data set")
                         if command_bytes and context != command_context:
                             raise P.unexpected("command fragments on two contexts")
-                        if len(command_bytes) + n > P.COMMAND_MAX_BYTES:
+                        if len(command_bytes) + n > D.COMMAND_MAX_BYTES:
                             raise P.invalid("command set too long")
                         command_context = context
                         command_bytes += reader.read(n)
                         if mch & P.MCH_LAST:
-                            command = P.parse_command(bytes(command_bytes))
+                            command = D.parse_command(bytes(command_bytes))
                             command_bytes.clear()
                             if command.has_data_set:
                                 pending, pending_context = command, context
@@ -483,27 +485,27 @@ class FastAssociation:
     def _dispatch(self, command: Command, context: int, data: memoryview | None) -> None:
         """Act on a complete request and send its response (one P-DATA-TF)."""
         field_ = command.command_field
-        if field_ == P.C_STORE_RQ and data is not None:
+        if field_ == D.C_STORE_RQ and data is not None:
             status, comment = self._store(command, context, data)
-            rsp = P.encode_response(
-                P.C_STORE_RSP, command.message_id, command.sop_class_uid, status,
+            rsp = D.encode_response(
+                D.C_STORE_RSP, command.message_id, command.sop_class_uid, status,
                 sop_instance_uid=command.sop_instance_uid, error_comment=comment,
             )  # fmt: skip
-        elif field_ == P.C_FIND_RQ and data is not None and context in self.find_levels:
+        elif field_ == D.C_FIND_RQ and data is not None and context in self.find_levels:
             self._find(command, context, data)
             return
-        elif field_ == P.C_ECHO_RQ:  # PS3.7 9.3.5: always success
+        elif field_ == D.C_ECHO_RQ:  # PS3.7 9.3.5: always success
             uid = command.sop_class_uid or str(Verification)
-            rsp = P.encode_response(P.C_ECHO_RSP, command.message_id, uid, SUCCESS)
-        elif field_ == P.C_CANCEL_RQ:  # PS3.7 9.3.2.3: nothing outstanding, and no response
+            rsp = D.encode_response(D.C_ECHO_RSP, command.message_id, uid, SUCCESS)
+        elif field_ == D.C_CANCEL_RQ:  # PS3.7 9.3.2.3: nothing outstanding, and no response
             return
-        elif field_ & P.RESPONSE_BIT:
+        elif field_ & D.RESPONSE_BIT:
             raise P.unexpected(f"a response (0x{field_:04X}) from the requestor")
         else:  # PS3.7 C.5.5: unrecognized operation on a storage-only association
             log.warning("fast path: %s sent command 0x%04X; answered 0x%04X",
                         self.calling, field_, UNRECOGNIZED_OPERATION)  # fmt: skip
-            rsp = P.encode_response(
-                field_ | P.RESPONSE_BIT, command.message_id, command.sop_class_uid,
+            rsp = D.encode_response(
+                field_ | D.RESPONSE_BIT, command.message_id, command.sop_class_uid,
                 UNRECOGNIZED_OPERATION,
                 error_comment=error_comment(f"command 0x{field_:04X} is not served here"),
             )  # fmt: skip
@@ -522,8 +524,8 @@ class FastAssociation:
             Encoding(implicit, little), lambda _i: self._cancel_requested(command.message_id),
         )  # fmt: skip
         send, peer_max = self.sock.sendall, self.peer_max_pdu
-        pending = P.encode_p_data(context, P.encode_response(  # the same for every match
-            P.C_FIND_RSP, command.message_id, sop_class, PENDING, data_set=True), peer_max)
+        pending = P.encode_p_data(context, D.encode_response(  # the same for every match
+            D.C_FIND_RSP, command.message_id, sop_class, PENDING, data_set=True), peer_max)
         status: int | Dataset = SUCCESS
         for status, match in responses:
             if status != PENDING or match is None:
@@ -535,7 +537,7 @@ class FastAssociation:
                 break
             send(pending + P.data_set_pdus(context, answer, peer_max))
         code, comment = _status_of(status)
-        rsp = P.encode_response(P.C_FIND_RSP, command.message_id, sop_class, code,
+        rsp = D.encode_response(D.C_FIND_RSP, command.message_id, sop_class, code,
                                 error_comment=comment)  # fmt: skip
         send(P.encode_p_data(context, rsp, peer_max))
 
@@ -549,7 +551,7 @@ class FastAssociation:
         if reader.end == reader.start and not _readable(self.sock):
             return False
         command = self._read_command()
-        if command.command_field != P.C_CANCEL_RQ:
+        if command.command_field != D.C_CANCEL_RQ:
             raise P.unexpected(f"command 0x{command.command_field:04X} while a C-FIND is answered")
         return command.message_id == message_id
 
@@ -578,11 +580,11 @@ class FastAssociation:
                     raise P.invalid(f"PDV on presentation context {context}, not accepted")
                 if not mch & P.MCH_COMMAND:
                     raise P.unexpected("a data set fragment while a C-FIND is answered")
-                if len(parts) + item_length - 2 > P.COMMAND_MAX_BYTES:
+                if len(parts) + item_length - 2 > D.COMMAND_MAX_BYTES:
                     raise P.invalid("command set too long")
                 parts += reader.read(item_length - 2)
                 if mch & P.MCH_LAST:
-                    return P.parse_command(bytes(parts))
+                    return D.parse_command(bytes(parts))
 
     def _store(self, command: Command, context: int, data: memoryview) -> tuple[int, str]:
         """Store the data set as received; (status, error comment) once it is durable."""

@@ -25,7 +25,6 @@ The counting, pending responses, cancel and final status stay pynetdicom's.
 from __future__ import annotations
 
 import contextlib
-import struct
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -34,9 +33,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 
+from engine import dimse
 from engine import pdu as P
-from engine.errors import MalformedDicomError
-from engine.part10 import PREAMBLE
+from engine.part10 import dataset_offset
 
 PAUSE_POLL_S = 0.0001  # as pynetdicom's own send_* methods wait for the reactor
 # pynetdicom's DUL thread sleeps this long between polls of its queue and socket when idle
@@ -45,39 +44,6 @@ PAUSE_POLL_S = 0.0001  # as pynetdicom's own send_* methods wait for the reactor
 RETRIEVE_POLL_S = 0.0001
 SEND_AHEAD_PDUS = 4  # answers queued ahead of the network (see wait_for_network)
 DRAIN_EVERY = 16  # answers between two chances for the DUL to read a C-CANCEL
-_COMMAND_ELEMENT = struct.Struct("<HHI")  # PS3.7 6.3.1: command sets are implicit VR LE
-_US = struct.Struct("<H")
-C_STORE_RQ = 0x0001
-PRIORITY_MEDIUM = 0x0000
-_SHORT = struct.Struct("<HH2sH")  # PS3.5 7.1.2: group, element, VR, 16-bit length
-_LONG_LENGTH = struct.Struct("<I")
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC",
-                       b"UN", b"UR", b"UT", b"UV"})  # fmt: skip
-
-
-def dataset_offset(part10: bytes | memoryview) -> int:
-    """Where the data set starts in Part 10 bytes: after the preamble and group 0002.
-
-    Raises
-    ------
-    engine.errors.MalformedDicomError
-        The File Meta Information runs past the end of the bytes.
-    """
-    n = len(part10)
-    pos = len(PREAMBLE) if part10[128:132] == PREAMBLE[128:] else 0
-    # PS3.10 7.1: group 0002 is Explicit VR Little Endian whatever the data set's syntax
-    while n - pos >= 8 and part10[pos] == 2 and part10[pos + 1] == 0:
-        _, _, vr, length = _SHORT.unpack_from(part10, pos)
-        if vr in _LONG_VRS:
-            if n - pos < 12:
-                raise MalformedDicomError(pos, "truncated File Meta Information element")
-            (length,) = _LONG_LENGTH.unpack_from(part10, pos + 8)
-            pos += 12 + length
-        else:
-            pos += 8 + length
-        if pos > n:
-            raise MalformedDicomError(pos, "File Meta Information runs past the end")
-    return pos
 
 
 class EncodedInstance(Dataset):
@@ -105,35 +71,6 @@ def encoded_instance(part10: bytes, sop_class: str, sop_instance: str,
     """Wrap a stored Part 10 instance for sending on `context_id` as it is."""
     return EncodedInstance(sop_class, sop_instance, context_id,
                            part10[dataset_offset(part10):])  # fmt: skip
-
-
-def _command_element(tag: int, value: bytes) -> bytes:
-    return _COMMAND_ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
-
-
-def _padded(text: str, pad: bytes) -> bytes:
-    raw = text.encode("ascii")
-    return raw + pad if len(raw) % 2 else raw
-
-
-def encode_store_request(message_id: int, sop_class: str, sop_instance: str, priority: int,
-                         originator_aet: str | None = None,
-                         originator_id: int | None = None) -> bytes:  # fmt: skip
-    """A C-STORE-RQ command set (PS3.7 9.3.1.1), elements in tag order, group length first."""
-    parts = [
-        _command_element(0x00000002, _padded(sop_class, b"\0")),
-        _command_element(0x00000100, _US.pack(C_STORE_RQ)),
-        _command_element(0x00000110, _US.pack(message_id)),
-        _command_element(0x00000700, _US.pack(priority)),
-        _command_element(0x00000800, _US.pack(P.DATA_SET_PRESENT)),
-        _command_element(0x00001000, _padded(sop_instance, b"\0")),
-    ]
-    if originator_aet:
-        parts.append(_command_element(0x00001030, _padded(originator_aet, b" ")))
-    if originator_id is not None:
-        parts.append(_command_element(0x00001031, _US.pack(originator_id)))
-    body = b"".join(parts)
-    return _command_element(0x00000000, struct.pack("<I", len(body))) + body
 
 
 def _write_request(assoc: Any, item: EncodedInstance, command: bytes) -> None:
@@ -176,8 +113,10 @@ def _send(assoc: Any, item: EncodedInstance, msg_id: int, priority: int,
             if not assoc.is_established:  # aborted or released: it will never block again
                 raise ConnectionError("the C-MOVE destination association has ended")
             time.sleep(PAUSE_POLL_S)
-        command = encode_store_request(msg_id, item.sop_class, str(item.SOPInstanceUID),
-                                       priority, originator_aet, originator_id)  # fmt: skip
+        originator = (originator_aet, originator_id or 0) if originator_aet else None
+        command = dimse.request(dimse.C_STORE_RQ, msg_id, item.sop_class,
+                                sop_instance_uid=str(item.SOPInstanceUID), priority=priority,
+                                originator=originator)  # fmt: skip
         _write_request(assoc, item, command)
         _, rsp = assoc.dimse.get_msg(block=True)
     else:

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.bench import dimse
+from engine import dimse
 from engine.bench.corpus import CorpusSpec, write_corpus
 from engine.bench.target import Target
 from engine.cli import main

@@ -13,19 +13,12 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom.dsutils import decode
 
+from engine import dimse
 from engine.archive import Archive
 from engine.errors import InvalidInstanceError, MalformedDicomError
 from engine.net.retrieve import Match, prepare
-from engine.net.substore import (
-    C_STORE_RQ,
-    EncodedInstance,
-    dataset_offset,
-    encode_store_request,
-)
-from engine.part10 import PREAMBLE
-from engine.pdu import (
-    parse_command,
-)
+from engine.net.substore import EncodedInstance
+from engine.part10 import PREAMBLE, dataset_offset
 from tests.corpus import real_files
 
 
@@ -97,9 +90,10 @@ def test_other_syntaxes_take_the_conversion_path(archive: Archive) -> None:
 
 
 def test_store_request_command_parses_back() -> None:
-    command = encode_store_request(7, "1.2.840.10008.5.1.4.1.1.2", "1.2.3", 2, "MOVESCU", 41)
-    parsed = parse_command(command)
-    assert (parsed.command_field, parsed.message_id, parsed.priority) == (C_STORE_RQ, 7, 2)
+    command = dimse.request(dimse.C_STORE_RQ, 7, "1.2.840.10008.5.1.4.1.1.2",
+                            sop_instance_uid="1.2.3", priority=2, originator=("MOVESCU", 41))
+    parsed = dimse.parse_command(command)
+    assert (parsed.command_field, parsed.message_id, parsed.priority) == (dimse.C_STORE_RQ, 7, 2)
     assert (parsed.sop_class_uid, parsed.sop_instance_uid) == ("1.2.840.10008.5.1.4.1.1.2", "1.2.3")
     assert parsed.has_data_set
     with warnings.catch_warnings():
