@@ -52,10 +52,12 @@ from pynetdicom.pdu_primitives import (
     ImplementationClassUIDNotification,
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import negotiate_as_acceptor
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from engine import audit
 from engine import dimse as D
 from engine import pdu as P
 from engine.audit import SERIOUS_FAILURE, Event
@@ -63,9 +65,20 @@ from engine.dimse import Command
 from engine.errors import AuditError
 from engine.net.find import find_responses
 from engine.net.identifier import Encoding
-from engine.net.scp import FIND_MODELS, MAX_PDU_BYTES, STORAGE_SOP_CLASSES
+from engine.net.retrieve import identify, proposed_contexts
+from engine.net.scp import (
+    FIND_MODELS,
+    GET_MODELS,
+    MAX_PDU_BYTES,
+    MOVE_MODELS,
+    STORAGE_SOP_CLASSES,
+)
+from engine.net.send import Destination, DestinationLink, Tally, failed_list, send_all
 from engine.net.settings import ServerSettings
 from engine.net.status import (
+    CANCEL,
+    MOVE_DESTINATION_UNKNOWN,
+    OUT_OF_RESOURCES_SUBOPS,
     PENDING,
     REFUSED_NOT_AUTHORISED,
     SUCCESS,
@@ -75,6 +88,7 @@ from engine.net.status import (
     failure_status,
 )
 from engine.net.store import audit_refusal, audit_store
+from engine.net.tls import client_context
 from engine.net.transport import REJECT_CALLING_AE, REJECT_LIMIT, DrainWatch, refused
 from engine.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.pdu import MessageBuffer, PDUReader, PeerClosed, ProtocolError
@@ -94,11 +108,13 @@ PEEK_RETRY_S = 0.002  # MSG_PEEK returns at once while part of the PDU is there:
 ARTIM_TIMEOUT_S = 30.0  # PS3.8 9.1.5: how long a new connection has to send its A-ASSOCIATE-RQ
 # User information sub-items (PS3.7 D.3.3) the fast path may ignore: the asynchronous
 # operations window has a default (1, 1) that a missing reply confirms (PS3.7 D.3.3.3).
+# Role selection is negotiated here (PS3.7 D.3.3.4: a C-GET's requestor takes the SCP role).
 _PLAIN_USER_ITEMS = (
     MaximumLengthNotification,
     ImplementationClassUIDNotification,
     ImplementationVersionNameNotification,
     AsynchronousOperationsWindowNegotiation,
+    SCP_SCU_RoleSelectionNegotiation,
 )
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
 
@@ -196,11 +212,18 @@ class FastPath:
         self.settings = settings
         self.ae = ae
         self.contexts = ae.supported_contexts
-        self.syntaxes = frozenset({*STORAGE_SOP_CLASSES, str(Verification), *FIND_MODELS})
+        self.syntaxes = frozenset({*STORAGE_SOP_CLASSES, str(Verification), *FIND_MODELS,
+                                   *GET_MODELS, *MOVE_MODELS})  # fmt: skip
+        remotes = settings.remotes.values()
+        # PS3.15 B.1: a C-MOVE destination that requires TLS gets it, with our certificate
+        self.client_tls = (client_context(settings.tls)
+                           if settings.tls and any(r.tls for r in remotes) else None)  # fmt: skip
         self._lock = threading.Lock()
         self._active: set[FastAssociation] = set()
         self.served = 0  # associations the fast path took
         self.handed_over = 0  # associations given to pynetdicom
+        self.sent = 0  # instances sent by C-GET and C-MOVE sub-operations
+        self.converted = 0  # of those, sent in another transfer syntax than the stored one
 
     @property
     def active(self) -> list[FastAssociation]:
@@ -238,7 +261,7 @@ class FastPath:
         if not contexts or any(str(cx.abstract_syntax) not in self.syntaxes for cx in contexts):
             return None
         if not all(isinstance(item, _PLAIN_USER_ITEMS) for item in primitive.user_information):
-            return None  # role selection, extended negotiation, user identity: pynetdicom's
+            return None  # extended negotiation, user identity: pynetdicom's
         return primitive
 
     def serve(
@@ -292,6 +315,11 @@ class FastAssociation:
         self.accepted: dict[int, str] = {}  # context ID -> accepted transfer syntax
         self.abstract: dict[int, str] = {}  # context ID -> its abstract syntax
         self.find_levels: dict[int, tuple[str, ...]] = {}  # Find contexts -> the model's levels
+        self.get_levels: dict[int, tuple[str, ...]] = {}
+        self.move_levels: dict[int, tuple[str, ...]] = {}
+        self.sends: set[int] = set()  # storage contexts with the requestor as SCP (C-GET)
+        self.busy = "a C-FIND"  # what a command arriving now would interrupt, for errors
+        self._message_id = 0  # of the C-STORE-RQs we send
         self.reader = PDUReader(sock, patience=DrainWatch(sock))  # a slow reader is not idle
         self.pdu_left = 0  # bytes of PDVs left in the P-DATA-TF being read
         self.may_store = owner.settings.access.may(self.calling, "store")
@@ -383,8 +411,11 @@ class FastAssociation:
             refused(self.calling, str(self.address), "association limit reached")
             self._reject(REJECT_LIMIT)
             return False
-        results, _roles = negotiate_as_acceptor(
-            self.rq.presentation_context_definition_list, owner.contexts
+        roles = {UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
+                 for item in self.rq.user_information
+                 if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}  # fmt: skip
+        results, role_replies = negotiate_as_acceptor(
+            self.rq.presentation_context_definition_list, owner.contexts, roles
         )
         accepted = [cx for cx in results if cx.result == 0x00]
         self.accepted = {int(cx.context_id): str(cx.transfer_syntax[0])  # type: ignore[arg-type]
@@ -392,6 +423,11 @@ class FastAssociation:
         self.abstract = {int(cx.context_id): str(cx.abstract_syntax) for cx in accepted}  # type: ignore[arg-type]
         self.find_levels = {cid: FIND_MODELS[uid] for cid, uid in self.abstract.items()
                             if uid in FIND_MODELS}  # fmt: skip
+        self.get_levels = {cid: GET_MODELS[uid] for cid, uid in self.abstract.items()
+                           if uid in GET_MODELS}  # fmt: skip
+        self.move_levels = {cid: MOVE_MODELS[uid] for cid, uid in self.abstract.items()
+                            if uid in MOVE_MODELS}  # fmt: skip
+        self.sends = {int(cx.context_id) for cx in accepted if cx.as_scu}  # type: ignore[arg-type]
         ac = A_ASSOCIATE()
         ac.application_context_name = APPLICATION_CONTEXT_NAME
         ac.calling_ae_title = self.rq.calling_ae_title
@@ -405,7 +441,7 @@ class FastAssociation:
         class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         version = ImplementationVersionNameNotification()
         version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-        ac.user_information = [max_length, class_uid, version]
+        ac.user_information = [max_length, class_uid, version, *role_replies]
         pdu = AssociateAcPDU()
         pdu.from_primitive(ac)
         self.sock.sendall(pdu.encode())
@@ -494,6 +530,12 @@ class FastAssociation:
         elif field_ == D.C_FIND_RQ and data is not None and context in self.find_levels:
             self._find(command, context, data)
             return
+        elif field_ == D.C_GET_RQ and data is not None and context in self.get_levels:
+            self._retrieve(command, context, data, self.get_levels[context])
+            return
+        elif field_ == D.C_MOVE_RQ and data is not None and context in self.move_levels:
+            self._retrieve(command, context, data, self.move_levels[context])
+            return
         elif field_ == D.C_ECHO_RQ:  # PS3.7 9.3.5: always success
             uid = command.sop_class_uid or str(Verification)
             rsp = D.encode_response(D.C_ECHO_RSP, command.message_id, uid, SUCCESS)
@@ -541,6 +583,79 @@ class FastAssociation:
                                 error_comment=comment)  # fmt: skip
         send(P.encode_p_data(context, rsp, peer_max))
 
+    def _retrieve(self, command: Command, context: int, data: memoryview,
+                  levels: tuple[str, ...]) -> None:  # fmt: skip
+        """Answer a C-GET (PS3.4 C.4.3) or C-MOVE (C.4.2): sub-operations, then the final one."""
+        is_get = command.command_field == D.C_GET_RQ
+        what = "C-GET" if is_get else "C-MOVE"
+        ts = UID(self.accepted[context])
+        identifier = bytes(data)  # the buffer is reused by the next message
+        owner, settings = self.owner, self.owner.settings
+        respond = _Responder(self, command, context)
+        detail = {} if is_get else {"destination": command.move_destination}
+        if not is_get and (why := settings.access.may_move_to(self.calling,
+                                                              command.move_destination)):
+            log.warning("C-MOVE from %s refused: %s", self.calling, why)  # never connect to it
+            audit_refusal(audit.Event.BEGIN_TRANSFERRING, self.calling, self.address, why)
+            respond.final(MOVE_DESTINATION_UNKNOWN, error_comment(why))
+            return
+        found = identify(
+            lambda: decode(BytesIO(identifier), ts.is_implicit_VR, ts.is_little_endian,
+                           ts.is_deflated),
+            self.calling, self.address, settings.access, levels, owner.archive, what, **detail,
+        )  # fmt: skip
+        if isinstance(found, Dataset):
+            respond.final(*_status_of(found))
+            return
+        if not found:
+            respond.final(SUCCESS, tally=Tally(0))
+            return
+        self.busy = f"a {what}"
+        try:
+            if is_get:
+                status, tally = send_all(owner.archive, found, _RequestorLink(self, command),
+                                         respond.pending)  # fmt: skip
+            else:
+                status, tally = self._move(command, found, respond)
+        finally:
+            self.busy = "a C-FIND"
+        owner.sent += tally.completed + tally.warning
+        owner.converted += tally.converted
+        log.info("%s from %s: %d sent, %d failed, %d warnings, %d converted%s", what,
+                 self.calling, tally.completed + tally.warning, tally.failed, tally.warning,
+                 tally.converted, ", cancelled" if status == CANCEL else "")  # fmt: skip
+        respond.final(status, tally=tally)
+
+    def _move(self, command: Command, found: list[Any], respond: _Responder) -> tuple[int, Tally]:
+        """Open an association to the Move Destination and send the matches over it."""
+        settings, name = self.owner.settings, command.move_destination
+        remote = settings.remotes[name]
+        assert remote.host is not None and remote.port is not None  # may_move_to checked
+        contexts = [(str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax])
+                    for cx in proposed_contexts(found)]  # fmt: skip
+        try:
+            assoc = D.Association.open(
+                Destination(remote.host, remote.port, settings.ae_title, name), contexts,
+                tls=self.owner.client_tls if remote.tls else None,
+                timeout_s=settings.network_timeout_s,
+            )  # fmt: skip
+        except OSError as exc:  # refused, unreachable, rejected (DimseError), TLS failed
+            log.warning("C-MOVE from %s: cannot associate with %s at %s:%d: %s",
+                        self.calling, name, remote.host, remote.port, exc)  # fmt: skip
+            tally = Tally(len(found))
+            for m in found:
+                tally.record(m, OUT_OF_RESOURCES_SUBOPS)
+            respond.comment = error_comment(f"cannot associate with {name}: {exc}")
+            return OUT_OF_RESOURCES_SUBOPS, tally
+        with assoc:  # released at the end; aborted if sending raised
+            link = DestinationLink(assoc, lambda: self._cancel_requested(command.message_id))
+            return send_all(self.owner.archive, found, link, respond.pending,
+                            originator=(self.calling, command.message_id))  # fmt: skip
+
+    def next_message_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
+
     def _cancel_requested(self, message_id: int) -> bool:
         """Whether a C-CANCEL-RQ for `message_id` has arrived (PS3.7 9.3.2.3); never waits.
 
@@ -552,7 +667,8 @@ class FastAssociation:
             return False
         command = self._read_command()
         if command.command_field != D.C_CANCEL_RQ:
-            raise P.unexpected(f"command 0x{command.command_field:04X} while a C-FIND is answered")
+            what = f"command 0x{command.command_field:04X} while {self.busy} is answered"
+            raise P.unexpected(what)
         return command.message_id == message_id
 
     def _read_command(self) -> Command:
@@ -562,9 +678,9 @@ class FastAssociation:
             if not self.pdu_left:
                 kind, length = reader.pdu_header()
                 if kind == P.A_ABORT:
-                    raise PeerClosed("the peer aborted the association during a C-FIND")
+                    raise PeerClosed(f"the peer aborted the association during {self.busy}")
                 if kind != P.P_DATA_TF:
-                    what = f"PDU type 0x{kind:02X} while a C-FIND is answered"
+                    what = f"PDU type 0x{kind:02X} while {self.busy} is answered"
                     raise ProtocolError(P.ABORT_UNEXPECTED_PDU, what)
                 if length > MAX_PDU_BYTES:
                     raise P.invalid(f"P-DATA-TF of {length} bytes, more than {MAX_PDU_BYTES}")
@@ -579,7 +695,7 @@ class FastAssociation:
                 if context not in self.accepted:
                     raise P.invalid(f"PDV on presentation context {context}, not accepted")
                 if not mch & P.MCH_COMMAND:
-                    raise P.unexpected("a data set fragment while a C-FIND is answered")
+                    raise P.unexpected(f"a data set fragment while {self.busy} is answered")
                 if len(parts) + item_length - 2 > D.COMMAND_MAX_BYTES:
                     raise P.invalid("command set too long")
                 parts += reader.read(item_length - 2)
@@ -604,6 +720,76 @@ class FastAssociation:
             return failure_status(exc, f"C-STORE from {self.calling} of {uid}")
         self.stored += 1
         return SUCCESS, ""
+
+
+class _Responder:
+    """The pending and final C-GET-RSP / C-MOVE-RSP messages of one retrieve."""
+
+    def __init__(self, assoc: FastAssociation, command: Command, context: int) -> None:
+        self.assoc, self.command, self.context = assoc, command, context
+        self.sop_class = command.sop_class_uid or assoc.abstract[context]
+        self.field = command.command_field | D.RESPONSE_BIT
+        self.comment = ""  # an Error Comment for the final response
+
+    def pending(self, status: int, tally: Tally) -> None:
+        rsp = D.encode_response(self.field, self.command.message_id, self.sop_class, status,
+                                counts=tally.counts(remaining=True))  # fmt: skip
+        self.assoc.sock.sendall(P.encode_p_data(self.context, rsp, self.assoc.peer_max_pdu))
+
+    def final(self, status: int, comment: str = "", tally: Tally | None = None) -> None:
+        """The final response; with a tally, its counts and Failed SOP Instance UID List."""
+        identifier = None
+        if tally is not None:
+            identifier = failed_list(tally, self.assoc.accepted[self.context])
+        counts = tally.counts(remaining=status == CANCEL) if tally is not None else None
+        rsp = D.encode_response(self.field, self.command.message_id, self.sop_class, status,
+                                error_comment=comment or self.comment,
+                                data_set=identifier is not None, counts=counts)  # fmt: skip
+        peer_max = self.assoc.peer_max_pdu
+        out = P.encode_p_data(self.context, rsp, peer_max)
+        if identifier is not None:
+            out += P.data_set_pdus(self.context, identifier, peer_max)
+        self.assoc.sock.sendall(out)
+
+
+class _RequestorLink:
+    """A C-GET's sub-operations, on the requestor's own association (PS3.4 C.4.3.3)."""
+
+    def __init__(self, assoc: FastAssociation, command: Command) -> None:
+        self.assoc = assoc
+        self.get_id = command.message_id
+        self._cancel = False  # a C-CANCEL came while a C-STORE-RSP was awaited
+        self._by_class: dict[str, dict[str, int]] = {}
+
+    def accepted(self, sop_class: str) -> dict[str, int]:
+        found = self._by_class.get(sop_class)
+        if found is None:
+            a = self.assoc
+            found = self._by_class[sop_class] = {
+                a.accepted[cid]: cid for cid in sorted(a.sends) if a.abstract[cid] == sop_class
+            }
+        return found
+
+    def next_message_id(self) -> int:
+        return self.assoc.next_message_id()
+
+    def cancelled(self) -> bool:
+        return self._cancel or self.assoc._cancel_requested(self.get_id)
+
+    def store(self, context_id: int, command: bytes, data: list[memoryview]) -> int:
+        a = self.assoc
+        sent_id = a._message_id
+        P.send_buffers(a.sock, [P.encode_p_data(context_id, command, a.peer_max_pdu),
+                                *P.data_set_buffers(context_id, data, a.peer_max_pdu)])  # fmt: skip
+        while True:  # the C-STORE-RSP, or a C-CANCEL of the C-GET before it
+            rsp = a._read_command()
+            if rsp.command_field == D.C_CANCEL_RQ and rsp.message_id == self.get_id:
+                self._cancel = True
+                continue
+            if rsp.command_field != D.C_STORE_RSP or rsp.message_id != sent_id:
+                raise P.unexpected(f"command 0x{rsp.command_field:04X} (message "
+                                   f"{rsp.message_id}) while C-STORE-RQ {sent_id} is answered")
+            return rsp.status
 
 
 def _status_of(status: int | Dataset) -> tuple[int, str]:

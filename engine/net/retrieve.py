@@ -25,7 +25,7 @@ import io
 import logging
 import ssl
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pydicom
@@ -209,13 +209,39 @@ def _send_all(
 
 def _identifier(event: Any, calling: str, access: Access, levels: tuple[str, ...],
                 archive: Archive, what: str, **detail: Any) -> list[Match] | Dataset:  # fmt: skip
-    address = str(event.assoc.requestor.address)
+    return identify(lambda: event.identifier, calling, str(event.assoc.requestor.address),
+                    access, levels, archive, what, **detail)  # fmt: skip
+
+
+def identify(
+    identifier: Callable[[], Dataset],
+    calling: str,
+    address: str,
+    access: Access,
+    levels: tuple[str, ...],
+    archive: Archive,
+    what: str,
+    **detail: Any,
+) -> list[Match] | Dataset:
+    """The instances a C-GET or C-MOVE asks for, audited; or the failure status to answer.
+
+    Parameters
+    ----------
+    identifier
+        Decodes the request's identifier (a decoding error is a 0xA900 answer).
+    calling, address
+        The requestor, for the access rules and the audit trail.
+    levels
+        The information model's levels (Patient Root or Study Root).
+    what
+        "C-GET" or "C-MOVE"; `detail` goes into the audit record.
+    """
     if not access.may(calling, "retrieve"):
         log.warning("%s from %s refused: not allowed to retrieve", what, calling)
         audit_refusal(audit.Event.BEGIN_TRANSFERRING, calling, address, "may not retrieve")
         return status_dataset(REFUSED_NOT_AUTHORISED, f"{calling} may not retrieve here")
     try:
-        ident = Identifier(event.identifier, levels)
+        ident = Identifier(identifier(), levels)
         found = resolve(archive, ident)
         audit.emit(audit.Event.BEGIN_TRANSFERRING, user=calling, address=address,
                    patient=ident.query.get("PatientID") or None,

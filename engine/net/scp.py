@@ -109,6 +109,8 @@ ACCEPTED_TRANSFER_SYNTAXES = acceptor_order(list(ALL_TRANSFER_SYNTAXES))
 STORAGE_SOP_CLASSES = _storage_sop_classes()
 # Find SOP Class UID -> its levels; the fast path answers C-FIND on these too
 FIND_MODELS = {str(uid): levels for uid, levels in _MODELS["find"]}
+GET_MODELS = {str(uid): levels for uid, levels in _MODELS["get"]}
+MOVE_MODELS = {str(uid): levels for uid, levels in _MODELS["move"]}
 
 
 def quiet_pynetdicom() -> None:

@@ -98,6 +98,10 @@ max_associations = 16
 host = "127.0.0.1"
 port = {destination.port}
 
+[remotes.DOWN]  # nothing listens there: a C-MOVE to it cannot associate
+host = "127.0.0.1"
+port = {free_port()}
+
 [remotes.NOSTORE]
 store = false
 

@@ -253,7 +253,7 @@ BROKEN_IDENTIFIER = (bytes.fromhex("08005200") + b"CS" + (6).to_bytes(2, "little
 
 def _find_peer(port: int) -> RawPeer:
     peer = RawPeer(port)
-    peer.associate(with_get=False, with_find=True)  # storage and C-FIND: the fast path
+    peer.associate(via_pynetdicom=False, with_find=True)  # storage and C-FIND: the fast path
     return peer
 
 

@@ -20,8 +20,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityWorklistInformationFind,
     StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
     Verification,
 )
 
@@ -71,8 +71,8 @@ def test_a_long_c_find_to_a_slow_reader_ends_with_its_final_status(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(Verification)
-    if path == "pynetdicom":  # a C-GET context sends the association to pynetdicom
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    if path == "pynetdicom":  # a class the fast path does not serve sends it to pynetdicom
+        ae.add_requested_context(ModalityWorklistInformationFind)
     assoc = ae.associate("127.0.0.1", server.port, evt_handlers=[(evt.EVT_CONN_OPEN, _slow_reader)])
     assert assoc.is_established
     query = Dataset()

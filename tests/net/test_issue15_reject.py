@@ -19,7 +19,7 @@ from tests.reliability._raw import associate_rq
 def test_reject_reaches_a_peer_that_pipelined_and_reads_late(server: Server) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         # a store-only RQ (the fast path's) from an unlisted title, then a stray PDU at once
-        sock.sendall(associate_rq(with_get=False, calling="INTRUDER") + P.encode_abort(0))
+        sock.sendall(associate_rq(via_pynetdicom=False, calling="INTRUDER") + P.encode_abort(0))
         time.sleep(0.5)  # the server has answered and closed (or is waiting) by now
         header = sock.recv(P.PDU_HEADER_BYTES, socket.MSG_WAITALL)
     assert header[:1] == bytes([P.A_ASSOCIATE_RJ]), header

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
-    StudyRootQueryRetrieveInformationModelGet,
+    ModalityWorklistInformationFind,
     Verification,
 )
 
@@ -35,8 +35,8 @@ def _ae(ae_title: str, path: str, *contexts: Any) -> AE:
     ae = AE(ae_title=ae_title)
     for cx in contexts:
         ae.add_requested_context(*cx) if isinstance(cx, tuple) else ae.add_requested_context(cx)
-    if path == "pynetdicom":  # a C-GET context takes the association off the fast path
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    if path == "pynetdicom":  # a class the fast path does not serve takes it off the fast path
+        ae.add_requested_context(ModalityWorklistInformationFind)
     return ae
 
 

@@ -132,7 +132,7 @@ def test_pynetdicom_get_at_each_level(server: Server, stored: Stored, level: str
 
 def test_two_gets_on_one_association_both_send_every_instance(server: Server,
                                                               stored: Stored) -> None:  # fmt: skip
-    """The second C-GET reuses the association's sub-operation sender (engine/net/substore.py)."""
+    """A second C-GET on one association sends every instance again (its own sub-operations)."""
     src = _read(next(iter(stored.ct.values())))
     received: list[str] = []
 
@@ -150,9 +150,9 @@ def test_two_gets_on_one_association_both_send_every_instance(server: Server,
     assert assoc.is_established
     keys = {"StudyInstanceUID": src.StudyInstanceUID, "SeriesInstanceUID": src.SeriesInstanceUID}
     try:
-        for _ in range(2):
+        for n in (1, 2):  # pending responses are rate-limited: count what arrived
             statuses = [s.Status for s, _ in assoc.send_c_get(identifier("SERIES", keys), model)]
-            assert statuses[-1] == 0 and statuses.count(0xFF00) == CT_SLICES
+            assert statuses[-1] == 0 and len(received) == n * CT_SLICES
     finally:
         assoc.release()
     assert len(received) == 2 * CT_SLICES

@@ -58,7 +58,7 @@ def _flip(rng: random.Random, data: bytes, start: int, flips: int) -> bytes:
 
 
 def _before(rng: random.Random, ds: Dataset) -> PduCase:
-    rq = associate_rq(with_get=rng.random() < 0.5)
+    rq = associate_rq(via_pynetdicom=rng.random() < 0.5)
     family = rng.choice(["garbage", "http", "p-data-first", "version", "rq-flipped",
                          "rq-truncated", "rq-length", "release-first", "abort-first",
                          "ac-first"])  # fmt: skip
@@ -71,7 +71,8 @@ def _before(rng: random.Random, ds: Dataset) -> PduCase:
         return PduCase(family, "before", p_data(STORE_CONTEXT, 0x03, store_command(ds)), BEFORE)
     if family == "version":
         version = rng.choice([0, 2, 3, 0x80, 0xFFFF])
-        return PduCase(family, "before", associate_rq(with_get=False, version=version), BEFORE)
+        rq_ = associate_rq(via_pynetdicom=False, version=version)
+        return PduCase(family, "before", rq_, BEFORE)
     if family == "rq-flipped":
         payload = _flip(rng, rq, 1, rng.randrange(1, 6))
         return PduCase(family, "before", payload, BEFORE | {"accept"}, half_close=True)
@@ -123,7 +124,7 @@ def _after(rng: random.Random, ds: Dataset, path: str) -> PduCase:
         n = rng.choice([0, 3, 9, 100])
         return PduCase(family, path, PDU.pack(0x05, n) + b"\0" * n, ABORTED | {"release"})
     if family == "associate-again":
-        return PduCase(family, path, associate_rq(with_get=path == "pynetdicom"), ABORTED)
+        return PduCase(family, path, associate_rq(via_pynetdicom=path == "pynetdicom"), ABORTED)
     return PduCase(family, path, PDU.pack(0x04, 0), ABORTED | {"data"}, half_close=True)
 
 

@@ -20,13 +20,13 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
+    ModalityWorklistInformationFind,
     StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
 )
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 STORE_CONTEXT = 1
-GET_CONTEXT = 3
+HAND_OVER_CONTEXT = 3
 FIND_CONTEXT = 11
 PDU = struct.Struct(">BxI")
 PDV = struct.Struct(">IBB")
@@ -42,10 +42,10 @@ SYNTAX_CONTEXTS = {
 }
 
 
-def associate_rq(*, with_get: bool, calling: str = "PYNETDICOM", version: int = 1,
+def associate_rq(*, via_pynetdicom: bool, calling: str = "PYNETDICOM", version: int = 1,
                  all_syntaxes: bool = False, with_find: bool = False) -> bytes:  # fmt: skip
-    """An encoded A-ASSOCIATE-RQ: CT storage, plus Study Root C-GET if `with_get` (which
-    takes the association off the fast path, to pynetdicom), plus
+    """An encoded A-ASSOCIATE-RQ: CT storage, plus Modality Worklist if `via_pynetdicom` (a
+    class the fast path does not serve: it hands the association to pynetdicom), plus
     a CT context for each of :data:`SYNTAX_CONTEXTS` if `all_syntaxes`, plus Study Root
     C-FIND if `with_find`."""
     rq = A_ASSOCIATE()
@@ -53,8 +53,8 @@ def associate_rq(*, with_get: bool, calling: str = "PYNETDICOM", version: int = 
     rq.calling_ae_title = calling
     rq.called_ae_title = "PACS"
     wanted = {STORE_CONTEXT: (CTImageStorage, EXPLICIT_LE)}
-    if with_get:
-        wanted[GET_CONTEXT] = (StudyRootQueryRetrieveInformationModelGet, EXPLICIT_LE)
+    if via_pynetdicom:
+        wanted[HAND_OVER_CONTEXT] = (ModalityWorklistInformationFind, EXPLICIT_LE)
     if with_find:
         wanted[FIND_CONTEXT] = (StudyRootQueryRetrieveInformationModelFind, EXPLICIT_LE)
     if all_syntaxes:
@@ -130,9 +130,9 @@ class RawPeer:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def associate(self, *, with_get: bool, all_syntaxes: bool = False,
+    def associate(self, *, via_pynetdicom: bool, all_syntaxes: bool = False,
                   with_find: bool = False) -> None:  # fmt: skip
-        self.sock.sendall(associate_rq(with_get=with_get, all_syntaxes=all_syntaxes,
+        self.sock.sendall(associate_rq(via_pynetdicom=via_pynetdicom, all_syntaxes=all_syntaxes,
                                        with_find=with_find))  # fmt: skip
         kind, _ = self.read_pdu()
         assert kind == 0x02, f"expected A-ASSOCIATE-AC, got PDU type {kind}"

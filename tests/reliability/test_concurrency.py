@@ -88,7 +88,7 @@ class Work:
 
     def ingest(self, seed: int) -> None:
         peer = RawPeer(self.srv.port)
-        peer.associate(with_get=False)
+        peer.associate(via_pynetdicom=False)
         try:
             for ds in ct_series(seed, ROUNDS * 5, rows=32, columns=32):
                 assert peer.store(ds) == 0

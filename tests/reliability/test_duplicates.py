@@ -74,7 +74,7 @@ def test_a_duplicate_back_to_back_follows_the_policy(tmp_path: Path, policy: str
     srv = _server(tmp_path, policy)
     try:
         peer = RawPeer(srv.port)
-        peer.associate(with_get=False)
+        peer.associate(via_pynetdicom=False)
         try:
             for i, (first, second) in enumerate(pairs):
                 assert _store(peer, first, 2 * i + 1) == (0, "")
@@ -108,7 +108,7 @@ def test_a_duplicate_from_concurrent_associations_follows_the_policy(
 
     def sender(which: int, offset: int) -> None:
         peer = RawPeer(srv.port)
-        peer.associate(with_get=False)
+        peer.associate(via_pynetdicom=False)
         try:
             start.wait()
             order = pairs[offset:] + pairs[:offset]

@@ -52,7 +52,8 @@ def _association_round(port: int, seed: int) -> Counter[str]:
     def one(i: int) -> None:
         peer = RawPeer(port, timeout=SETTLE_TIMEOUT_S)
         try:
-            peer.sock.sendall(associate_rq(with_get=i % 3 == 0))  # a third on pynetdicom's path
+            # a third on pynetdicom's path
+            peer.sock.sendall(associate_rq(via_pynetdicom=i % 3 == 0))
             kind, body = peer.read_pdu()
             answered.wait()
             if kind == 0x03:

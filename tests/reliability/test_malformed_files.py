@@ -177,7 +177,7 @@ def test_a_thousand_malformed_data_sets_through_c_store(
         peers = {}
         for path in ("fast", "pynetdicom"):
             peers[path] = RawPeer(srv.port)
-            peers[path].associate(with_get=path == "pynetdicom", all_syntaxes=True)
+            peers[path].associate(via_pynetdicom=path == "pynetdicom", all_syntaxes=True)
         try:
             for i, f in enumerate(sendable):
                 path = "pynetdicom" if i % 4 == 0 else "fast"

@@ -45,7 +45,7 @@ def run_case(port: int, case: PduCase) -> str:
     peer = RawPeer(port)
     try:
         if case.path != "before":
-            peer.associate(with_get=case.path == "pynetdicom")
+            peer.associate(via_pynetdicom=case.path == "pynetdicom")
         if peer.send(case.payload) and case.half_close:
             peer.sock.shutdown(socket.SHUT_WR)
         outcome = peer.outcome()
@@ -87,9 +87,9 @@ def test_a_thousand_malformed_pdus_get_an_abort_or_reject_and_lose_nothing(
     assert_intact(server.archive, {**good, **later})
 
 
-@pytest.mark.parametrize("with_get", [False, True], ids=["fast-path", "pynetdicom"])
+@pytest.mark.parametrize("via_pynetdicom", [False, True], ids=["fast-path", "pynetdicom"])
 def test_an_endless_data_set_is_aborted_at_max_instance_bytes(
-    tmp_path: Path, with_get: bool, figure: Figure
+    tmp_path: Path, via_pynetdicom: bool, figure: Figure
 ) -> None:
     """Regression: pynetdicom's path had no bound on a received data set (only the fast path)."""
     limit = 1 << 20
@@ -101,7 +101,7 @@ def test_an_endless_data_set_is_aborted_at_max_instance_bytes(
         peer = RawPeer(srv.port)
         sent = 0
         try:
-            peer.associate(with_get=with_get)
+            peer.associate(via_pynetdicom=via_pynetdicom)
             bad = next(ct_series(1711, 1, rows=16, columns=16))
             assert peer.send(p_data(STORE_CONTEXT, 0x03, store_command(bad)))
             fragment = p_data(STORE_CONTEXT, 0x00, b"\0" * (64 << 10))
@@ -123,16 +123,16 @@ def test_an_endless_data_set_is_aborted_at_max_instance_bytes(
     assert_intact(srv.archive, good)
 
 
-@pytest.mark.parametrize("with_get", [False, True], ids=["fast-path", "pynetdicom"])
+@pytest.mark.parametrize("via_pynetdicom", [False, True], ids=["fast-path", "pynetdicom"])
 def test_a_pdu_of_length_ffffffff_is_aborted_before_it_is_read(
-    tmp_path: Path, with_get: bool
+    tmp_path: Path, via_pynetdicom: bool
 ) -> None:
     """Regression: pynetdicom read a PDU of whatever length its header claimed."""
     srv = Server(tmp_path, workers=1).start()
     try:
         peer = RawPeer(srv.port)
         try:
-            peer.associate(with_get=with_get)
+            peer.associate(via_pynetdicom=via_pynetdicom)
             assert peer.send(p_data(STORE_CONTEXT, 0x03, b"")[:2] + b"\xff\xff\xff\xff")
             for _ in range(64):  # 4 MiB of body: more than a PDU may be, far less than claimed
                 if not peer.send(b"\0" * (64 << 10)):
@@ -145,9 +145,9 @@ def test_a_pdu_of_length_ffffffff_is_aborted_before_it_is_read(
         assert srv.stop() == 0
 
 
-@pytest.mark.parametrize("with_get", [False, True], ids=["fast-path", "pynetdicom"])
+@pytest.mark.parametrize("via_pynetdicom", [False, True], ids=["fast-path", "pynetdicom"])
 def test_a_stalled_peer_is_released_by_the_network_timeout(
-    tmp_path: Path, with_get: bool, figure: Figure
+    tmp_path: Path, via_pynetdicom: bool, figure: Figure
 ) -> None:
     """Silence before associating (ARTIM) and in the middle of a PDU (network timeout)."""
     srv = Server(tmp_path, workers=1, config="[server]\nnetwork_timeout_s = 2\n").start()
@@ -159,7 +159,7 @@ def test_a_stalled_peer_is_released_by_the_network_timeout(
         silent.close()
         stalled = RawPeer(srv.port)
         try:
-            stalled.associate(with_get=with_get)
+            stalled.associate(via_pynetdicom=via_pynetdicom)
             bad = next(ct_series(1720, 1, rows=16, columns=16))
             stalled.send(p_data(STORE_CONTEXT, 0x03, store_command(bad))[:9])  # half a PDU
             started = time.monotonic()
@@ -189,7 +189,7 @@ def test_failed_connections_do_not_hold_association_slots(tmp_path: Path) -> Non
         while True:
             good = RawPeer(srv.port, timeout=15)
             try:
-                good.sock.sendall(associate_rq(with_get=True))
+                good.sock.sendall(associate_rq(via_pynetdicom=True))
                 kind, _ = good.read_pdu()
             finally:
                 good.close()
@@ -201,14 +201,16 @@ def test_failed_connections_do_not_hold_association_slots(tmp_path: Path) -> Non
         assert srv.stop() == 0
 
 
-@pytest.mark.parametrize("with_get", [False, True], ids=["fast-path", "pynetdicom"])
-def test_a_pdv_on_an_unaccepted_context_is_aborted_at_once(tmp_path: Path, with_get: bool) -> None:
+@pytest.mark.parametrize("via_pynetdicom", [False, True], ids=["fast-path", "pynetdicom"])
+def test_a_pdv_on_an_unaccepted_context_is_aborted_at_once(
+    tmp_path: Path, via_pynetdicom: bool
+) -> None:
     """Regression: pynetdicom waited for the network timeout on a PDV of context 99."""
     srv = Server(tmp_path, workers=1, config="[server]\nnetwork_timeout_s = 120\n").start()
     try:
         peer = RawPeer(srv.port, timeout=15)  # far less than the network timeout
         try:
-            peer.associate(with_get=with_get)
+            peer.associate(via_pynetdicom=via_pynetdicom)
             bad = next(ct_series(1730, 1, rows=16, columns=16))
             assert peer.send(p_data(99, 0x03, store_command(bad)))
             assert peer.outcome() == "abort"
@@ -225,7 +227,7 @@ def test_a_peer_that_hangs_up_inside_its_associate_rq_is_closed_at_once(tmp_path
     try:
         peer = RawPeer(srv.port, timeout=10)
         try:
-            peer.send(associate_rq(with_get=False)[:40])
+            peer.send(associate_rq(via_pynetdicom=False)[:40])
             peer.sock.shutdown(socket.SHUT_WR)
             assert peer.outcome() == "closed"
         finally:

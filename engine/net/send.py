@@ -1,0 +1,277 @@
+"""Retrieve sub-operations on our own wire: C-STORE-RQs written from the stored bytes.
+
+C-GET sends its C-STORE sub-operations on the requestor's own association
+(PS3.4 C.4.3.3), C-MOVE on one we open to the Move Destination (C.4.2.3).
+:func:`send_all` is the loop both use; a :class:`Link` is where the
+sub-operations go.
+
+- An instance goes in its stored transfer syntax whenever the peer accepted
+  that syntax for its SOP Class: the record's parts
+  (:meth:`engine.archive.Archive.get_dataset_parts`) become P-DATA-TF PDUs
+  of the largest size the peer allows, written with one scatter/gather call
+  (:func:`engine.pdu.send_buffers`): no Dataset, no copy per PDU.
+- Otherwise it is converted (:func:`engine.net.retrieve.prepare`) and
+  encoded for an accepted Explicit or Implicit VR Little Endian context;
+  each conversion is counted.
+- An instance that cannot be read or converted, or that the peer answers
+  with a failure, is a failed sub-operation listed in the Failed SOP
+  Instance UID List (PS3.4 C.4.2.1.4.2); it never ends the retrieve.
+- Pending responses carry the counts (PS3.4 C.4.2.1.5). They are optional
+  (C.4.2.3, C.4.3.3): one goes after the first sub-operation and then at
+  most every :data:`PENDING_INTERVAL_S`, so a fast retrieve does not cost
+  the requestor a message per instance.
+- A C-CANCEL is honoured between two sub-operations (PS3.7 9.3.3.3,
+  9.3.4.3): the final response is Cancel, with the remaining count.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pynetdicom.dsutils import encode
+from pynetdicom.status import code_to_category
+
+from engine import dimse
+from engine import pdu as P
+from engine.net.retrieve import Match, prepare
+from engine.net.status import (
+    CANCEL,
+    OUT_OF_RESOURCES_SUBOPS,
+    PENDING,
+    SUB_OPERATIONS_WARNING,
+    SUCCESS,
+    failure_status,
+)
+from engine.net.substore import EncodedInstance
+
+if TYPE_CHECKING:
+    from engine.archive import Archive
+
+log = logging.getLogger("engine.net")
+
+PENDING_INTERVAL_S = 0.1  # between two pending responses, after the first
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+# What a converted instance is encoded in, best first: Explicit keeps the VRs
+CONVERSION_TARGETS = (ExplicitVRLittleEndian, IMPLICIT_VR_LE, DeflatedExplicitVRLittleEndian)
+US_MAX = 0xFFFF  # counts are US (PS3.7 E.1); more sub-operations than that are sent, not counted
+
+
+class LinkLost(ConnectionError):
+    """The association the sub-operations go over has ended; no more can be sent."""
+
+
+class Link(Protocol):
+    """Where the C-STORE sub-operations of one retrieve go."""
+
+    def accepted(self, sop_class: str) -> dict[str, int]:
+        """Transfer syntax -> context ID in which we may send `sop_class` as Storage SCU."""
+        ...
+
+    def store(self, context_id: int, command: bytes, data: list[memoryview]) -> int:
+        """Send one C-STORE-RQ and its data set; the status of its C-STORE-RSP.
+
+        Raises :class:`LinkLost` when the association broke.
+        """
+        ...
+
+    def next_message_id(self) -> int: ...
+
+    def cancelled(self) -> bool:
+        """Whether the retrieve's requestor has sent a C-CANCEL for it (never blocks)."""
+        ...
+
+
+@dataclass(slots=True)
+class Tally:
+    """Sub-operation counts of one retrieve (PS3.4 C.4.2.1.5)."""
+
+    remaining: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    converted: int = 0  # sent in another syntax than the stored one
+    failed_uids: list[str] = field(default_factory=list)
+
+    def counts(self, *, remaining: bool) -> dict[int, int]:
+        """The count elements of a response; Remaining only in pending and Cancel responses."""
+        out = {
+            dimse.NumberOfCompletedSuboperations: min(self.completed, US_MAX),
+            dimse.NumberOfFailedSuboperations: min(self.failed, US_MAX),
+            dimse.NumberOfWarningSuboperations: min(self.warning, US_MAX),
+        }
+        if remaining:
+            out[dimse.NumberOfRemainingSuboperations] = min(self.remaining, US_MAX)
+        return out
+
+    def record(self, m: Match, status: int) -> None:
+        self.remaining -= 1
+        category = code_to_category(status)
+        if category == "Success":
+            self.completed += 1
+        elif category == "Warning":
+            self.warning += 1
+        else:  # PS3.4 C.4.2.3.1: any other status fails the sub-operation
+            self.failed += 1
+            self.failed_uids.append(m.sop_instance)
+
+    def final_status(self, cancelled: bool) -> int:
+        """PS3.4 C.4.2.1.5, C.4.3.1.5: Cancel, Success, all failed, or some failed or warned."""
+        if cancelled:
+            return CANCEL
+        if not self.failed and not self.warning:
+            return SUCCESS
+        if self.failed and not self.completed and not self.warning:
+            return OUT_OF_RESOURCES_SUBOPS
+        return SUB_OPERATIONS_WARNING
+
+
+Respond = Callable[[int, Tally], None]  # sends a pending response with the counts
+
+
+def send_all(
+    archive: Archive,
+    matches: list[Match],
+    link: Link,
+    pending: Respond,
+    originator: tuple[str, int] | None = None,
+) -> tuple[int, Tally]:
+    """Send every match as a C-STORE sub-operation; the final status and the counts.
+
+    Parameters
+    ----------
+    matches
+        The instances, in sending order.
+    link
+        Where they go.
+    pending
+        Called to send a pending response; at most every :data:`PENDING_INTERVAL_S`.
+    originator
+        A C-MOVE's requestor AE title and Message ID (PS3.7 9.3.1.1).
+    """
+    tally = Tally(len(matches))
+    last_pending = 0.0
+    for i, m in enumerate(matches):
+        if link.cancelled():
+            return CANCEL, tally
+        try:
+            status = _send_one(archive, m, link, originator, tally)
+        except LinkLost as exc:
+            log.warning("retrieve: %s; %d sub-operations not sent", exc, tally.remaining)
+            for rest in matches[i:]:
+                tally.record(rest, OUT_OF_RESOURCES_SUBOPS)
+            break
+        tally.record(m, status)
+        now = time.monotonic()
+        if tally.remaining and (i == 0 or now - last_pending >= PENDING_INTERVAL_S):
+            pending(PENDING, tally)
+            last_pending = now
+    return tally.final_status(False), tally
+
+
+def _send_one(
+    archive: Archive, m: Match, link: Link, originator: tuple[str, int] | None, tally: Tally
+) -> int:
+    """One sub-operation: its C-STORE-RSP status, or a failure status if it could not be sent."""
+    accepted = link.accepted(m.sop_class)
+    try:
+        context_id = accepted.get(m.transfer_syntax)
+        if context_id is not None:  # the usual case: the stored bytes as they are
+            data = archive.get_dataset_parts(m.sop_instance)
+        else:
+            context_id, data = _converted(archive, m, accepted)
+            tally.converted += 1
+    except Exception as exc:  # noqa: BLE001 -- one instance fails, not the retrieve
+        return failure_status(exc, f"retrieve of {m.sop_instance}")[0]
+    command = dimse.request(dimse.C_STORE_RQ, link.next_message_id(), m.sop_class,
+                            sop_instance_uid=m.sop_instance, originator=originator)  # fmt: skip
+    return link.store(context_id, command, data)
+
+
+def _converted(
+    archive: Archive, m: Match, accepted: dict[str, int]
+) -> tuple[int, list[memoryview]]:
+    """The instance converted for an accepted uncompressed context (PS3.5 A.2, A.5)."""
+    target = next((ts for ts in CONVERSION_TARGETS if ts in accepted), None)
+    if target is None:
+        offered = ", ".join(sorted(accepted)) or "none"
+        raise ValueError(f"the peer accepts none of the syntaxes we can send "
+                         f"{m.sop_class} in (stored {m.transfer_syntax}; accepted: {offered})")
+    ds = prepare(archive, m, {})
+    assert not isinstance(ds, EncodedInstance)  # nothing accepted: always decoded
+    ts = UID(target)
+    encoded = encode(ds, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+    if encoded is None:  # pynetdicom logged why
+        raise ValueError(f"{m.sop_instance} could not be encoded in {ts.name}")
+    return accepted[target], [memoryview(encoded)]
+
+
+def failed_list(tally: Tally, transfer_syntax: str) -> bytes | None:
+    """The final response's identifier: (0008,0058) Failed SOP Instance UID List, if any failed."""
+    if not tally.failed_uids:
+        return None
+    ds = Dataset()
+    ds.FailedSOPInstanceUIDList = tally.failed_uids
+    ts = UID(transfer_syntax)
+    return encode(ds, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A C-MOVE destination as :meth:`engine.dimse.Association.open` wants it."""
+
+    host: str
+    port: int
+    calling: str  # our AE title
+    ae_title: str  # the Move Destination
+
+
+class DestinationLink:
+    """A C-MOVE's sub-operations, over the association we opened to the Move Destination.
+
+    Parameters
+    ----------
+    assoc
+        The established association; nothing else sends on it.
+    cancelled
+        Whether the C-MOVE's requestor has cancelled it (never blocks).
+    """
+
+    def __init__(self, assoc: dimse.Association, cancelled: Callable[[], bool]) -> None:
+        self.assoc = assoc
+        self.cancelled = cancelled
+        self._by_class: dict[str, dict[str, int]] = {}
+        self._sent_id = 0  # the Message ID of the C-STORE-RQ being answered
+
+    def accepted(self, sop_class: str) -> dict[str, int]:
+        found = self._by_class.get(sop_class)
+        if found is None:
+            found = self._by_class[sop_class] = {
+                ts: cid for cid, (abstract, ts) in self.assoc.accepted.items()
+                if abstract == sop_class
+            }  # fmt: skip
+        return found
+
+    def next_message_id(self) -> int:
+        self._sent_id = self.assoc.next_message_id()
+        return self._sent_id
+
+    def store(self, context_id: int, command: bytes, data: list[memoryview]) -> int:
+        assoc, peer_max = self.assoc, self.assoc.peer_max_pdu
+        try:
+            P.send_buffers(assoc.sock, [P.encode_p_data(context_id, command, peer_max),
+                                        *P.data_set_buffers(context_id, data, peer_max)])
+            rsp = assoc.read_message()
+        except (OSError, P.PeerClosed, P.ProtocolError) as exc:  # DimseError is an OSError
+            raise LinkLost(f"the association to the move destination ended: {exc}") from exc
+        answered = dimse.us(rsp.command, dimse.MessageIDBeingRespondedTo)
+        if rsp.field != dimse.C_STORE_RSP or answered != self._sent_id:
+            raise LinkLost(f"the move destination answered C-STORE-RQ {self._sent_id} with "
+                           f"command 0x{rsp.field:04X} to message {answered}")  # fmt: skip
+        return rsp.status
