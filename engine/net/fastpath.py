@@ -1,26 +1,30 @@
-"""The fast path: associations that only store, echo and find, served without pynetdicom.
+"""The fast path: associations served without pynetdicom after negotiation.
 
 pynetdicom spends about 3 ms of CPU per CT slice on the receive path
-(polling reactors, one object per PDU, deep copies per message); storing
-the instance costs 0.3 ms. Most associations a PACS sees are a modality
-sending images or a viewer or RIS querying, so the worker serves those itself:
+(polling reactors, one object per PDU, deep copies per message) and as much
+again per instance it sends; storing the instance costs 0.3 ms. So the
+worker serves the associations a PACS mostly sees itself:
 
 1. :func:`peek_associate_rq` looks at the A-ASSOCIATE-RQ without taking it
    off the socket (``MSG_PEEK``), within an ARTIM-like timeout (PS3.8 9.1.5).
 2. :meth:`FastPath.classify` decodes it with pynetdicom's PDU classes.
    If every proposed abstract syntax is a Storage SOP Class, Verification
-   or a Find model of Query/Retrieve, and nothing beyond the maximum length,
-   implementation identity and asynchronous operations window is
-   negotiated, the fast path takes the association; anything else (Get and
-   Move, role selection for C-GET, extended negotiation, user identity, a
-   PDU it cannot decode) goes to pynetdicom with the socket untouched.
+   or a Find, Get or Move model of Query/Retrieve, and nothing beyond the
+   maximum length, implementation identity, asynchronous operations window
+   and SCP/SCU role selection is negotiated, the fast path takes the
+   association; anything else (extended negotiation, user identity, another
+   SOP class, a PDU it cannot decode) goes to pynetdicom, socket untouched.
 3. :class:`FastAssociation` applies the same access rules and association
-   limit as pynetdicom's path, negotiates the presentation contexts with
-   pynetdicom's own ``negotiate_as_acceptor``, sends the A-ASSOCIATE-AC,
-   then runs the DIMSE loop (PS3.7 9.3.1 C-STORE, 9.3.5 C-ECHO, 9.3.2
-   C-FIND) over :class:`engine.pdu.PDUReader`. C-FIND answers come from
-   :func:`engine.net.find.find_responses`, as on pynetdicom's path; a
-   C-CANCEL is looked for between two answers without blocking.
+   limit as pynetdicom's path, negotiates the presentation contexts and
+   roles with pynetdicom's own ``negotiate_as_acceptor``, sends the
+   A-ASSOCIATE-AC, then runs the DIMSE loop (PS3.7 9.3.1 C-STORE, 9.3.5
+   C-ECHO, 9.3.2 C-FIND, 9.3.3 C-GET, 9.3.4 C-MOVE) over
+   :class:`engine.pdu.PDUReader`, command sets through :mod:`engine.dimse`.
+   C-FIND answers come from :func:`engine.net.find.find_responses`, as on
+   pynetdicom's path; C-GET and C-MOVE sub-operations from
+   :func:`engine.net.send.send_all` (C-GET on this association, C-MOVE on
+   one opened to the destination); a C-CANCEL is looked for between two
+   answers or sub-operations without blocking.
 
 The acknowledgement rule is unchanged: a C-STORE-RSP leaves only after
 :meth:`engine.archive.Archive.store` returned, that is once the instance is

@@ -15,8 +15,12 @@ sub-operation (PS3.4 C.4.2.3 / C.4.3.3):
   counted in the final response with its UID in the Failed SOP Instance UID
   List; it never ends the association.
 
-pynetdicom counts the sub-operations and sends the pending and final
-responses (0x0000, 0xB000 when some failed, 0xFE00 when cancelled).
+Associations on the fast path (:mod:`engine.net.fastpath`) send through
+our own loop (:mod:`engine.net.send`), which uses :func:`identify`,
+:func:`resolve`, :func:`proposed_contexts` and :func:`prepare` from here.
+On the others (:func:`handle_get`, :func:`handle_move`) pynetdicom counts
+the sub-operations and sends the pending and final responses (0x0000,
+0xB000 when some failed, 0xFE00 when cancelled).
 """
 
 from __future__ import annotations

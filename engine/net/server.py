@@ -122,8 +122,9 @@ def run_worker(
         _drain([*server.active_associations, *fast.active])
         if http is not None:
             http.join(SHUTDOWN_GRACE_S)
-        log.info("worker %d served %d associations on the fast path, %d through pynetdicom",
-                 index, fast.served, fast.handed_over)  # fmt: skip
+        log.info("worker %d served %d associations on the fast path, %d through pynetdicom; "
+                 "sent %d instances by C-GET/C-MOVE, %d of them converted",
+                 index, fast.served, fast.handed_over, fast.sent, fast.converted)  # fmt: skip
     finally:
         archive.close()  # seals the active segment; everything acknowledged is durable already
     log.info("worker %d stopped", index)

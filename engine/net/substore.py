@@ -20,6 +20,8 @@ accepted the stored transfer syntax we already hold that encoding, so:
   length). pynetdicom's DUL thread still reads and decodes the C-STORE-RSP.
 
 The counting, pending responses, cancel and final status stay pynetdicom's.
+This serves the associations pynetdicom keeps (user identity, extended
+negotiation); the fast path sends with :mod:`engine.net.send`.
 """
 
 from __future__ import annotations
