@@ -643,7 +643,9 @@ class FastAssociation:
                 tls=self.owner.client_tls if remote.tls else None,
                 timeout_s=settings.network_timeout_s,
             )  # fmt: skip
-        except OSError as exc:  # refused, unreachable, rejected (DimseError), TLS failed
+        except (OSError, PeerClosed, ProtocolError, ValueError) as exc:
+            # refused, unreachable, rejected (DimseError), TLS failed, closed, an undecodable
+            # A-ASSOCIATE-AC: the sub-operations fail, the requestor's association stays
             log.warning("C-MOVE from %s: cannot associate with %s at %s:%d: %s",
                         self.calling, name, remote.host, remote.port, exc)  # fmt: skip
             tally = Tally(len(found))

@@ -36,6 +36,7 @@ CORPUS = {  # each with a SOP Instance UID no other file sent here has
     "SC_rgb_rle.dcm": "-xr",  # RLE Lossless
 }
 CT_SLICES = 12
+SLAM_PORT = free_port()  # a C-MOVE destination that closes every connection it accepts
 ALLOWED = ("STORESCU", "FINDSCU", "GETSCU", "MOVESCU", "ECHOSCU", "PYNETDICOM", "NOSTORE",
            "NOQUERY")  # fmt: skip
 
@@ -101,6 +102,10 @@ port = {destination.port}
 [remotes.DOWN]  # nothing listens there: a C-MOVE to it cannot associate
 host = "127.0.0.1"
 port = {free_port()}
+
+[remotes.SLAM]  # tests/net/test_send_path.py listens there and hangs up at once
+host = "127.0.0.1"
+port = {SLAM_PORT}
 
 [remotes.NOSTORE]
 store = false

@@ -7,6 +7,8 @@ C.4.2 and C.4.3 say a requestor sees.
 
 from __future__ import annotations
 
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from engine.part10 import IMPLEMENTATION_VERSION_NAME
 from tests.net._support import Server
-from tests.net.conftest import CT_SLICES, Stored
+from tests.net.conftest import CT_SLICES, SLAM_PORT, Stored
 from tests.net.find_helpers import identifier
 
 GET = StudyRootQueryRetrieveInformationModelGet
@@ -149,6 +151,34 @@ def test_a_move_to_a_destination_that_does_not_answer_fails_with_a_comment(
     assert "DOWN" in str(final.ErrorComment)
     assert _counts(final) == (None, 0, CT_SLICES, 0)
     assert ident is not None and len(ident.FailedSOPInstanceUIDList) == CT_SLICES
+
+
+def test_a_destination_that_hangs_up_fails_the_move_not_the_requestors_association(
+    server: Server, stored: Stored
+) -> None:
+    keys, _ = _series(stored)
+    listener = socket.create_server(("127.0.0.1", SLAM_PORT))
+    hung_up = threading.Event()
+
+    def slam() -> None:
+        conn, _ = listener.accept()
+        conn.close()
+        hung_up.set()
+
+    threading.Thread(target=slam, daemon=True).start()
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(MOVE)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS")
+    assert assoc.is_established
+    try:
+        final, _ = list(assoc.send_c_move(identifier("SERIES", keys), "SLAM", MOVE))[-1]
+        assert hung_up.is_set() and final.Status == 0xA702, final
+        assert "SLAM" in str(final.ErrorComment)
+        assert assoc.send_c_echo().Status == 0  # our requestor's association is intact
+    finally:
+        assoc.release()
+        listener.close()
 
 
 @pytest.mark.parametrize("path_name", ["CT_small.dcm", "MR_small_jpeg_ls_lossless.dcm"])
