@@ -69,7 +69,7 @@ from engine.dimse import Command
 from engine.errors import AuditError
 from engine.net.find import find_responses
 from engine.net.identifier import Encoding
-from engine.net.retrieve import identify, proposed_contexts
+from engine.net.retrieve import Match, identify, proposed_contexts
 from engine.net.scp import (
     FIND_MODELS,
     GET_MODELS,
@@ -606,20 +606,21 @@ class FastAssociation:
         found = identify(
             lambda: decode(BytesIO(identifier), ts.is_implicit_VR, ts.is_little_endian,
                            ts.is_deflated),
-            self.calling, self.address, settings.access, levels, owner.archive, what, **detail,
+            self.calling, self.address, settings.access, levels, owner.archive, what,
+            lazy=is_get, **detail,
         )  # fmt: skip
         if isinstance(found, Dataset):
             respond.final(*_status_of(found))
-            return
-        if not found:
-            respond.final(SUCCESS, tally=Tally(0))
             return
         self.busy = f"a {what}"
         try:
             if is_get:
                 status, tally = send_all(owner.archive, found, _RequestorLink(self, command),
                                          respond.pending)  # fmt: skip
+            elif not found:  # PS3.4 C.4.2.3.1: nothing to move, no association to open
+                status, tally = SUCCESS, Tally(0)
             else:
+                assert isinstance(found, list)  # a C-MOVE's answer is resolved, not lazy
                 status, tally = self._move(command, found, respond)
         finally:
             self.busy = "a C-FIND"
@@ -630,7 +631,7 @@ class FastAssociation:
                  tally.converted, ", cancelled" if status == CANCEL else "")  # fmt: skip
         respond.final(status, tally=tally)
 
-    def _move(self, command: Command, found: list[Any], respond: _Responder) -> tuple[int, Tally]:
+    def _move(self, command: Command, found: list[Match], respond: _Responder) -> tuple[int, Tally]:
         """Open an association to the Move Destination and send the matches over it."""
         settings, name = self.owner.settings, command.move_destination
         remote = settings.remotes[name]

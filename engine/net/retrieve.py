@@ -89,16 +89,63 @@ def resolve(archive: Archive, ident: Identifier) -> list[Match]:
     engine.errors.InvalidQueryError
         The unique key of the retrieve level is missing or empty.
     """
+    return list(_found(archive, _image_query(ident)))
+
+
+def _image_query(ident: Identifier) -> dict[str, Any]:
+    """The IMAGE-level index query of a retrieve identifier; InvalidQueryError if it names none."""
     unique = UNIQUE_KEY[ident.level]
     if not ident.query.get(unique):
         raise InvalidQueryError(f"a {ident.level} retrieve needs a value for {unique}")
     query = {k: v for k, v in ident.query.items() if k in HIERARCHY and v}
     query.update(SOPInstanceUID=query.get("SOPInstanceUID", ""), SOPClassUID="",
                  TransferSyntaxUID="")  # fmt: skip
+    return query
+
+
+def _found(archive: Archive, query: dict[str, Any], limit: int | None = None) -> Iterator[Match]:
     # plain dicts: a Dataset per match delayed the first C-STORE by milliseconds
-    found = archive.find_attrs("IMAGE", query)
-    return [Match(a["SOPInstanceUID"], a.get("SOPClassUID", ""), a.get("TransferSyntaxUID", ""))
-            for a in found]  # fmt: skip
+    for a in archive.find_attrs("IMAGE", query, limit=limit):
+        yield Match(a["SOPInstanceUID"], a.get("SOPClassUID", ""), a.get("TransferSyntaxUID", ""))
+
+
+class Matches:
+    """A retrieve's instances, the first one found before the rest (C-GET sends it at once).
+
+    Resolving a series takes the index about 15 us per instance (3 ms for a
+    200-slice CT) before a list of them exists. Iterating yields the first
+    match of a one-row query, then resolves the whole answer, calls
+    `on_resolved` with its size (the audit record) and yields the rest in
+    the same index order. ``len()`` resolves the answer too.
+    """
+
+    def __init__(self, archive: Archive, ident: Identifier,
+                 on_resolved: Callable[[int], None]) -> None:  # fmt: skip
+        self._archive, self._query = archive, _image_query(ident)  # validated now
+        self._on_resolved = on_resolved
+        self._all: list[Match] | None = None
+
+    def _resolved(self) -> list[Match]:
+        if self._all is None:
+            self._all = list(_found(self._archive, self._query))
+            self._on_resolved(len(self._all))
+        return self._all
+
+    def __len__(self) -> int:
+        return len(self._resolved())
+
+    def __iter__(self) -> Iterator[Match]:
+        if self._all is not None:
+            yield from self._all
+            return
+        first = next(_found(self._archive, self._query, limit=1), None)
+        if first is None:
+            self._resolved()
+            return
+        yield first
+        for m in self._resolved():  # stored meanwhile, it may come first now: not twice
+            if m.sop_instance != first.sop_instance:
+                yield m
 
 
 def proposed_contexts(matches: list[Match]) -> list[PresentationContext]:
@@ -213,8 +260,10 @@ def _send_all(
 
 def _identifier(event: Any, calling: str, access: Access, levels: tuple[str, ...],
                 archive: Archive, what: str, **detail: Any) -> list[Match] | Dataset:  # fmt: skip
-    return identify(lambda: event.identifier, calling, str(event.assoc.requestor.address),
-                    access, levels, archive, what, **detail)  # fmt: skip
+    found = identify(lambda: event.identifier, calling, str(event.assoc.requestor.address),
+                     access, levels, archive, what, **detail)  # fmt: skip
+    assert not isinstance(found, Matches)  # not asked to be lazy
+    return found
 
 
 def identify(
@@ -225,8 +274,9 @@ def identify(
     levels: tuple[str, ...],
     archive: Archive,
     what: str,
+    lazy: bool = False,
     **detail: Any,
-) -> list[Match] | Dataset:
+) -> list[Match] | Matches | Dataset:
     """The instances a C-GET or C-MOVE asks for, audited; or the failure status to answer.
 
     Parameters
@@ -239,6 +289,9 @@ def identify(
         The information model's levels (Patient Root or Study Root).
     what
         "C-GET" or "C-MOVE"; `detail` goes into the audit record.
+    lazy
+        Return :class:`Matches`: the first instance is found before the rest,
+        and the audit record is written once they all are.
     """
     if not access.may(calling, "retrieve"):
         log.warning("%s from %s refused: not allowed to retrieve", what, calling)
@@ -246,12 +299,18 @@ def identify(
         return status_dataset(REFUSED_NOT_AUTHORISED, f"{calling} may not retrieve here")
     try:
         ident = Identifier(identifier(), levels)
+
+        def begin(instances: int) -> None:
+            audit.emit(audit.Event.BEGIN_TRANSFERRING, user=calling, address=address,
+                       patient=ident.query.get("PatientID") or None,
+                       study=ident.query.get("StudyInstanceUID") or None,
+                       service=what, level=ident.level, keys=ident.query,
+                       instances=instances, **detail)  # fmt: skip
+
+        if lazy:
+            return Matches(archive, ident, begin)
         found = resolve(archive, ident)
-        audit.emit(audit.Event.BEGIN_TRANSFERRING, user=calling, address=address,
-                   patient=ident.query.get("PatientID") or None,
-                   study=ident.query.get("StudyInstanceUID") or None,
-                   service=what, level=ident.level, keys=ident.query,
-                   instances=len(found), **detail)  # fmt: skip
+        begin(len(found))
         return found
     except InvalidQueryError as exc:
         return failure(exc, f"{what} from {calling}")

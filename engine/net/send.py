@@ -39,7 +39,7 @@ from pynetdicom.status import code_to_category
 
 from engine import dimse
 from engine import pdu as P
-from engine.net.retrieve import Match, prepare
+from engine.net.retrieve import Match, Matches, prepare
 from engine.net.status import (
     CANCEL,
     OUT_OF_RESOURCES_SUBOPS,
@@ -136,7 +136,7 @@ Respond = Callable[[int, Tally], None]  # sends a pending response with the coun
 
 def send_all(
     archive: Archive,
-    matches: list[Match],
+    matches: list[Match] | Matches,
     link: Link,
     pending: Respond,
     originator: tuple[str, int] | None = None,
@@ -146,7 +146,8 @@ def send_all(
     Parameters
     ----------
     matches
-        The instances, in sending order.
+        The instances, in sending order; :class:`engine.net.retrieve.Matches`
+        sends its first before the rest is resolved.
     link
         Where they go.
     pending
@@ -154,18 +155,22 @@ def send_all(
     originator
         A C-MOVE's requestor AE title and Message ID (PS3.7 9.3.1.1).
     """
-    tally = Tally(len(matches))
+    tally = Tally(0)
     last_pending = 0.0
     for i, m in enumerate(matches):
         if link.cancelled():
+            tally.remaining = len(matches) - i
             return CANCEL, tally
         try:
             status = _send_one(archive, m, link, originator, tally)
         except LinkLost as exc:
+            tally.remaining = len(matches) - i
             log.warning("retrieve: %s; %d sub-operations not sent", exc, tally.remaining)
-            for rest in matches[i:]:
+            for rest in list(matches)[i:]:
                 tally.record(rest, OUT_OF_RESOURCES_SUBOPS)
             break
+        if i == 0:  # a lazy answer is resolved once its first instance is on its way
+            tally.remaining = len(matches)
         tally.record(m, status)
         now = time.monotonic()
         if tally.remaining and (i == 0 or now - last_pending >= PENDING_INTERVAL_S):
