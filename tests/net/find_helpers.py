@@ -7,9 +7,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
 )
 
 from engine.part10 import IMPLEMENTATION_VERSION_NAME
@@ -32,8 +32,8 @@ def find_association(port: int, via: str, *contexts: str, ae_title: str = "PYNET
     ae = AE(ae_title=ae_title)
     for cx in contexts or tuple(MODELS.values()):
         ae.add_requested_context(cx, *([syntaxes] if syntaxes else []))
-    if via == "pynetdicom":
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    if via == "pynetdicom":  # a class the fast path does not serve sends it to pynetdicom
+        ae.add_requested_context(ModalityWorklistInformationFind)
     assoc = ae.associate("127.0.0.1", port, ae_title="PACS", evt_handlers=NODELAY)
     assert assoc.is_established
     fast = assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME

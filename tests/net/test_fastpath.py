@@ -14,6 +14,7 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
+    ModalityWorklistInformationFind,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     Verification,
@@ -81,9 +82,21 @@ def test_storage_plus_query_is_served_by_the_fast_path_and_both_work(server: Ser
         assoc.release()
 
 
-def test_an_association_that_may_get_goes_to_pynetdicom(server: Server) -> None:
+def test_an_association_that_may_get_stays_on_the_fast_path(server: Server) -> None:
     assoc = _associate(server.port, StudyRootQueryRetrieveInformationModelFind,
                        StudyRootQueryRetrieveInformationModelGet, Verification)  # fmt: skip
+    try:
+        assert assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
+        assert assoc.send_c_echo().Status == 0
+    finally:
+        assoc.release()
+
+
+def test_an_association_with_a_class_the_fast_path_does_not_serve_goes_to_pynetdicom(
+    server: Server,
+) -> None:
+    assoc = _associate(server.port, StudyRootQueryRetrieveInformationModelFind,
+                       ModalityWorklistInformationFind, Verification)  # fmt: skip
     try:
         assert assoc.acceptor.implementation_version_name != IMPLEMENTATION_VERSION_NAME
         assert assoc.send_c_echo().Status == 0

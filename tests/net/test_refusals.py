@@ -1,8 +1,9 @@
 """What the server refuses, and how: A-ASSOCIATE-RJ reasons and failure statuses with comments.
 
 Each refusal is checked on both sides of the worker: the fast path (an
-association proposing storage, verification or C-FIND only) and pynetdicom
-(the same association plus a C-GET context).
+association proposing storage, verification and Query/Retrieve) and pynetdicom
+(the same association plus a Modality Worklist context, which the fast path
+does not serve).
 """
 
 from __future__ import annotations

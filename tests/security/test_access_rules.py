@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
+    ModalityWorklistInformationFind,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -76,7 +77,7 @@ def destination(secure_server: TlsServer) -> Iterator[socket.socket]:
 
 
 STORE_ONLY = (CTImageStorage,)  # served by the fast path
-MIXED = (CTImageStorage, Verification, StudyRootQueryRetrieveInformationModelGet)  # pynetdicom
+MIXED = (CTImageStorage, Verification, ModalityWorklistInformationFind)  # pynetdicom
 
 
 @pytest.mark.parametrize("contexts", [STORE_ONLY, MIXED])
