@@ -563,6 +563,17 @@ class Association:
             self.close()
 
 
+def identity_items(max_pdu_bytes: int) -> list[Any]:
+    """The user information every A-ASSOCIATE-RQ/AC of ours carries (PS3.7 D.3.3.1, D.3.3.2)."""
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = max_pdu_bytes
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return [max_length, class_uid, version]
+
+
 def _associate_rq(
     calling: str,
     called: str,
@@ -581,13 +592,7 @@ def _associate_rq(
         ctx.transfer_syntax = list(syntaxes)
         proposed.append(ctx)
     rq.presentation_context_definition_list = proposed
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = MAX_PDU_BYTES
-    class_uid = ImplementationClassUIDNotification()
-    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    items: list[Any] = [max_length, class_uid, version]
+    items = identity_items(MAX_PDU_BYTES)
     for abstract in scp_roles:
         role = SCP_SCU_RoleSelectionNegotiation()
         role.sop_class_uid = abstract

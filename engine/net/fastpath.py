@@ -77,7 +77,14 @@ from engine.net.scp import (
     MOVE_MODELS,
     STORAGE_SOP_CLASSES,
 )
-from engine.net.send import Destination, DestinationLink, Tally, failed_list, send_all
+from engine.net.send import (
+    Destination,
+    DestinationLink,
+    Tally,
+    by_class,
+    failed_list,
+    send_all,
+)
 from engine.net.settings import ServerSettings
 from engine.net.status import (
     CANCEL,
@@ -94,7 +101,6 @@ from engine.net.status import (
 from engine.net.store import audit_refusal, audit_store
 from engine.net.tls import client_context
 from engine.net.transport import REJECT_CALLING_AE, REJECT_LIMIT, DrainWatch, refused
-from engine.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.pdu import MessageBuffer, PDUReader, PeerClosed, ProtocolError
 
 if TYPE_CHECKING:
@@ -439,13 +445,7 @@ class FastAssociation:
         ac.result = 0x00
         ac.result_source = 0x01
         ac.presentation_context_definition_results_list = results
-        max_length = MaximumLengthNotification()
-        max_length.maximum_length_received = MAX_PDU_BYTES
-        class_uid = ImplementationClassUIDNotification()
-        class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-        version = ImplementationVersionNameNotification()
-        version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-        ac.user_information = [max_length, class_uid, version, *role_replies]
+        ac.user_information = [*D.identity_items(MAX_PDU_BYTES), *role_replies]
         pdu = AssociateAcPDU()
         pdu.from_primitive(ac)
         self.sock.sendall(pdu.encode())
@@ -766,16 +766,12 @@ class _RequestorLink:
         self.assoc = assoc
         self.get_id = command.message_id
         self._cancel = False  # a C-CANCEL came while a C-STORE-RSP was awaited
-        self._by_class: dict[str, dict[str, int]] = {}
+        self._by_class = by_class(
+            (cid, assoc.abstract[cid], assoc.accepted[cid]) for cid in assoc.sends
+        )
 
     def accepted(self, sop_class: str) -> dict[str, int]:
-        found = self._by_class.get(sop_class)
-        if found is None:
-            a = self.assoc
-            found = self._by_class[sop_class] = {
-                a.accepted[cid]: cid for cid in sorted(a.sends) if a.abstract[cid] == sop_class
-            }
-        return found
+        return self._by_class.get(sop_class, {})
 
     def next_message_id(self) -> int:
         return self.assoc.next_message_id()

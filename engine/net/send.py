@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -227,6 +227,17 @@ def failed_list(tally: Tally, transfer_syntax: str) -> bytes | None:
 
 
 
+def by_class(contexts: Iterable[tuple[int, str, str]]) -> dict[str, dict[str, int]]:
+    """SOP Class -> transfer syntax -> context ID, from (context ID, abstract, syntax) triples.
+
+    The lowest context ID wins when two contexts accepted one pair.
+    """
+    found: dict[str, dict[str, int]] = {}
+    for cid, abstract, ts in sorted(contexts):
+        found.setdefault(abstract, {}).setdefault(ts, cid)
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Destination:
     """A C-MOVE destination as :meth:`engine.dimse.Association.open` wants it."""
@@ -251,17 +262,11 @@ class DestinationLink:
     def __init__(self, assoc: dimse.Association, cancelled: Callable[[], bool]) -> None:
         self.assoc = assoc
         self.cancelled = cancelled
-        self._by_class: dict[str, dict[str, int]] = {}
+        self._by_class = by_class((cid, a, ts) for cid, (a, ts) in assoc.accepted.items())
         self._sent_id = 0  # the Message ID of the C-STORE-RQ being answered
 
     def accepted(self, sop_class: str) -> dict[str, int]:
-        found = self._by_class.get(sop_class)
-        if found is None:
-            found = self._by_class[sop_class] = {
-                ts: cid for cid, (abstract, ts) in self.assoc.accepted.items()
-                if abstract == sop_class
-            }  # fmt: skip
-        return found
+        return self._by_class.get(sop_class, {})
 
     def next_message_id(self) -> int:
         self._sent_id = self.assoc.next_message_id()
