@@ -9,11 +9,12 @@ worker serves the associations a PACS mostly sees itself:
    off the socket (``MSG_PEEK``), within an ARTIM-like timeout (PS3.8 9.1.5).
 2. :meth:`FastPath.classify` decodes it with pynetdicom's PDU classes.
    If every proposed abstract syntax is a Storage SOP Class, Verification
-   or a Find, Get or Move model of Query/Retrieve, and nothing beyond the
-   maximum length, implementation identity, asynchronous operations window
+   or a Find, Get or Move model of Query/Retrieve, or a UID the standard
+   does not name (a private SOP class, taken as storage), and nothing
+   beyond the maximum length, implementation identity, asynchronous operations window
    and SCP/SCU role selection is negotiated, the fast path takes the
    association; anything else (extended negotiation, user identity, another
-   SOP class, a PDU it cannot decode) goes to pynetdicom, socket untouched.
+   standard SOP class, a PDU it cannot decode) goes to pynetdicom, socket untouched.
 3. :class:`FastAssociation` applies the same access rules and association
    limit as pynetdicom's path, negotiates the presentation contexts and
    roles with pynetdicom's own ``negotiate_as_acceptor``, sends the
@@ -67,6 +68,7 @@ from engine import pdu as P
 from engine.audit import SERIOUS_FAILURE, Event
 from engine.dimse import Command
 from engine.errors import AuditError
+from engine.net.contexts import STORAGE_SOP_CLASSES, is_unknown_sop_class, unknown_storage_contexts
 from engine.net.find import find_responses
 from engine.net.identifier import Encoding
 from engine.net.retrieve import Match, identify, proposed_contexts
@@ -75,7 +77,6 @@ from engine.net.scp import (
     GET_MODELS,
     MAX_PDU_BYTES,
     MOVE_MODELS,
-    STORAGE_SOP_CLASSES,
 )
 from engine.net.send import (
     Destination,
@@ -100,7 +101,7 @@ from engine.net.status import (
 )
 from engine.net.store import audit_refusal, audit_store
 from engine.net.tls import client_context
-from engine.net.transport import REJECT_CALLING_AE, REJECT_LIMIT, DrainWatch, refused
+from engine.net.transport import REJECT_LIMIT, DrainWatch, refusal, refused
 from engine.pdu import MessageBuffer, PDUReader, PeerClosed, ProtocolError
 
 if TYPE_CHECKING:
@@ -268,8 +269,12 @@ class FastPath:
         if primitive.application_context_name != APPLICATION_CONTEXT_NAME:
             return None
         contexts = primitive.presentation_context_definition_list
-        if not contexts or any(str(cx.abstract_syntax) not in self.syntaxes for cx in contexts):
+        if not contexts:
             return None
+        for cx in contexts:  # a private SOP class is storage: accepted here or refused here
+            uid = str(cx.abstract_syntax)
+            if uid not in self.syntaxes and not is_unknown_sop_class(uid):
+                return None  # a standard service we do not serve: pynetdicom refuses it
         if not all(isinstance(item, _PLAIN_USER_ITEMS) for item in primitive.user_information):
             return None  # extended negotiation, user identity: pynetdicom's
         return primitive
@@ -407,11 +412,13 @@ class FastAssociation:
     def _negotiate(self) -> bool:
         """Access control, the association limit, presentation contexts; send AC or RJ."""
         owner = self.owner
-        if not owner.settings.access.may_associate(self.calling, self.address):
-            log.warning("association from %r at %s refused: calling AE title not allowed",
-                        self.calling, self.address)  # fmt: skip
-            refused(self.calling, str(self.address), "calling AE title not allowed")
-            self._reject(REJECT_CALLING_AE)
+        refused_why = refusal(owner.settings, str(self.rq.called_ae_title), self.calling,
+                              self.address)  # fmt: skip
+        if refused_why is not None:
+            reason, why = refused_why
+            log.warning("association from %r at %s refused: %s", self.calling, self.address, why)
+            refused(self.calling, self.address, why)
+            self._reject(reason)
             return False
         open_now = owner.count() + owner.pynetdicom_acceptors()
         if open_now > owner.settings.max_associations:
@@ -424,9 +431,13 @@ class FastAssociation:
         roles = {UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
                  for item in self.rq.user_information
                  if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}  # fmt: skip
-        results, role_replies = negotiate_as_acceptor(
-            self.rq.presentation_context_definition_list, owner.contexts, roles
-        )
+        proposed = self.rq.presentation_context_definition_list
+        supported = owner.contexts
+        if owner.settings.accept_unknown_sop_classes:
+            uids = (str(cx.abstract_syntax) for cx in proposed)
+            unknown = [u for u in uids if u not in owner.syntaxes]
+            supported = supported + unknown_storage_contexts(unknown)
+        results, role_replies = negotiate_as_acceptor(proposed, supported, roles)
         accepted = [cx for cx in results if cx.result == 0x00]
         self.accepted = {int(cx.context_id): str(cx.transfer_syntax[0])  # type: ignore[arg-type]
                          for cx in accepted}  # fmt: skip

@@ -3,12 +3,12 @@
 What we accept (PS3.7 Annex D.3.3.2, PS3.8 9.3.2.2):
 
 - Verification, with the uncompressed transfer syntaxes;
-- every Storage SOP Class of the standard, retired ones included
-  (:data:`STORAGE_SOP_CLASSES`), with every transfer syntax pynetdicom
-  knows (uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE, MPEG,
-  HEVC...), stored as received; of several offered in one context, a
-  lossless compression first, then Explicit VR, then Implicit
-  (:func:`acceptor_order`); the SCP/SCU role selection of a C-GET
+- every Storage SOP Class of the standard, retired ones included, and any
+  abstract syntax the standard does not name (private SOP classes) unless
+  ``[dicom] accept_unknown_sop_classes = false``, with every transfer
+  syntax pynetdicom knows, stored as received; of several offered in one
+  context, a lossless compression first, then Explicit VR, then Implicit
+  (:mod:`engine.net.contexts`); the SCP/SCU role selection of a C-GET
   requestor (PS3.7 D.3.3.4) is accepted on the same contexts;
 - Find, Get and Move of the Patient Root and Study Root Query/Retrieve
   information models (PS3.4 C.6.1, C.6.2).
@@ -18,18 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydicom._uid_dict import UID_dictionary
-from pydicom.uid import (
-    UID,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    MediaStorageDirectoryStorage,
-)
-from pynetdicom import AE, _config, evt, register_uid
-from pynetdicom import sop_class as sop_class_module
-from pynetdicom._globals import ALL_TRANSFER_SYNTAXES, DEFAULT_TRANSFER_SYNTAXES
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.service_class import StorageServiceClass
+from pynetdicom import AE, _config, evt
+from pynetdicom._globals import DEFAULT_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -40,6 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from engine.net.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from engine.net.find import PATIENT_ROOT_LEVELS, STUDY_ROOT_LEVELS, handle_find
 from engine.net.retrieve import handle_get, handle_move
 from engine.net.settings import ServerSettings
@@ -66,47 +57,6 @@ _MODELS = {
 }  # fmt: skip
 
 
-def _storage_sop_classes() -> tuple[str, ...]:
-    """pynetdicom's storage SOP classes and every other one pydicom's UID dictionary names,
-    retired ones too: old modalities still send them (retired Ultrasound Image Storage,
-    1.2.840.10008.5.1.4.1.1.6, from US carts), and an archive must keep what it is sent.
-
-    The extra ones are registered with pynetdicom's Storage Service Class: without that its
-    acceptor has no handler for their C-STORE-RQ and aborts the association.
-    """
-    ours = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
-    for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
-        storage = kind == "SOP Class" and "Storage" in name and "Commitment" not in name
-        # a DICOMDIR (Media Storage Directory) indexes a file set: it is no object to store
-        if storage and uid not in ours and uid != MediaStorageDirectoryStorage:
-            if not hasattr(sop_class_module, keyword):
-                register_uid(uid, keyword, StorageServiceClass)
-            ours.append(uid)
-    return tuple(ours)
-
-
-def acceptor_order(syntaxes: list[str]) -> list[str]:
-    """Our preference among the transfer syntaxes a peer proposes in one context.
-
-    pynetdicom's acceptor takes the first of *its own* list that the peer proposed,
-    and its list starts with Implicit VR: a modality offering JPEG-LS and Explicit
-    VR sent Implicit, decompressed, private VRs lost. We store what arrives, so:
-    a lossless compression first (smaller, nothing lost), then Explicit VR Little
-    Endian, then Implicit, then the rest (lossy ones last among what is offered
-    with them: a sender offering lossy beside uncompressed may hold the original).
-    """
-
-    def rank(uid: str) -> int:
-        name = UID(uid).name
-        if "Lossless" in name and "Lossy" not in name:
-            return 0
-        return {str(ExplicitVRLittleEndian): 1, str(ImplicitVRLittleEndian): 2}.get(uid, 3)
-
-    return sorted(syntaxes, key=rank)  # stable: pynetdicom's order within a rank
-
-
-ACCEPTED_TRANSFER_SYNTAXES = acceptor_order(list(ALL_TRANSFER_SYNTAXES))
-STORAGE_SOP_CLASSES = _storage_sop_classes()
 # Find SOP Class UID -> its levels; the fast path answers C-FIND on these too
 FIND_MODELS = {str(uid): levels for uid, levels in _MODELS["find"]}
 GET_MODELS = {str(uid): levels for uid, levels in _MODELS["get"]}

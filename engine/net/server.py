@@ -98,10 +98,9 @@ def run_worker(
             (settings.host, settings.dicom_port),
             evt_handlers=handlers(archive, settings),
             server_class=AssociationServer,
-            access=settings.access,
+            settings=settings,
             fast=fast,
             tls=server_context(settings.tls) if settings.tls else None,
-            max_instance_bytes=settings.max_instance_bytes,
         )
         ae._servers.append(server)  # as AE.start_server does: shutdown() removes it
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},

@@ -27,6 +27,13 @@ before anything listens::
     [access]
     allowed_calling = ["MODALITY1@10.0.0.12", "VIEWER1"]
 
+    [dicom]                    # how the DICOM port negotiates (PS3.7 Annex D, PS3.8 9)
+    check_called_ae = true     # refuse a called AE title that is not ours (reason 7)
+    ae_titles = ["PACS2"]      # more titles we answer to, besides [server] ae_title
+    accept_unknown_sop_classes = true  # C-STORE of private SOP classes (false: context refused)
+    pdu_timeout_s = 30         # a PDU begun must be whole within this
+    idle_timeout_s = 120       # [server] network_timeout_s under its DICOM name
+
 The ``[tls]`` table (:mod:`engine.net.tls`) makes the DICOM port a TLS port;
 the ``[audit]`` table (:mod:`engine.audit`) says where the audit trail goes.
 Flags of ``pacs serve`` override the ``[server]`` and ``[tls]`` tables.
@@ -56,6 +63,9 @@ AE_TITLE_MAX_CHARS = 16  # PS3.5 6.2: AE is at most 16 characters
 SERVER_KEYS = ("ae_title", "dicom_port", "host", "workers", "max_associations", "http_port",
                "network_timeout_s", "max_instance_bytes")  # fmt: skip
 REMOTE_KEYS = ("host", "port", "store", "query", "retrieve", "move_destination", "move_to", "tls")
+DICOM_KEYS = ("check_called_ae", "ae_titles", "accept_unknown_sop_classes", "pdu_timeout_s",
+              "idle_timeout_s")  # fmt: skip
+DEFAULT_PDU_TIMEOUT_S = 30.0
 FLAGS = ("store", "query", "retrieve", "move_destination", "tls")  # booleans of [remotes.X]
 
 
@@ -135,10 +145,15 @@ class ServerSettings:
     access: Access = field(default_factory=Access)
     tls: TlsSettings | None = None  # the DICOM port speaks TLS, the HTTP port HTTPS
     audit: AuditSettings = field(default_factory=AuditSettings)  # a relative file: in the archive
+    check_called_ae: bool = True
+    ae_titles: tuple[str, ...] = ()  # called AE titles we answer to besides ae_title
+    accept_unknown_sop_classes: bool = True
+    pdu_timeout_s: float = DEFAULT_PDU_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        if not 0 < len(self.ae_title.strip()) <= AE_TITLE_MAX_CHARS:
-            raise ValueError(f"ae_title must be 1..16 characters, not {self.ae_title!r}")
+        for title in (self.ae_title, *self.ae_titles):
+            if not 0 < len(title.strip()) <= AE_TITLE_MAX_CHARS:
+                raise ValueError(f"an AE title must be 1..16 characters, not {title!r}")
         if not 0 < self.dicom_port < 65536:
             raise ValueError(f"dicom_port must be 1..65535, not {self.dicom_port}")
         if not 0 <= self.http_port < 65536:
@@ -151,6 +166,11 @@ class ServerSettings:
             raise ValueError(
                 f"network_timeout_s must be a positive number, not {self.network_timeout_s!r}"
             )
+        if not (isinstance(self.pdu_timeout_s, int | float) and self.pdu_timeout_s > 0):
+            raise ValueError(f"pdu_timeout_s must be a positive number, not {self.pdu_timeout_s!r}")
+        for name in ("check_called_ae", "accept_unknown_sop_classes"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false")
         limit = self.max_instance_bytes
         if isinstance(limit, bool) or not (isinstance(limit, int) and limit > 0):
             raise ValueError(
@@ -160,6 +180,13 @@ class ServerSettings:
     @property
     def remotes(self) -> Mapping[str, Remote]:
         return self.access.remotes
+
+    def answers_to(self, called_ae: str) -> bool:
+        """Whether an association calling `called_ae` is for us (PS3.8 9.3.4, reason 7)."""
+        if not self.check_called_ae:
+            return True
+        title = called_ae.strip()
+        return title == self.ae_title.strip() or title in (t.strip() for t in self.ae_titles)
 
 
 def is_loopback(host: str) -> bool:
@@ -235,6 +262,25 @@ def _allowed(extra: Mapping[str, Any]) -> tuple[tuple[str, frozenset[str] | None
     return tuple(out)
 
 
+def _dicom(extra: Mapping[str, Any], server: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``[dicom]`` table as ServerSettings fields (idle_timeout_s is network_timeout_s)."""
+    table = _table(extra, "dicom")
+    unknown = set(table) - set(DICOM_KEYS)
+    if unknown:
+        raise ValueError(f"[dicom]: unknown keys {sorted(unknown)}")
+    values = dict(table)
+    if "idle_timeout_s" in values:
+        if "network_timeout_s" in server:
+            raise ValueError("give [dicom] idle_timeout_s or [server] network_timeout_s, not both")
+        values["network_timeout_s"] = values.pop("idle_timeout_s")
+    if "ae_titles" in values:
+        titles = values["ae_titles"]
+        if not isinstance(titles, list) or not all(isinstance(t, str) for t in titles):
+            raise ValueError('[dicom] ae_titles must be a list like ["PACS2"]')
+        values["ae_titles"] = tuple(titles)
+    return values
+
+
 def server_settings(config: Config, **flags: Any) -> ServerSettings:
     """The settings of ``pacs serve``: defaults, then ``config.extra``, then `flags`.
 
@@ -242,7 +288,7 @@ def server_settings(config: Config, **flags: Any) -> ServerSettings:
     ----------
     config
         The archive's config; its ``extra`` holds the ``[server]``,
-        ``[remotes.*]`` and ``[access]`` tables of the TOML file.
+        ``[remotes.*]``, ``[access]`` and ``[dicom]`` tables of the TOML file.
     **flags
         Command-line values (``None`` means the flag was not given).
 
@@ -256,6 +302,7 @@ def server_settings(config: Config, **flags: Any) -> ServerSettings:
     if unknown:
         raise ValueError(f"[server]: unknown keys {sorted(unknown)}")
     values = {k: v for k, v in server.items() if k in SERVER_KEYS}
+    values.update(_dicom(config.extra, server))
     tls_flags = {k[4:]: flags.pop(k) for k in list(flags) if k.startswith("tls_")}
     values.update({k: v for k, v in flags.items() if v is not None})
     access = Access(_allowed(config.extra), _remotes(config.extra))

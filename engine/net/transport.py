@@ -12,10 +12,12 @@ association that only stores, echoes and finds goes to the fast path
 (:mod:`engine.net.fastpath`), everything else to pynetdicom, which still
 finds the A-ASSOCIATE-RQ unread on the socket.
 
-Access control happens in the ACSE negotiation (PS3.8 7.1.1.9): a calling AE
-title, or AE title and host, that is not allowed gets an A-ASSOCIATE-RJ,
-rejected-permanent, source service-user, reason 3 "calling AE title not
-recognized" (PS3.8 9.3.4, Table 9-21). Every refusal is audited.
+Access control happens in the ACSE negotiation (PS3.8 7.1.1.9): a called AE
+title that is not ours gets an A-ASSOCIATE-RJ, rejected-permanent, source
+service-user, reason 7 "called AE title not recognized" (unless
+``[dicom] check_called_ae = false``); a calling AE title, or AE title and
+host, that is not allowed gets reason 3 "calling AE title not recognized"
+(PS3.8 9.3.4, Table 9-21). Every refusal is audited.
 
 With ``[tls]`` configured, an accepted socket is wrapped in TLS without a
 handshake; the handshake runs in the connection's thread, first thing in
@@ -42,7 +44,8 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from engine import audit
 from engine import pdu as P
-from engine.net.settings import DEFAULT_MAX_INSTANCE_BYTES, Access
+from engine.net.contexts import unknown_storage_contexts
+from engine.net.settings import ServerSettings
 from engine.net.tls import handshake, peer_identity
 from engine.pdu import PeerClosed
 
@@ -54,6 +57,7 @@ log = logging.getLogger("engine.net")
 LISTEN_BACKLOG = 128  # socketserver's default of 5 drops bursts of modality connections
 # PS3.8 9.3.4: A-ASSOCIATE-RJ (result, source, reason)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE title not recognized
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user, called AE title not recognized
 REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, provider (presentation), local limit exceeded
 SOCKET_BUFFER_BYTES = 4 << 20  # SO_RCVBUF, when the kernel allows that much
 RECEIVE_POLL_S = 0.2  # how often a waiting acceptor checks that its connection still stands
@@ -123,10 +127,26 @@ class DrainWatch:
         return draining
 
 
-class _AccessACSE(ACSE):
-    """ACSE that refuses calling AE titles (and hosts) the access list does not name."""
+def refusal(settings: ServerSettings, called: str, calling: str,
+            address: str) -> tuple[tuple[int, int, int], str] | None:  # fmt: skip
+    """Why an association calling `called` from `calling` at `address` is refused, or None.
 
-    access: Access
+    Returns
+    -------
+    tuple or None
+        The A-ASSOCIATE-RJ (result, source, reason) and the reason in words.
+    """
+    if not settings.answers_to(called):
+        return REJECT_CALLED_AE, f"called AE title {called.strip()!r} is not ours"
+    if not settings.access.may_associate(calling, address):
+        return REJECT_CALLING_AE, "calling AE title not allowed"
+    return None
+
+
+class _AccessACSE(ACSE):
+    """ACSE refusing called AE titles not ours, and calling ones the access list does not name."""
+
+    settings: ServerSettings
     fast: FastPath | None
 
     def _reject(self, calling: str, reason: tuple[int, int, int], why: str) -> None:
@@ -139,12 +159,19 @@ class _AccessACSE(ACSE):
     def _negotiate_as_acceptor(self) -> None:
         rq = self.requestor.primitive
         calling = str(rq.calling_ae_title) if rq is not None else ""
+        called = str(rq.called_ae_title) if rq is not None else ""
         address = str(self.requestor.address)
-        if not self.access.may_associate(calling, address):
-            log.warning("association from %r at %s refused: calling AE title not allowed",
-                        calling, address)  # fmt: skip
-            self._reject(calling, REJECT_CALLING_AE, "calling AE title not allowed")
+        refused_why = refusal(self.settings, called, calling, address)
+        if refused_why is not None:
+            reason, why = refused_why
+            log.warning("association from %r at %s refused: %s", calling, address, why)
+            self._reject(calling, reason, why)
             return
+        if self.settings.accept_unknown_sop_classes and rq is not None:  # private SOP classes
+            proposed = (str(cx.abstract_syntax) for cx in rq.presentation_context_definition_list)
+            extra = unknown_storage_contexts(proposed)
+            if extra:
+                self.acceptor.supported_contexts = [*self.acceptor.supported_contexts, *extra]
         if self.fast is not None:  # the limit counts the fast path's associations too
             ours = sum(1 for a in self.assoc.ae.active_associations if a.is_acceptor)
             if ours + self.fast.count() > self.assoc.ae.maximum_associations:
@@ -321,10 +348,10 @@ class _RequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc: Association = super()._create_association()
         acse = _AccessACSE(assoc)
-        acse.access = self.server.access
+        acse.settings = self.server.settings
         acse.fast = self.server.fast
         assoc.acse = acse
-        bound_dul(assoc, self.request, self.server.max_instance_bytes)
+        bound_dul(assoc, self.request, self.server.settings.max_instance_bytes)
         # An accepted socket is blocking: a peer silent in the middle of a PDU would hold
         # pynetdicom's reader forever. With a timeout that read fails and the DUL closes.
         self.request.settimeout(self.server.ae.network_timeout)
@@ -338,14 +365,13 @@ class AssociationServer(ThreadedAssociationServer):
     ----------
     *args
         As for :class:`pynetdicom.transport.AssociationServer`.
-    access
-        Who may associate (checked during association negotiation).
+    settings
+        Our AE titles and who may associate (checked during association
+        negotiation), the largest data set pynetdicom's associations may receive.
     tls
         The server SSL context (:func:`engine.net.tls.server_context`), or None for plain TCP.
     fast
         The fast path, or None to give every association to pynetdicom.
-    max_instance_bytes
-        The largest data set pynetdicom's associations may receive.
     **kwargs
         As for :class:`pynetdicom.transport.AssociationServer`.
     """
@@ -353,14 +379,11 @@ class AssociationServer(ThreadedAssociationServer):
     request_queue_size = LISTEN_BACKLOG
     daemon_threads = True
 
-    def __init__(self, *args: Any, access: Access, fast: FastPath | None = None,
-                 tls: ssl.SSLContext | None = None,
-                 max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
-                 **kwargs: Any) -> None:  # fmt: skip
-        self.access = access
+    def __init__(self, *args: Any, settings: ServerSettings, fast: FastPath | None = None,
+                 tls: ssl.SSLContext | None = None, **kwargs: Any) -> None:  # fmt: skip
+        self.settings = settings
         self.tls = tls
         self.fast = fast
-        self.max_instance_bytes = max_instance_bytes
         kwargs["request_handler"] = _RequestHandler
         super().__init__(*args, **kwargs)
 

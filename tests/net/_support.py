@@ -66,7 +66,7 @@ def echo(port: int, ae_title: str = "ECHOSCU", timeout: float = 5) -> int | None
     ae = AE(ae_title=ae_title)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = timeout
-    assoc = ae.associate("127.0.0.1", port)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
     if not assoc.is_established:
         return None
     try:

@@ -76,7 +76,7 @@ def test_every_pair_is_accepted_and_stored_as_sent(
     if path == "pynetdicom":  # a class the fast path does not serve sends it to pynetdicom
         ae.add_requested_context(Verification)
         ae.add_requested_context(ModalityWorklistInformationFind)
-    assoc = ae.associate("127.0.0.1", own_server.port)
+    assoc = ae.associate("127.0.0.1", own_server.port, ae_title="PACS")
     assert assoc.is_established, own_server.log()
     try:
         accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))

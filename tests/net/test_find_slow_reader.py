@@ -73,7 +73,8 @@ def test_a_long_c_find_to_a_slow_reader_ends_with_its_final_status(
     ae.add_requested_context(Verification)
     if path == "pynetdicom":  # a class the fast path does not serve sends it to pynetdicom
         ae.add_requested_context(ModalityWorklistInformationFind)
-    assoc = ae.associate("127.0.0.1", server.port, evt_handlers=[(evt.EVT_CONN_OPEN, _slow_reader)])
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS",
+                         evt_handlers=[(evt.EVT_CONN_OPEN, _slow_reader)])  # fmt: skip
     assert assoc.is_established
     query = Dataset()
     query.QueryRetrieveLevel = "IMAGE"

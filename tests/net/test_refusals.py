@@ -66,7 +66,7 @@ def test_an_unknown_calling_ae_title_is_rejected(server: Server, path: str) -> N
     rj = assoc.acceptor.primitive
     # PS3.8 9.3.4: rejected-permanent, service-user, calling AE title not recognized
     assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)
-    r = run_dcmtk("echoscu", "-aet", "INTRUDER", "127.0.0.1", str(server.port))
+    r = run_dcmtk("echoscu", "-aet", "INTRUDER", "-aec", "PACS", "127.0.0.1", str(server.port))
     assert r.returncode != 0 and "Calling AE Title Not Recognized" in r.stdout + r.stderr
     assert echo(server.port) == 0
 
@@ -116,10 +116,12 @@ def test_too_many_associations_are_rejected_transiently(tmp_path: Path) -> None:
     srv = Server(tmp_path, workers=1, config="[server]\nmax_associations = 1\n").start()
     try:
         for first_path, second_path in [(a, b) for a in PATHS for b in PATHS]:
-            first = _ae("FIRST", first_path, Verification).associate("127.0.0.1", srv.port)
+            first = _ae("FIRST", first_path, Verification).associate("127.0.0.1", srv.port,
+                                                                     ae_title="PACS")
             assert first.is_established
             _check_path(first, first_path)
-            second = _ae("SECOND", second_path, Verification).associate("127.0.0.1", srv.port)
+            second = _ae("SECOND", second_path, Verification).associate("127.0.0.1", srv.port,
+                                                                        ae_title="PACS")
             assert second.is_rejected, (first_path, second_path)
             rj = second.acceptor.primitive
             # PS3.8 9.3.4: rejected-transient, service-provider (presentation), local limit exceeded
@@ -165,7 +167,7 @@ def test_a_full_disk_gets_a700_and_the_server_stays_up(tmp_path: Path, path: str
 @pytest.mark.parametrize("path", PATHS)
 def test_sigterm_lets_an_open_association_finish(tmp_path: Path, path: str) -> None:
     srv = Server(tmp_path, workers=1).start()
-    assoc = _ae("SLOW", path, CTImageStorage).associate("127.0.0.1", srv.port)
+    assoc = _ae("SLOW", path, CTImageStorage).associate("127.0.0.1", srv.port, ae_title="PACS")
     assert assoc.is_established
     _check_path(assoc, path)
     code: list[int] = []
@@ -176,3 +178,42 @@ def test_sigterm_lets_an_open_association_finish(tmp_path: Path, path: str) -> N
     assoc.release()
     stopper.join(60)
     assert code == [0]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_called_ae_title_not_ours_is_rejected(server: Server, path: str) -> None:
+    assoc = _ae("ECHOSCU", path, Verification).associate("127.0.0.1", server.port,
+                                                          ae_title="WHATEVER")  # fmt: skip
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    # PS3.8 9.3.4: rejected-permanent, service-user, called AE title not recognized
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x07)
+    r = run_dcmtk("echoscu", "-aet", "ECHOSCU", "-aec", "WHATEVER", "127.0.0.1", str(server.port))
+    assert r.returncode != 0 and "Called AE Title Not Recognized" in r.stdout + r.stderr
+    assert "called AE title 'WHATEVER' is not ours" in server.log()
+    assert echo(server.port) == 0
+
+
+def test_more_ae_titles_and_no_check(tmp_path: Path) -> None:
+    """``[dicom] ae_titles`` adds titles we answer to; ``check_called_ae = false`` takes any."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    aliased = Server(tmp_path / "a", workers=1,
+                     config='[dicom]\nae_titles = ["ALIAS"]\n').start()  # fmt: skip
+    unchecked = Server(tmp_path / "b", workers=1, config="[dicom]\ncheck_called_ae = false\n")
+    try:
+        unchecked.start()
+        for called, ok in [("PACS", True), ("ALIAS", True), ("WHATEVER", False)]:
+            r = run_dcmtk("echoscu", "-aec", called, "127.0.0.1", str(aliased.port))
+            assert (r.returncode == 0) == ok, (called, r.stdout + r.stderr)
+        for path in PATHS:  # pynetdicom's own require_called_aet is off: our check is the one
+            assoc = _ae("ECHOSCU", path, Verification).associate("127.0.0.1", unchecked.port,
+                                                                  ae_title="ANY-SCP")  # fmt: skip
+            assert assoc.is_established, path
+            _check_path(assoc, path)
+            assert assoc.send_c_echo().Status == 0
+            assoc.release()
+        assert run_dcmtk("echoscu", "127.0.0.1", str(unchecked.port)).returncode == 0
+    finally:
+        assert aliased.stop() == 0
+        assert unchecked.proc is None or unchecked.stop() == 0

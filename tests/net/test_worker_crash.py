@@ -40,7 +40,8 @@ def test_sigkill_of_a_worker_mid_ingest_loses_no_acknowledged_instance(tmp_path:
         for ds in datasets:
             for _attempt in range(20):  # an association to the killed worker dies: open another
                 if assoc is None or not assoc.is_established:
-                    assoc = ae.associate("127.0.0.1", srv.port, evt_handlers=NODELAY)
+                    assoc = ae.associate("127.0.0.1", srv.port, ae_title="PACS",
+                                         evt_handlers=NODELAY)
                     opened.append(assoc)
                     if not assoc.is_established:
                         time.sleep(0.05)

@@ -143,7 +143,7 @@ def _send(port: int, seeds: range, score: Score, stop: threading.Event, rows: in
     ae = AE(ae_title=aet)
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
-    assoc = ae.associate("127.0.0.1", port, evt_handlers=NODELAY)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS", evt_handlers=NODELAY)
     with score.lock:
         score.associations.append(assoc)
     try:

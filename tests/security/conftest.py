@@ -77,7 +77,8 @@ def tls_echo(port: int, pki: Pki, ae_title: str = "ECHOSCU", **kw: Any) -> int |
     ae = AE(ae_title=ae_title)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 10
-    assoc = ae.associate("127.0.0.1", port, tls_args=(client_context(pki, **kw), None))
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS",
+                         tls_args=(client_context(pki, **kw), None))
     if not assoc.is_established:
         return None
     try:

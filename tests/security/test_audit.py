@@ -80,7 +80,7 @@ def test_a_failing_sink_refuses_dimse_and_dicomweb_requests(tmp_path: Path) -> N
         ae = AE(ae_title="PYSCU")
         ae.add_requested_context(CTImageStorage)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        assoc = ae.associate("127.0.0.1", server.port, evt_handlers=NODELAY)
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS", evt_handlers=NODELAY)
         assert assoc.is_established
         try:
             assert assoc.send_c_store(small_ct(5)).Status == OUT_OF_RESOURCES
