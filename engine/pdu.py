@@ -25,6 +25,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable
 
 # PS3.8 9.3.1: PDU types
@@ -77,6 +78,10 @@ def unexpected(message: str) -> ProtocolError:
 
 class PeerClosed(Exception):
     """The peer closed the connection (or it reset) in the middle of the protocol."""
+
+
+class PDUTimeout(TimeoutError):
+    """A PDU begun was not whole within the PDU deadline: a stalled or drip-feeding peer."""
 
 
 class MessageBuffer:
@@ -144,22 +149,63 @@ class PDUReader:
     sock
         A connected, blocking socket (a receive timeout may be set on it).
     patience
-        Asked when a read times out: True to wait once more (the peer is
-        still busy reading what we sent), False to let the timeout stand.
+        Asked when the wait for a PDU timed out: True to wait once more (the
+        peer is still busy reading what we sent), False to let the timeout stand.
+    pdu_timeout_s
+        A PDU whose first byte has arrived must be whole within this (PS3.8
+        leaves it to the implementation): a peer sending one byte at a time
+        raises :class:`PDUTimeout`. None: no such deadline.
+    idle_timeout_s
+        How long to wait for the first byte of the next PDU; the socket's
+        receive timeout must not be longer (it is how often the deadlines
+        are looked at). None: one socket timeout.
     """
 
     def __init__(self, sock: socket.socket, size: int = READ_BUFFER_BYTES,
-                 patience: Callable[[], bool] | None = None) -> None:  # fmt: skip
+                 patience: Callable[[], bool] | None = None,
+                 pdu_timeout_s: float | None = None,
+                 idle_timeout_s: float | None = None) -> None:  # fmt: skip
         self.sock = sock
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.start = 0
         self.end = 0
         self.patience = patience
+        self.pdu_timeout_s = pdu_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.deadline: float | None = None  # of the PDU being read; None between PDUs
+        self.idle_since = 0.0
+
+    def _received(self) -> None:
+        """Bytes arrived: the PDU's deadline starts with its first, and holds for the rest."""
+        if self.pdu_timeout_s is None:
+            return
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + self.pdu_timeout_s
+        elif now > self.deadline:
+            raise self._late()
+
+    def _late(self) -> PDUTimeout:
+        return PDUTimeout(f"a PDU not whole within pdu_timeout_s ({self.pdu_timeout_s:g} s)")
 
     def _wait_on(self) -> bool:
-        """A read timed out: whether to read again (:attr:`patience`) or let it stand."""
-        return self.patience is not None and self.patience()
+        """A read timed out: whether to read again, or let the timeout stand.
+
+        Inside a PDU, until its deadline; between PDUs, until the idle
+        timeout, then as long as :attr:`patience` says the peer is busy.
+        """
+        now = time.monotonic()
+        if self.deadline is not None:
+            if now > self.deadline:
+                raise self._late()
+            return True
+        if self.idle_timeout_s is not None and now - self.idle_since < self.idle_timeout_s:
+            return True
+        if self.patience is not None and self.patience():
+            self.idle_since = now
+            return True
+        return False
 
     def _fill(self, need: int) -> None:
         """Block until at least `need` bytes are buffered (`need` <= the buffer size)."""
@@ -180,9 +226,15 @@ class PDUReader:
             if not got:
                 raise PeerClosed("the peer closed the connection")
             self.end += got
+            self._received()
 
     def pdu_header(self) -> tuple[int, int]:
-        """(PDU type, length) of the next PDU (PS3.8 9.3.1)."""
+        """(PDU type, length) of the next PDU (PS3.8 9.3.1); its deadline starts here."""
+        self.deadline = None
+        if self.end == self.start:
+            self.idle_since = time.monotonic() if self.idle_timeout_s is not None else 0.0
+        else:
+            self._received()  # the PDU has begun: its first bytes are in the buffer
         if self.end - self.start < PDU_HEADER_BYTES:
             self._fill(PDU_HEADER_BYTES)
         kind, length = PDU_HEADER.unpack_from(self.buf, self.start)
@@ -235,6 +287,7 @@ class PDUReader:
                 if not got:
                     raise PeerClosed("the peer closed the connection inside a fragment")
                 pos += got
+                self._received()
             else:  # small tail: read ahead into the buffer, so the next headers come with it
                 self._fill(1)
                 step = min(left, self.end - self.start)

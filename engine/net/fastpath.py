@@ -102,7 +102,7 @@ from engine.net.status import (
 from engine.net.store import audit_refusal, audit_store
 from engine.net.tls import client_context
 from engine.net.transport import REJECT_LIMIT, DrainWatch, refusal, refused
-from engine.pdu import MessageBuffer, PDUReader, PeerClosed, ProtocolError
+from engine.pdu import MessageBuffer, PDUReader, PDUTimeout, PeerClosed, ProtocolError
 
 if TYPE_CHECKING:
     from pynetdicom import AE
@@ -190,17 +190,17 @@ def _shut_down_by_peer(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-def _set_timeouts(sock: socket.socket, seconds: float) -> None:
+def _set_timeouts(sock: socket.socket, receive_s: float, send_s: float) -> None:
     """Kernel receive/send timeouts on a blocking socket: no poll() before each recv."""
     if isinstance(sock, ssl.SSLSocket):
         # OpenSSL retries a read that the kernel timed out (EAGAIN is "want read") forever:
-        # TLS needs Python's own timeout, a poll() before each read
-        sock.settimeout(seconds)
+        # TLS needs Python's own timeout, a poll() before each read (one for both ways)
+        sock.settimeout(receive_s)
         return
-    whole = int(seconds)
-    tv = _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    for option, seconds in ((socket.SO_RCVTIMEO, receive_s), (socket.SO_SNDTIMEO, send_s)):
+        whole = int(seconds)
+        timeval = _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, option, timeval)
 
 
 class FastPath:
@@ -335,7 +335,10 @@ class FastAssociation:
         self.sends: set[int] = set()  # storage contexts with the requestor as SCP (C-GET)
         self.busy = "a C-FIND"  # what a command arriving now would interrupt, for errors
         self._message_id = 0  # of the C-STORE-RQs we send
-        self.reader = PDUReader(sock, patience=DrainWatch(sock))  # a slow reader is not idle
+        settings = owner.settings
+        self.reader = PDUReader(sock, patience=DrainWatch(sock),  # a slow reader is not idle
+                                pdu_timeout_s=settings.pdu_timeout_s,
+                                idle_timeout_s=settings.network_timeout_s)  # fmt: skip
         self.pdu_left = 0  # bytes of PDVs left in the P-DATA-TF being read
         self.may_store = owner.settings.access.may(self.calling, "store")
         self.stored = 0
@@ -361,7 +364,10 @@ class FastAssociation:
         """Negotiate, then serve DIMSE messages; always closes the socket."""
         sock = self.sock
         try:
-            _set_timeouts(sock, self.owner.settings.network_timeout_s)
+            settings = self.owner.settings
+            # reads wake at least every pdu_timeout_s: PDUReader keeps both deadlines
+            _set_timeouts(sock, min(settings.pdu_timeout_s, settings.network_timeout_s),
+                          settings.network_timeout_s)  # fmt: skip
             _consume(sock, rq_bytes)
             if self._negotiate():
                 self._loop()
@@ -371,6 +377,10 @@ class FastAssociation:
             log.warning("fast path: aborting the association from %s at %s: %s (A-ABORT reason %d)",
                         self.calling, self.address, exc, exc.reason)  # fmt: skip
             self._send_quietly(P.encode_abort(exc.reason))
+        except PDUTimeout as exc:
+            log.warning("fast path: aborting the association from %s at %s: %s",
+                        self.calling, self.address, exc)  # fmt: skip
+            self._send_quietly(P.encode_abort(P.ABORT_NOT_SPECIFIED))
         except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO/SO_SNDTIMEO expired: EAGAIN
             log.warning("fast path: association from %s at %s idle for %.1f s; aborting",
                         self.calling, self.address,

@@ -40,14 +40,14 @@ from pynetdicom import evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from engine import audit
 from engine import pdu as P
 from engine.net.contexts import unknown_storage_contexts
 from engine.net.settings import ServerSettings
 from engine.net.tls import handshake, peer_identity
-from engine.pdu import PeerClosed
+from engine.pdu import PDUTimeout, PeerClosed
 
 if TYPE_CHECKING:  # fastpath imports this module
     from engine.net.fastpath import FastPath
@@ -214,7 +214,8 @@ class _BoundedDUL(DULServiceProvider):
     4 GiB), collects a data set's fragments without bound, and waits for
     ever on a PDV of a context it did not accept. Here a PDU longer than the
     Maximum Length we announce (PS3.8 D.1), a data set past
-    ``max_instance_bytes`` and such a PDV raise in the reader thread, where pynetdicom
+    ``max_instance_bytes``, a PDU not whole within ``pdu_timeout_s``
+    (:class:`_DeadlineSocket`) and such a PDV raise in the reader thread, where pynetdicom
     answers any exception with an A-ABORT (source: service provider) and ends
     the association. The class is swapped onto the DUL pynetdicom built, so
     its constructor and timers stay pynetdicom's.
@@ -222,6 +223,7 @@ class _BoundedDUL(DULServiceProvider):
 
     max_pdu_bytes: int
     max_instance_bytes: int
+    pdu_timeout_s: float
     data_set_bytes: int
     drain: DrainWatch
 
@@ -240,14 +242,19 @@ class _BoundedDUL(DULServiceProvider):
         return True
 
     def _read_pdu_data(self) -> None:
-        assert self.socket is not None and self.socket.socket is not None
-        header = self.socket.socket.recv(P.PDU_HEADER_BYTES, socket.MSG_PEEK)
-        if len(header) == P.PDU_HEADER_BYTES:
-            kind, length = P.PDU_HEADER.unpack(header)
-            if length > self.max_pdu_bytes:
-                self._refuse(f"PDU type 0x{kind:02X} of {length} bytes, "
-                             f"more than the {self.max_pdu_bytes} we accept")  # fmt: skip
-        super()._read_pdu_data()
+        assert isinstance(self.socket, _DeadlineSocket) and self.socket.socket is not None
+        # the DUL reads once the socket is readable: the PDU has begun, its deadline with it
+        self.socket.deadline = time.monotonic() + self.pdu_timeout_s
+        try:
+            header = self.socket.socket.recv(P.PDU_HEADER_BYTES, socket.MSG_PEEK)
+            if len(header) == P.PDU_HEADER_BYTES:
+                kind, length = P.PDU_HEADER.unpack(header)
+                if length > self.max_pdu_bytes:
+                    self._refuse(f"PDU type 0x{kind:02X} of {length} bytes, "
+                                 f"more than the {self.max_pdu_bytes} we accept")  # fmt: skip
+            super()._read_pdu_data()
+        finally:
+            self.socket.deadline = None
 
     def _decode_pdu(self, bytestream: bytearray) -> Any:
         if bytestream[0] == P.P_DATA_TF:
@@ -306,15 +313,53 @@ class _BoundedDUL(DULServiceProvider):
         raise RefusedPDUError(what)
 
 
-def bound_dul(assoc: Association, sock: socket.socket, max_instance_bytes: int) -> None:
-    """Give `assoc` (on `sock`) the limits and the idle rule of :class:`_BoundedDUL`."""
+class _DeadlineSocket(AssociationSocket):
+    """pynetdicom's socket wrapper, its reads bounded by the deadline of the PDU being read.
+
+    pynetdicom reads a PDU with blocking ``recv`` calls, each allowed the
+    whole network timeout: a peer sending a byte now and then held the
+    association, and its slot, for ever.
+    """
+
+    deadline: float | None
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock, deadline = self.socket, self.deadline
+        if deadline is None or sock is None:
+            return super().recv(nr_bytes)
+        out = bytearray()
+        before = sock.gettimeout()
+        try:
+            while len(out) < nr_bytes:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("aborting the association from %s: a PDU not whole within "
+                                "pdu_timeout_s", self.assoc.requestor.address)  # fmt: skip
+                    raise PDUTimeout("a PDU not whole within pdu_timeout_s")
+                sock.settimeout(left)
+                chunk = sock.recv(min(nr_bytes - len(out), SOCKET_BUFFER_BYTES))
+                if not chunk:  # closed: pynetdicom sees a short read, as from its own recv
+                    break
+                out += chunk
+        finally:
+            sock.settimeout(before)
+        return out
+
+
+def bound_dul(assoc: Association, sock: socket.socket, settings: ServerSettings) -> None:
+    """Give `assoc` (on `sock`) the limits, deadlines and idle rule of :class:`_BoundedDUL`."""
     dul = assoc.dul
     dul.__class__ = _BoundedDUL
     assert isinstance(dul, _BoundedDUL)
     dul.drain = DrainWatch(sock)
     dul.max_pdu_bytes = max(assoc.ae.maximum_pdu_size, ASSOCIATE_PDU_MAX_BYTES)
-    dul.max_instance_bytes = max_instance_bytes
+    dul.max_instance_bytes = settings.max_instance_bytes
+    dul.pdu_timeout_s = settings.pdu_timeout_s
     dul.data_set_bytes = 0
+    assert dul.socket is not None  # the request handler made it
+    dul.socket.__class__ = _DeadlineSocket
+    assert isinstance(dul.socket, _DeadlineSocket)
+    dul.socket.deadline = None
 
 
 class _RequestHandler(RequestHandler):
@@ -351,7 +396,7 @@ class _RequestHandler(RequestHandler):
         acse.settings = self.server.settings
         acse.fast = self.server.fast
         assoc.acse = acse
-        bound_dul(assoc, self.request, self.server.settings.max_instance_bytes)
+        bound_dul(assoc, self.request, self.server.settings)
         # An accepted socket is blocking: a peer silent in the middle of a PDU would hold
         # pynetdicom's reader forever. With a timeout that read fails and the DUL closes.
         self.request.settimeout(self.server.ae.network_timeout)
