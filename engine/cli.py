@@ -308,7 +308,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from engine.web.auth import hash_password
+    from engine.credentials import hash_password
 
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")

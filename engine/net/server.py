@@ -154,7 +154,7 @@ def _unsafe(config: Config, s: ServerSettings) -> str | None:
     """Why these settings must not serve (anonymous DICOMweb off loopback, a bad [auth])."""
     if not s.http_port:
         return None
-    from engine.web.auth import auth_settings
+    from engine.credentials import auth_settings
 
     try:
         auth_settings(config.extra.get("auth"), s.host)

@@ -33,9 +33,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.archive import Archive
+from engine.credentials import AuthSettings, auth_settings
 from engine.errors import EngineError
 from engine.web import delete, qido, render, stow, uri, wado
-from engine.web.auth import AuthMiddleware, AuthSettings, auth_settings
+from engine.web.auth import AuthMiddleware
 from engine.web.context import WebContext
 from engine.web.errors import problem, problem_body
 from engine.web.limits import ConcurrencyLimit

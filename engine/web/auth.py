@@ -1,5 +1,8 @@
 """DICOMweb authentication (bearer JWT, HTTP basic), authorisation by role, audit of requests.
 
+Users, keys and their checks are :mod:`engine.credentials`' (shared with DICOM
+User Identity Negotiation); this module reads them from HTTP headers.
+
 The ``[auth]`` table::
 
     [auth]
@@ -35,160 +38,28 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import functools
 import hashlib
-import hmac
-import json
 import logging
-import os
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, import_key
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import audit
+from engine.credentials import (
+    ROLES,
+    AuthSettings,
+    BadCredentials,
+    Identity,
+    check_password,
+    check_token,
+)
 from engine.errors import AuditError
-from engine.net.settings import is_loopback
 from engine.web.errors import problem_body
 
 log = logging.getLogger("engine.web")
-AUTH_KEYS = ("anonymous", "jwt_key", "jwks", "jwt_algorithms", "issuer", "audience",
-             "roles_claim", "users")  # fmt: skip
-ROLES = ("read", "write", "delete")
-ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
-                         "ES256", "ES384", "ES512", "EdDSA")  # fmt: skip
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1  # 16 MiB, ~50 ms: costly to guess offline
-SCRYPT_MAXMEM = 64 << 20
 VERIFIED_CACHE_SIZE = 256  # basic credentials verified lately (scrypt is slow on purpose)
 REALM = 'realm="pacs"'
-DEFAULT_ALGORITHMS = ("RS256", "ES256")
-
-
-# -- passwords --------------------------------------------------------------------
-
-
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    """``scrypt$N$r$p$salt$hash`` (base64) for the ``[auth.users.*] password`` key."""
-    salt = salt or os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
-                            maxmem=SCRYPT_MAXMEM)  # fmt: skip
-    b64 = base64.b64encode
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    """Whether `password` matches a :func:`hash_password` string (constant-time compare)."""
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        want = base64.b64decode(digest, validate=True)
-        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt, validate=True),
-                             n=int(n), r=int(r), p=int(p), maxmem=SCRYPT_MAXMEM,
-                             dklen=len(want))  # fmt: skip
-    except (ValueError, binascii.Error):
-        return False
-    return hmac.compare_digest(got, want)
-
-
-@functools.cache
-def _decoy_hash() -> str:
-    return hash_password(os.urandom(16).hex())
-
-
-# -- settings ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    name: str
-    password_hash: str = field(repr=False)  # never in a log line
-    roles: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class AuthSettings:
-    """The checked ``[auth]`` table; :attr:`keys` is None when bearer tokens are off."""
-
-    anonymous: bool = True
-    keys: Any = None  # a joserfc Key or KeySet
-    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
-    issuer: str | None = None
-    audience: str | None = None
-    roles_claim: str = "scope"
-    users: Mapping[str, User] = field(default_factory=dict)
-
-
-def _import_public_pem(data: bytes) -> Any:
-    problems = []
-    for kty in ("RSA", "EC", "OKP"):  # an explicit type: joserfc warns about guessing it
-        try:
-            return import_key(data, kty)
-        except (JoseError, ValueError, TypeError) as exc:
-            problems.append(f"{kty}: {exc}")
-    raise ValueError("not an RSA, EC or OKP public key in PEM (" + "; ".join(problems) + ")")
-
-
-def _load_keys(table: Mapping[str, Any]) -> Any:
-    if table.get("jwt_key"):
-        with open(table["jwt_key"], "rb") as f:
-            key = _import_public_pem(f.read())
-        if key.is_private:
-            raise ValueError("auth.jwt_key must be a public key (the identity provider's)")
-        return key
-    if table.get("jwks"):
-        with open(table["jwks"], "rb") as f:
-            return KeySet.import_key_set(json.load(f))
-    return None
-
-
-def auth_settings(table: Mapping[str, Any] | None, host: str) -> AuthSettings:
-    """Check the ``[auth]`` table for a server listening on `host`.
-
-    Raises
-    ------
-    ValueError
-        An unknown key, an unusable key file, a symmetric or "none" algorithm,
-        a role that does not exist, or anonymous access left on by default
-        while listening on an address other than loopback.
-    """
-    t = dict(table or {})
-    unknown = set(t) - set(AUTH_KEYS)
-    if unknown:
-        raise ValueError(f"[auth]: unknown keys {sorted(unknown)}")
-    algorithms = tuple(t.get("jwt_algorithms", DEFAULT_ALGORITHMS))
-    bad = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
-    if bad:
-        raise ValueError(f"auth.jwt_algorithms: {bad} not allowed; use {ASYMMETRIC_ALGORITHMS}")
-    users = {}
-    for name, u in dict(t.get("users", {})).items():
-        if not isinstance(u, dict):
-            raise ValueError(f"[auth.users.{name}] must be a table with password and roles")
-        roles = frozenset(u.get("roles", ()))
-        if not isinstance(u.get("password"), str) or not u["password"].startswith("scrypt$"):
-            raise ValueError(f"[auth.users.{name}]: password must be a `pacs hash-password` hash")
-        if roles - set(ROLES):
-            raise ValueError(f"[auth.users.{name}]: roles must be among {ROLES}")
-        users[name] = User(name, u["password"], roles)
-    try:
-        keys = _load_keys(t)
-    except (OSError, ValueError, JoseError) as exc:
-        raise ValueError(f"[auth]: cannot load the JWT key: {exc}") from exc
-    configured = keys is not None or bool(users)
-    anonymous = t.get("anonymous", not configured)
-    if not isinstance(anonymous, bool):
-        raise ValueError("auth.anonymous must be true or false")
-    if anonymous and "anonymous" not in t and not is_loopback(host):
-        raise ValueError(f"DICOMweb on {host} without authentication: configure [auth] "
-                         "(users, jwt_key or jwks), or set auth.anonymous = true")  # fmt: skip
-    return AuthSettings(anonymous, keys, algorithms, t.get("issuer"), t.get("audience"),
-                        t.get("roles_claim", "scope"), users)  # fmt: skip
 
 
 # -- who is asking ------------------------------------------------------------------
@@ -200,17 +71,6 @@ class Refused(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status, self.detail = status, detail
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    name: str
-    roles: frozenset[str]
-
-
-def _roles_of(value: Any) -> frozenset[str]:
-    items = value.split() if isinstance(value, str) else value if isinstance(value, list) else []
-    return frozenset(str(v) for v in items if str(v) in ROLES)
 
 
 class Authenticator:
@@ -239,19 +99,10 @@ class Authenticator:
         raise Refused(401, f"the {scheme or 'empty'} authentication scheme is not accepted here")
 
     def _bearer(self, token: str) -> Identity:
-        s = self.settings
         try:
-            decoded = jwt.decode(token, s.keys, algorithms=list(s.algorithms))
-            claims: dict[str, Any] = {"exp": {"essential": True}}
-            if s.issuer:
-                claims["iss"] = {"essential": True, "value": s.issuer}
-            if s.audience:
-                claims["aud"] = {"essential": True, "value": s.audience}
-            jwt.JWTClaimsRegistry(leeway=30, **claims).validate(decoded.claims)
-        except (JoseError, ValueError, TypeError) as exc:
-            raise Refused(401, f"invalid bearer token: {type(exc).__name__}") from exc
-        c = decoded.claims
-        return Identity(str(c.get("sub", "token")), _roles_of(c.get(s.roles_claim)))
+            return check_token(self.settings, token)
+        except BadCredentials as exc:
+            raise Refused(401, str(exc)) from exc
 
     async def _basic(self, credentials: str) -> Identity:
         key = hashlib.sha256(credentials.encode()).digest()
@@ -263,13 +114,11 @@ class Authenticator:
         except (ValueError, binascii.Error) as exc:
             raise Refused(401, "malformed basic credentials") from exc
         name, sep, password = decoded.partition(":")
-        user = self.settings.users.get(name)
-        # scrypt also for an unknown user: the answer's timing must not tell which names exist
-        stored = user.password_hash if user else _decoy_hash()
-        ok = await run_in_threadpool(verify_password, password, stored)
-        if not (sep and user and ok):
-            raise Refused(401, "wrong user name or password")
-        identity = Identity(name, user.roles)
+        try:
+            identity = await run_in_threadpool(check_password, self.settings, name,
+                                               password if sep else None)  # fmt: skip
+        except BadCredentials as exc:
+            raise Refused(401, str(exc)) from exc
         self._verified[key] = identity
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)

@@ -106,8 +106,8 @@ def run_http(
     """
     import uvicorn
 
+    from engine.credentials import auth_settings
     from engine.web.app import create_app
-    from engine.web.auth import auth_settings
 
     app = create_app(archive, settings, auth_settings(archive.config.extra.get("auth"), host))
     sock = _listen(host, port)

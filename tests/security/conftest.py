@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from engine.web.auth import hash_password
+from engine.credentials import hash_password
 from tests._helpers import ROOT
 from tests.net._support import START_TIMEOUT_S, Server, free_port
 from tests.security._pki import Pki, make_pki

@@ -23,8 +23,8 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from engine import open_archive
+from engine.credentials import auth_settings, hash_password
 from engine.web.app import create_app
-from engine.web.auth import auth_settings, hash_password
 from engine.web.settings import WebSettings
 from tests.web.conftest import Client
 

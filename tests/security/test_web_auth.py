@@ -32,7 +32,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from pydicom.uid import generate_uid
 
-from engine.web.auth import hash_password, verify_password
+from engine.credentials import hash_password, verify_password
 from tests._helpers import ROOT, small_ct
 from tests.security._pki import Pki
 from tests.security.conftest import AUDIENCE, ISSUER, PASSWORDS, TlsServer, client_context
