@@ -11,9 +11,10 @@ worker serves the associations a PACS mostly sees itself:
    If every proposed abstract syntax is a Storage SOP Class, Verification
    or a Find, Get or Move model of Query/Retrieve, or a UID the standard
    does not name (a private SOP class, taken as storage), and nothing
-   beyond the maximum length, implementation identity, asynchronous operations window
-   and SCP/SCU role selection is negotiated, the fast path takes the
-   association; anything else (extended negotiation, user identity, another
+   beyond the maximum length, implementation identity, asynchronous
+   operations window, SCP/SCU role selection and user identity is
+   negotiated, the fast path takes the association; anything else (SOP
+   class extended negotiation, another
    standard SOP class, a PDU it cannot decode) goes to pynetdicom, socket untouched.
 3. :class:`FastAssociation` applies the same access rules and association
    limit as pynetdicom's path, negotiates the presentation contexts and
@@ -58,6 +59,7 @@ from pynetdicom.pdu_primitives import (
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
+    UserIdentityNegotiation,
 )
 from pynetdicom.presentation import negotiate_as_acceptor
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -71,6 +73,7 @@ from engine.errors import AuditError
 from engine.net.contexts import STORAGE_SOP_CLASSES, is_unknown_sop_class, unknown_storage_contexts
 from engine.net.find import find_responses
 from engine.net.identifier import Encoding
+from engine.net.identity import REJECT_USER, UserCheck, UserRefused
 from engine.net.retrieve import Match, identify, proposed_contexts
 from engine.net.scp import (
     FIND_MODELS,
@@ -119,13 +122,15 @@ PEEK_RETRY_S = 0.002  # MSG_PEEK returns at once while part of the PDU is there:
 ARTIM_TIMEOUT_S = 30.0  # PS3.8 9.1.5: how long a new connection has to send its A-ASSOCIATE-RQ
 # User information sub-items (PS3.7 D.3.3) the fast path may ignore: the asynchronous
 # operations window has a default (1, 1) that a missing reply confirms (PS3.7 D.3.3.3).
-# Role selection is negotiated here (PS3.7 D.3.3.4: a C-GET's requestor takes the SCP role).
+# Role selection is negotiated here (PS3.7 D.3.3.4: a C-GET's requestor takes the SCP role),
+# user identity too (PS3.7 D.3.3.7, engine.net.identity).
 _PLAIN_USER_ITEMS = (
     MaximumLengthNotification,
     ImplementationClassUIDNotification,
     ImplementationVersionNameNotification,
     AsynchronousOperationsWindowNegotiation,
     SCP_SCU_RoleSelectionNegotiation,
+    UserIdentityNegotiation,
 )
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
 
@@ -216,12 +221,16 @@ class FastPath:
         The worker's pynetdicom AE: its supported presentation contexts are
         the ones negotiated here too, and its acceptor associations count
         towards the limit.
+    users
+        Checks the user identity of each association (PS3.7 D.3.3.7).
     """
 
-    def __init__(self, archive: Archive, settings: ServerSettings, ae: AE) -> None:
+    def __init__(self, archive: Archive, settings: ServerSettings, ae: AE,
+                 users: UserCheck) -> None:  # fmt: skip
         self.archive = archive
         self.settings = settings
         self.ae = ae
+        self.users = users
         self.contexts = ae.supported_contexts
         self.syntaxes = frozenset({*STORAGE_SOP_CLASSES, str(Verification), *FIND_MODELS,
                                    *GET_MODELS, *MOVE_MODELS})  # fmt: skip
@@ -276,7 +285,7 @@ class FastPath:
             if uid not in self.syntaxes and not is_unknown_sop_class(uid):
                 return None  # a standard service we do not serve: pynetdicom refuses it
         if not all(isinstance(item, _PLAIN_USER_ITEMS) for item in primitive.user_information):
-            return None  # extended negotiation, user identity: pynetdicom's
+            return None  # SOP class extended negotiation: pynetdicom's
         return primitive
 
     def serve(
@@ -340,7 +349,8 @@ class FastAssociation:
                                 pdu_timeout_s=settings.pdu_timeout_s,
                                 idle_timeout_s=settings.network_timeout_s)  # fmt: skip
         self.pdu_left = 0  # bytes of PDVs left in the P-DATA-TF being read
-        self.may_store = owner.settings.access.may(self.calling, "store")
+        self.access = owner.settings.access  # with the user's roles once negotiated
+        self.may_store = self.access.may(self.calling, "store")
         self.stored = 0
         self._done = threading.Event()
 
@@ -430,6 +440,18 @@ class FastAssociation:
             refused(self.calling, self.address, why)
             self._reject(reason)
             return False
+        try:
+            user = owner.users.check(self.rq.user_information)
+        except UserRefused as exc:
+            log.warning("association from %r at %s refused: %s", self.calling, self.address, exc)
+            refused(self.calling, self.address, f"user identity: {exc}")
+            self._reject(REJECT_USER)
+            return False
+        if user.identity is not None:
+            log.info("association from %s at %s: user %s", self.calling, self.address,
+                     user.identity.name)  # fmt: skip
+        self.access = owner.settings.access.for_user(user.roles)
+        self.may_store = self.access.may(self.calling, "store")
         open_now = owner.count() + owner.pynetdicom_acceptors()
         if open_now > owner.settings.max_associations:
             log.warning("association from %s at %s refused: %d associations open, limit %d",
@@ -467,6 +489,8 @@ class FastAssociation:
         ac.result_source = 0x01
         ac.presentation_context_definition_results_list = results
         ac.user_information = [*D.identity_items(MAX_PDU_BYTES), *role_replies]
+        if user.response is not None:
+            ac.user_information.append(user.response)
         pdu = AssociateAcPDU()
         pdu.from_primitive(ac)
         self.sock.sendall(pdu.encode())
@@ -586,7 +610,7 @@ class FastAssociation:
         sop_class = command.sop_class_uid or self.abstract[context]
         responses = find_responses(
             lambda: decode(BytesIO(identifier), implicit, little, deflated),
-            self.find_levels[context], self.owner.archive, self.owner.settings.access,
+            self.find_levels[context], self.owner.archive, self.access,
             (self.calling, self.address), self.owner.settings.ae_title,
             Encoding(implicit, little), lambda _i: self._cancel_requested(command.message_id),
         )  # fmt: skip
@@ -615,11 +639,11 @@ class FastAssociation:
         what = "C-GET" if is_get else "C-MOVE"
         ts = UID(self.accepted[context])
         identifier = bytes(data)  # the buffer is reused by the next message
-        owner, settings = self.owner, self.owner.settings
+        owner = self.owner
         respond = _Responder(self, command, context)
         detail = {} if is_get else {"destination": command.move_destination}
-        if not is_get and (why := settings.access.may_move_to(self.calling,
-                                                              command.move_destination)):
+        if not is_get and (why := self.access.may_move_to(self.calling,
+                                                          command.move_destination)):
             log.warning("C-MOVE from %s refused: %s", self.calling, why)  # never connect to it
             audit_refusal(audit.Event.BEGIN_TRANSFERRING, self.calling, self.address, why)
             respond.final(MOVE_DESTINATION_UNKNOWN, error_comment(why))
@@ -627,7 +651,7 @@ class FastAssociation:
         found = identify(
             lambda: decode(BytesIO(identifier), ts.is_implicit_VR, ts.is_little_endian,
                            ts.is_deflated),
-            self.calling, self.address, settings.access, levels, owner.archive, what,
+            self.calling, self.address, self.access, levels, owner.archive, what,
             lazy=is_get, **detail,
         )  # fmt: skip
         if isinstance(found, Dataset):

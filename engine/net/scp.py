@@ -36,6 +36,7 @@ from engine.net.retrieve import handle_get, handle_move
 from engine.net.settings import ServerSettings
 from engine.net.store import handle_echo, handle_store
 from engine.net.tls import client_context
+from engine.net.transport import access_of
 
 if TYPE_CHECKING:
     from engine.archive import Archive
@@ -116,18 +117,23 @@ def handlers(archive: Archive, settings: ServerSettings) -> list[tuple[Any, ...]
     access, remotes = settings.access, dict(settings.remotes)
     tls = client_context(settings.tls) if any(r.tls for r in remotes.values()) else None
 
+    def on_store(event: Any) -> Any:
+        return handle_store(event, archive, access_of(event.assoc, access))
+
     def on_find(event: Any) -> Any:
-        return handle_find(event, archive, access, _levels(event, "find"), settings.ae_title)
+        return handle_find(event, archive, access_of(event.assoc, access),
+                           _levels(event, "find"), settings.ae_title)  # fmt: skip
 
     def on_get(event: Any) -> Any:
-        return handle_get(event, archive, access, _levels(event, "get"))
+        return handle_get(event, archive, access_of(event.assoc, access), _levels(event, "get"))
 
     def on_move(event: Any) -> Any:
-        return handle_move(event, archive, access, _levels(event, "move"), remotes, tls)
+        return handle_move(event, archive, access_of(event.assoc, access),
+                           _levels(event, "move"), remotes, tls)  # fmt: skip
 
     return [
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [archive, access]),
+        (evt.EVT_C_STORE, on_store),
         (evt.EVT_C_FIND, on_find),
         (evt.EVT_C_GET, on_get),
         (evt.EVT_C_MOVE, on_move),

@@ -84,7 +84,9 @@ def run_worker(
 
     from engine import audit
     from engine.archive import Archive
+    from engine.credentials import auth_settings
     from engine.net.fastpath import FastPath
+    from engine.net.identity import UserCheck
     from engine.net.scp import build_ae, handlers
     from engine.net.tls import server_context
     from engine.net.transport import AssociationServer
@@ -93,12 +95,16 @@ def run_worker(
     archive = Archive(path, config)
     try:
         ae = build_ae(settings)
-        fast = FastPath(archive, settings, ae)
+        # the anonymous rule of [auth] is DICOMweb's: DIMSE has its AE rules (hence loopback)
+        users = UserCheck(auth_settings(config.extra.get("auth"), "127.0.0.1"),
+                          settings.require_user_identity)  # fmt: skip
+        fast = FastPath(archive, settings, ae, users)
         server = ae.make_server(
             (settings.host, settings.dicom_port),
             evt_handlers=handlers(archive, settings),
             server_class=AssociationServer,
             settings=settings,
+            users=users,
             fast=fast,
             tls=server_context(settings.tls) if settings.tls else None,
         )
@@ -151,15 +157,17 @@ def _drain(associations: list[Any]) -> None:
 
 
 def _unsafe(config: Config, s: ServerSettings) -> str | None:
-    """Why these settings must not serve (anonymous DICOMweb off loopback, a bad [auth])."""
-    if not s.http_port:
-        return None
+    """Why these settings must not serve: anonymous DICOMweb off loopback, a bad [auth],
+    or user identity required with no user or token key to check it against."""
     from engine.credentials import auth_settings
 
     try:
-        auth_settings(config.extra.get("auth"), s.host)
+        auth = auth_settings(config.extra.get("auth"), s.host if s.http_port else "127.0.0.1")
     except ValueError as exc:
         return str(exc)
+    if s.require_user_identity and not auth.users and auth.keys is None:
+        return ("[dicom] require_user_identity needs [auth.users.*] or an [auth] jwt_key/jwks "
+                "to check identities against")  # fmt: skip
     return None
 
 

@@ -33,6 +33,7 @@ before anything listens::
     accept_unknown_sop_classes = true  # C-STORE of private SOP classes (false: context refused)
     pdu_timeout_s = 30         # a PDU begun must be whole within this
     idle_timeout_s = 120       # [server] network_timeout_s under its DICOM name
+    require_user_identity = false  # refuse associations without a verified user (PS3.7 D.3.3.7)
 
 The ``[tls]`` table (:mod:`engine.net.tls`) makes the DICOM port a TLS port;
 the ``[audit]`` table (:mod:`engine.audit`) says where the audit trail goes.
@@ -64,7 +65,8 @@ SERVER_KEYS = ("ae_title", "dicom_port", "host", "workers", "max_associations", 
                "network_timeout_s", "max_instance_bytes")  # fmt: skip
 REMOTE_KEYS = ("host", "port", "store", "query", "retrieve", "move_destination", "move_to", "tls")
 DICOM_KEYS = ("check_called_ae", "ae_titles", "accept_unknown_sop_classes", "pdu_timeout_s",
-              "idle_timeout_s")  # fmt: skip
+              "idle_timeout_s", "require_user_identity")  # fmt: skip
+ROLE_FOR = {"store": "write", "query": "read", "retrieve": "read"}  # [auth] roles per service
 DEFAULT_PDU_TIMEOUT_S = 30.0
 FLAGS = ("store", "query", "retrieve", "move_destination", "tls")  # booleans of [remotes.X]
 
@@ -101,6 +103,11 @@ class Access:
 
     allowed_calling: tuple[tuple[str, frozenset[str] | None], ...] | None = None
     remotes: Mapping[str, Remote] = field(default_factory=dict)
+    roles: frozenset[str] | None = None  # a verified user's (PS3.7 D.3.3.7); None: no user
+
+    def for_user(self, roles: frozenset[str] | None) -> Access:
+        """These rules for an association whose user has `roles` (None: no verified user)."""
+        return self if roles is None else replace(self, roles=roles)
 
     def may_associate(self, calling_ae: str, address: str) -> bool:
         """Whether `calling_ae`, connecting from `address`, may open an association."""
@@ -113,7 +120,10 @@ class Access:
         return False
 
     def may(self, calling_ae: str, permission: str) -> bool:
-        """Whether `calling_ae` may use the service `permission` (store, query, retrieve)."""
+        """Whether `calling_ae` may use the service `permission` (store, query, retrieve),
+        and the association's user too: store needs the role ``write``, the others ``read``."""
+        if self.roles is not None and ROLE_FOR[permission] not in self.roles:
+            return False
         remote = self.remotes.get(calling_ae.strip())
         return remote is None or bool(getattr(remote, permission))
 
@@ -149,6 +159,7 @@ class ServerSettings:
     ae_titles: tuple[str, ...] = ()  # called AE titles we answer to besides ae_title
     accept_unknown_sop_classes: bool = True
     pdu_timeout_s: float = DEFAULT_PDU_TIMEOUT_S
+    require_user_identity: bool = False  # refuse associations without a verified user
 
     def __post_init__(self) -> None:
         for title in (self.ae_title, *self.ae_titles):
@@ -168,7 +179,7 @@ class ServerSettings:
             )
         if not (isinstance(self.pdu_timeout_s, int | float) and self.pdu_timeout_s > 0):
             raise ValueError(f"pdu_timeout_s must be a positive number, not {self.pdu_timeout_s!r}")
-        for name in ("check_called_ae", "accept_unknown_sop_classes"):
+        for name in ("check_called_ae", "accept_unknown_sop_classes", "require_user_identity"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false")
         limit = self.max_instance_bytes

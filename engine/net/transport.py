@@ -34,18 +34,21 @@ import ssl
 import struct
 import termios
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom import evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from engine import audit
 from engine import pdu as P
 from engine.net.contexts import unknown_storage_contexts
-from engine.net.settings import ServerSettings
+from engine.net.identity import REJECT_USER, User, UserCheck, UserRefused
+from engine.net.settings import Access, ServerSettings
 from engine.net.tls import handshake, peer_identity
 from engine.pdu import PDUTimeout, PeerClosed
 
@@ -143,11 +146,27 @@ def refusal(settings: ServerSettings, called: str, calling: str,
     return None
 
 
+# The rules of each association pynetdicom serves: the access rules, with its user's roles
+_ACCESS: weakref.WeakKeyDictionary[Association, Access] = weakref.WeakKeyDictionary()
+
+
+def access_of(assoc: Association, default: Access) -> Access:
+    """The access rules of `assoc` once its user identity was negotiated, else `default`."""
+    return _ACCESS.get(assoc, default)
+
+
 class _AccessACSE(ACSE):
-    """ACSE refusing called AE titles not ours, and calling ones the access list does not name."""
+    """ACSE refusing called AE titles not ours, calling ones the access list does not name,
+    and user identities that do not verify (engine.net.identity)."""
 
     settings: ServerSettings
     fast: FastPath | None
+    users: UserCheck
+    user: User | None = None
+
+    def _check_user_identity(self) -> tuple[bool, UserIdentityNegotiation | None]:
+        # checked in _negotiate_as_acceptor already, before anything else was negotiated
+        return True, self.user.response if self.user is not None else None
 
     def _reject(self, calling: str, reason: tuple[int, int, int], why: str) -> None:
         refused(calling, str(self.requestor.address), why)
@@ -167,6 +186,16 @@ class _AccessACSE(ACSE):
             log.warning("association from %r at %s refused: %s", calling, address, why)
             self._reject(calling, reason, why)
             return
+        try:
+            self.user = self.users.check(list(rq.user_information) if rq is not None else [])
+        except UserRefused as exc:
+            log.warning("association from %r at %s refused: %s", calling, address, exc)
+            self._reject(calling, REJECT_USER, f"user identity: {exc}")
+            return
+        if self.user.identity is not None:
+            log.info("association from %s at %s: user %s", calling, address,
+                     self.user.identity.name)  # fmt: skip
+            _ACCESS[self.assoc] = self.settings.access.for_user(self.user.roles)
         if self.settings.accept_unknown_sop_classes and rq is not None:  # private SOP classes
             proposed = (str(cx.abstract_syntax) for cx in rq.presentation_context_definition_list)
             extra = unknown_storage_contexts(proposed)
@@ -394,6 +423,7 @@ class _RequestHandler(RequestHandler):
         assoc: Association = super()._create_association()
         acse = _AccessACSE(assoc)
         acse.settings = self.server.settings
+        acse.users = self.server.users
         acse.fast = self.server.fast
         assoc.acse = acse
         bound_dul(assoc, self.request, self.server.settings)
@@ -413,6 +443,8 @@ class AssociationServer(ThreadedAssociationServer):
     settings
         Our AE titles and who may associate (checked during association
         negotiation), the largest data set pynetdicom's associations may receive.
+    users
+        Checks the user identity of each association (PS3.7 D.3.3.7).
     tls
         The server SSL context (:func:`engine.net.tls.server_context`), or None for plain TCP.
     fast
@@ -424,9 +456,11 @@ class AssociationServer(ThreadedAssociationServer):
     request_queue_size = LISTEN_BACKLOG
     daemon_threads = True
 
-    def __init__(self, *args: Any, settings: ServerSettings, fast: FastPath | None = None,
-                 tls: ssl.SSLContext | None = None, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(self, *args: Any, settings: ServerSettings, users: UserCheck,
+                 fast: FastPath | None = None, tls: ssl.SSLContext | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
         self.settings = settings
+        self.users = users
         self.tls = tls
         self.fast = fast
         kwargs["request_handler"] = _RequestHandler
