@@ -87,6 +87,7 @@ def run_worker(
     from engine.credentials import auth_settings
     from engine.net.fastpath import FastPath
     from engine.net.identity import UserCheck
+    from engine.net.pynetdicom_compat import register_server
     from engine.net.scp import build_ae, handlers
     from engine.net.tls import server_context
     from engine.net.transport import AssociationServer
@@ -108,7 +109,7 @@ def run_worker(
             fast=fast,
             tls=server_context(settings.tls) if settings.tls else None,
         )
-        ae._servers.append(server)  # as AE.start_server does: shutdown() removes it
+        register_server(ae, server)  # as AE.start_server does: shutdown() removes it
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                                   name="acceptor", daemon=True)  # fmt: skip
         thread.start()

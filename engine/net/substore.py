@@ -37,6 +37,7 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from engine import dimse
 from engine import pdu as P
+from engine.net import pynetdicom_compat as C
 from engine.part10 import dataset_offset
 
 PAUSE_POLL_S = 0.0001  # as pynetdicom's own send_* methods wait for the reactor
@@ -96,22 +97,11 @@ def _request(item: EncodedInstance, msg_id: int, priority: int, originator_aet: 
     return req
 
 
-def _reactor_blocked(assoc: Any) -> bool:
-    """Whether `assoc`'s reactor thread is waiting at its checkpoint, not just about to.
-
-    ``_is_paused`` alone is still True for a moment after the checkpoint
-    opened; a reactor in that moment would take a fast C-STORE-RSP off the
-    queue (it logs "unexpected C-STORE service message").
-    """
-    waiters = getattr(getattr(assoc._reactor_checkpoint, "_cond", None), "_waiters", None)
-    return bool(assoc._is_paused) and (waiters is None or len(waiters) > 0)
-
-
 def _send(assoc: Any, item: EncodedInstance, msg_id: int, priority: int,
           originator_aet: str | None, originator_id: int | None,
           direct: bool) -> Dataset:  # fmt: skip
     if direct:  # the reactor stays paused for the whole retrieve (send_encoded_instances)
-        while not _reactor_blocked(assoc):
+        while not C.reactor_blocked(assoc):
             if not assoc.is_established:  # aborted or released: it will never block again
                 raise ConnectionError("the C-MOVE destination association has ended")
             time.sleep(PAUSE_POLL_S)
@@ -124,20 +114,19 @@ def _send(assoc: Any, item: EncodedInstance, msg_id: int, priority: int,
     else:
         # The reactor must not take our C-STORE-RSP off the DIMSE queue: pause it,
         # exactly as Association.send_c_store does (a C-GET's reactor is paused already).
-        assoc._reactor_checkpoint.clear()
+        C.pause_reactor(assoc)
         try:
-            while not assoc._is_paused:
+            while not C.reactor_paused(assoc):
                 time.sleep(PAUSE_POLL_S)
             assoc.dimse.send_msg(_request(item, msg_id, priority, originator_aet, originator_id),
                                  item.context_id)  # fmt: skip
             _, rsp = assoc.dimse.get_msg(block=True)
         finally:
-            assoc._reactor_checkpoint.set()
+            C.resume_reactor(assoc)
     if rsp is None:  # DIMSE timeout: pynetdicom aborts, the sub-operation fails
-        assoc._handle_no_response()
+        C.no_response(assoc)
         return Dataset()
-    status: Dataset = assoc._check_received_status(rsp)
-    return status
+    return C.received_status(assoc, rsp)
 
 
 def send_encoded_instances(assoc: Any, *, direct: bool = False) -> None:
@@ -153,7 +142,7 @@ def send_encoded_instances(assoc: Any, *, direct: bool = False) -> None:
     if getattr(original, "sends_encoded", False):
         return  # a second C-GET on the same association
     if direct:  # pause its reactor until pynetdicom releases the association
-        assoc._reactor_checkpoint.clear()
+        C.pause_reactor(assoc)
 
     def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2,
                      originator_aet: str | None = None,
@@ -164,7 +153,7 @@ def send_encoded_instances(assoc: Any, *, direct: bool = False) -> None:
             result: Dataset = original(dataset, msg_id, priority, originator_aet, originator_id)
         finally:
             if direct:  # pynetdicom's send_c_store reopened the checkpoint: pause again
-                assoc._reactor_checkpoint.clear()
+                C.pause_reactor(assoc)
         return result
 
     send_c_store.sends_encoded = True  # type: ignore[attr-defined]
@@ -185,16 +174,16 @@ def wait_for_network(assoc: Any, *, drain: bool = False) -> None:
     while pending.qsize() > limit and assoc.is_established:
         time.sleep(PAUSE_POLL_S)
     if drain:
-        time.sleep(2 * assoc.dul._run_loop_delay)
+        time.sleep(2 * C.run_loop_delay(assoc.dul))
 
 
 @contextlib.contextmanager
 def quick_polling(assoc: Any) -> Iterator[None]:
     """Let `assoc`'s DUL thread poll every :data:`RETRIEVE_POLL_S` for the duration."""
     dul = assoc.dul
-    before = dul._run_loop_delay
-    dul._run_loop_delay = RETRIEVE_POLL_S
+    before = C.run_loop_delay(dul)
+    C.set_run_loop_delay(dul, RETRIEVE_POLL_S)
     try:
         yield
     finally:
-        dul._run_loop_delay = before
+        C.set_run_loop_delay(dul, before)

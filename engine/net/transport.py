@@ -48,6 +48,12 @@ from engine import audit
 from engine import pdu as P
 from engine.net.contexts import unknown_storage_contexts
 from engine.net.identity import REJECT_USER, User, UserCheck, UserRefused
+from engine.net.pynetdicom_compat import (
+    accepted_context_ids,
+    restart_idle_timer,
+    socket_connected,
+    swap_class,
+)
 from engine.net.settings import Access, ServerSettings
 from engine.net.tls import handshake, peer_identity
 from engine.pdu import PDUTimeout, PeerClosed
@@ -260,13 +266,13 @@ class _BoundedDUL(DULServiceProvider):
         super()._send(pdu)
         # pynetdicom's idle timer counts from the last PDU received: an answer longer than
         # the network timeout was aborted as it ended, its final response dropped
-        self._idle_timer.restart()
+        restart_idle_timer(self)
 
     def idle_timer_expired(self) -> bool:
         if not super().idle_timer_expired():
             return False
         if self.drain():  # the peer is still reading what we sent: busy, not idle
-            self._idle_timer.restart()
+            restart_idle_timer(self)
             return False
         return True
 
@@ -295,7 +301,7 @@ class _BoundedDUL(DULServiceProvider):
         while at + P.PDV_HEADER_BYTES <= len(body):
             item_length, context, mch = P.PDV_HEADER.unpack_from(body, at)
             at += 4 + item_length
-            if context not in self.assoc._accepted_cx:  # pynetdicom would wait for ever
+            if context not in accepted_context_ids(self.assoc):  # pynetdicom would wait for ever
                 self._refuse(f"a PDV on presentation context {context}, which is not accepted")
             if mch & P.MCH_COMMAND:
                 continue
@@ -326,7 +332,7 @@ class _BoundedDUL(DULServiceProvider):
             if primitive is not None:
                 return primitive
             sock = self.socket
-            if not self.is_alive() or (sock is not None and not sock._is_connected):
+            if not self.is_alive() or (sock is not None and not socket_connected(sock)):
                 return super().receive_pdu(False)  # the reader ended or the socket closed
             # back at Sta1 (idle, PS3.8 9.2) with no event left; twice, so as not to
             # mistake the instant before the DUL takes its first event for the end
@@ -378,7 +384,7 @@ class _DeadlineSocket(AssociationSocket):
 def bound_dul(assoc: Association, sock: socket.socket, settings: ServerSettings) -> None:
     """Give `assoc` (on `sock`) the limits, deadlines and idle rule of :class:`_BoundedDUL`."""
     dul = assoc.dul
-    dul.__class__ = _BoundedDUL
+    swap_class(dul, _BoundedDUL)
     assert isinstance(dul, _BoundedDUL)
     dul.drain = DrainWatch(sock)
     dul.max_pdu_bytes = max(assoc.ae.maximum_pdu_size, ASSOCIATE_PDU_MAX_BYTES)
@@ -386,7 +392,7 @@ def bound_dul(assoc: Association, sock: socket.socket, settings: ServerSettings)
     dul.pdu_timeout_s = settings.pdu_timeout_s
     dul.data_set_bytes = 0
     assert dul.socket is not None  # the request handler made it
-    dul.socket.__class__ = _DeadlineSocket
+    swap_class(dul.socket, _DeadlineSocket)
     assert isinstance(dul.socket, _DeadlineSocket)
     dul.socket.deadline = None
 
