@@ -192,14 +192,16 @@ class PDUReader:
     def _wait_on(self) -> bool:
         """A read timed out: whether to read again, or let the timeout stand.
 
-        Inside a PDU, until its deadline; between PDUs, until the idle
-        timeout, then as long as :attr:`patience` says the peer is busy.
+        Inside a PDU, never: the socket timeout is the shorter of the two, so
+        the peer was silent past the PDU deadline or the idle timeout. Between
+        PDUs, until the idle timeout, then as long as :attr:`patience` says
+        the peer is busy.
         """
         now = time.monotonic()
         if self.deadline is not None:
             if now > self.deadline:
                 raise self._late()
-            return True
+            return False
         if self.idle_timeout_s is not None and now - self.idle_since < self.idle_timeout_s:
             return True
         if self.patience is not None and self.patience():
@@ -298,13 +300,19 @@ class PDUReader:
         dest.length += n
 
 
+def fragment_limit(peer_max_pdu: int) -> int:
+    """The longest fragment a PDU within `peer_max_pdu` carries: even, as DCMTK insists
+    (it fails "Odd Fragment Length" otherwise), at least 2."""
+    return max(2, (peer_max_pdu - PDV_HEADER_BYTES) & ~1)
+
+
 def encode_p_data(context_id: int, command: bytes, peer_max_pdu: int) -> bytes:
     """One or more P-DATA-TF PDUs carrying a whole command set (PS3.8 9.3.5).
 
     `peer_max_pdu` is the peer's Maximum Length Received (0: no limit); a
     command longer than that is split into fragments, the last one flagged.
     """
-    limit = len(command) if peer_max_pdu == 0 else max(1, peer_max_pdu - PDV_HEADER_BYTES)
+    limit = len(command) if peer_max_pdu == 0 else fragment_limit(peer_max_pdu)
     out = []
     for pos in range(0, max(1, len(command)), limit):
         chunk = command[pos : pos + limit]
@@ -317,7 +325,7 @@ def encode_p_data(context_id: int, command: bytes, peer_max_pdu: int) -> bytes:
 
 def data_set_pdus(context_id: int, data: bytes, peer_max_pdu: int) -> bytes:
     """P-DATA-TF PDUs carrying a data set, each within the peer's Maximum Length (0: none)."""
-    limit = max(1, len(data)) if peer_max_pdu == 0 else max(1, peer_max_pdu - PDV_HEADER_BYTES)
+    limit = max(1, len(data)) if peer_max_pdu == 0 else fragment_limit(peer_max_pdu)
     view, out = memoryview(data), list[bytes | memoryview]()
     for pos in range(0, max(1, len(data)), limit):
         chunk = view[pos : pos + limit]
@@ -337,7 +345,7 @@ def data_set_buffers(
     them: headers and slices of the parts, for :func:`send_buffers`.
     """
     total = sum(len(p) for p in parts)
-    limit = total if peer_max_pdu == 0 else max(1, peer_max_pdu - PDV_HEADER_BYTES)
+    limit = total if peer_max_pdu == 0 else fragment_limit(peer_max_pdu)
     out: list[memoryview | bytes] = []
     sent, i, at = 0, 0, 0  # bytes framed so far; the part and the offset in it
     while True:

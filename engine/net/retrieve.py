@@ -43,6 +43,7 @@ from engine import audit
 from engine.attributes import UNIQUE_KEY
 from engine.errors import InvalidQueryError, UnsupportedTransferSyntaxError
 from engine.net.find import Identifier
+from engine.net.pynetdicom_compat import set_run_loop_delay
 from engine.net.settings import Access, Remote
 from engine.net.status import (
     CANCEL,
@@ -152,15 +153,17 @@ def proposed_contexts(matches: list[Match]) -> list[PresentationContext]:
     """Contexts for a C-MOVE sub-association: each stored syntax, and uncompressed for all.
 
     One context per (SOP Class, stored transfer syntax), so that the peer can
-    accept the stored syntax, and one per SOP Class offering the uncompressed
-    syntaxes we can convert to; at most 128 (PS3.8 9.3.2.2).
+    accept each stored syntax (the acceptor picks one syntax per context: an
+    Implicit VR instance offered beside Explicit VR in one context would go
+    converted), and one per SOP Class offering the uncompressed syntaxes we
+    can convert to; at most 128 (PS3.8 9.3.2.2).
     """
     stored: dict[str, set[str]] = {}
     for m in matches:
         stored.setdefault(m.sop_class, set()).add(m.transfer_syntax)
     contexts: list[PresentationContext] = []
     for sop_class, syntaxes in sorted(stored.items()):
-        for ts in sorted(syntaxes - set(UNCOMPRESSED)):
+        for ts in sorted(syntaxes):
             contexts.append(build_context(sop_class, [ts]))
         contexts.append(build_context(sop_class, list(UNCOMPRESSED)))
     if len(contexts) > MAX_PROPOSED_CONTEXTS:  # keep the uncompressed ones: they always work
@@ -393,7 +396,7 @@ def handle_move(
     def on_established(ev: Any) -> None:
         sub["contexts"] = ev.assoc.accepted_contexts
         send_encoded_instances(ev.assoc, direct=True)  # ours alone: nothing else sends on it
-        ev.assoc.dul._run_loop_delay = RETRIEVE_POLL_S  # it only lives for this retrieve
+        set_run_loop_delay(ev.assoc.dul, RETRIEVE_POLL_S)  # it only lives for this retrieve
 
     handlers = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ESTABLISHED, on_established)]
     contexts = proposed_contexts(found) if found else None

@@ -186,9 +186,10 @@ def _send_one(
     accepted = link.accepted(m.sop_class)
     try:
         context_id = accepted.get(m.transfer_syntax)
+        data = None
         if context_id is not None:  # the usual case: the stored bytes as they are
-            data = archive.get_dataset_parts(m.sop_instance)
-        else:
+            data = _even(archive.get_dataset_parts(m.sop_instance), m.transfer_syntax)
+        if context_id is None or data is None:
             context_id, data = _converted(archive, m, accepted)
             tally.converted += 1
     except Exception as exc:  # noqa: BLE001 -- one instance fails, not the retrieve
@@ -196,6 +197,16 @@ def _send_one(
     command = dimse.request(dimse.C_STORE_RQ, link.next_message_id(), m.sop_class,
                             sop_instance_uid=m.sop_instance, originator=originator)  # fmt: skip
     return link.store(context_id, command, data)
+
+
+def _even(parts: list[memoryview], transfer_syntax: str) -> list[memoryview] | None:
+    """`parts` of even length, as PDV fragments must be (DCMTK refuses odd ones); None
+    when only re-encoding can make them so (an odd value, which pydicom pads)."""
+    if not sum(len(p) for p in parts) % 2:
+        return parts
+    if UID(transfer_syntax).is_deflated:  # the deflate stream's own length: pad, as pydicom does
+        return [*parts, memoryview(b"\0")]
+    return None
 
 
 def _converted(
