@@ -88,6 +88,7 @@ from engine.net.send import (
     by_class,
     failed_list,
     send_all,
+    send_spread,
 )
 from engine.net.settings import ServerSettings
 from engine.net.status import (
@@ -677,32 +678,43 @@ class FastAssociation:
         respond.final(status, tally=tally)
 
     def _move(self, command: Command, found: list[Match], respond: _Responder) -> tuple[int, Tally]:
-        """Open an association to the Move Destination and send the matches over it."""
+        """Open associations to the Move Destination (``max_associations`` of its
+        [remotes] table, at most one per match) and send the matches over them."""
         settings, name = self.owner.settings, command.move_destination
         remote = settings.remotes[name]
         assert remote.host is not None and remote.port is not None  # may_move_to checked
         contexts = [(str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax])
                     for cx in proposed_contexts(found)]  # fmt: skip
-        try:
-            assoc = D.Association.open(
-                Destination(remote.host, remote.port, settings.ae_title, name), contexts,
-                tls=self.owner.client_tls if remote.tls else None,
-                timeout_s=settings.network_timeout_s,
-            )  # fmt: skip
-        except (OSError, PeerClosed, ProtocolError, ValueError) as exc:
-            # refused, unreachable, rejected (DimseError), TLS failed, closed, an undecodable
-            # A-ASSOCIATE-AC: the sub-operations fail, the requestor's association stays
-            log.warning("C-MOVE from %s: cannot associate with %s at %s:%d: %s",
-                        self.calling, name, remote.host, remote.port, exc)  # fmt: skip
-            tally = Tally(len(found))
-            for m in found:
-                tally.record(m, OUT_OF_RESOURCES_SUBOPS)
-            respond.comment = error_comment(f"cannot associate with {name}: {exc}")
-            return OUT_OF_RESOURCES_SUBOPS, tally
-        with assoc:  # released at the end; aborted if sending raised
-            link = DestinationLink(assoc, lambda: self._cancel_requested(command.message_id))
-            return send_all(self.owner.archive, found, link, respond.pending,
-                            originator=(self.calling, command.message_id))  # fmt: skip
+        target = Destination(remote.host, remote.port, settings.ae_title, name)
+        tls = self.owner.client_tls if remote.tls else None
+        cancelled = lambda: self._cancel_requested(command.message_id)  # noqa: E731
+        originator = (self.calling, command.message_id)
+        with contextlib.ExitStack() as stack:  # released at the end; aborted if sending raised
+            links: list[DestinationLink] = []
+            for _ in range(min(remote.max_associations, len(found))):
+                try:
+                    assoc = D.Association.open(target, contexts, tls=tls,
+                                               timeout_s=settings.network_timeout_s)  # fmt: skip
+                except (OSError, PeerClosed, ProtocolError, ValueError) as exc:
+                    # refused, unreachable, rejected (DimseError), TLS failed, closed, an
+                    # undecodable A-ASSOCIATE-AC: with none open the sub-operations fail
+                    # (the requestor's association stays); with some, those do the work
+                    log.warning("C-MOVE from %s: cannot associate with %s at %s:%d: %s",
+                                self.calling, name, remote.host, remote.port, exc)  # fmt: skip
+                    if links:
+                        break
+                    tally = Tally(len(found))
+                    for m in found:
+                        tally.record(m, OUT_OF_RESOURCES_SUBOPS)
+                    respond.comment = error_comment(f"cannot associate with {name}: {exc}")
+                    return OUT_OF_RESOURCES_SUBOPS, tally
+                links.append(DestinationLink(stack.enter_context(assoc), cancelled))
+            if len(links) == 1:
+                return send_all(self.owner.archive, found, links[0], respond.pending,
+                                originator=originator)  # fmt: skip
+            return send_spread(self.owner.archive, found, links, respond.pending, cancelled,
+                               originator=originator)  # fmt: skip
+        raise AssertionError("unreachable")  # for mypy: the with block always returns
 
     def next_message_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1

@@ -27,8 +27,9 @@ sub-operations go.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -176,6 +177,77 @@ def send_all(
         if tally.remaining and (i == 0 or now - last_pending >= PENDING_INTERVAL_S):
             pending(PENDING, tally)
             last_pending = now
+    return tally.final_status(False), tally
+
+
+def send_spread(
+    archive: Archive,
+    matches: list[Match],
+    links: Sequence[Link],
+    pending: Respond,
+    cancelled: Callable[[], bool],
+    originator: tuple[str, int] | None = None,
+) -> tuple[int, Tally]:
+    """:func:`send_all` over several associations to one destination at once.
+
+    A thread per link takes the next match as it finishes the last, so a slow
+    instance does not hold the others up. Pending responses and the C-CANCEL
+    check stay in the calling thread: only it reads the requestor's
+    association. A link that breaks fails its instance and stops; the others
+    take the rest.
+
+    Parameters
+    ----------
+    cancelled
+        Whether the requestor has cancelled (never blocks); looked at every
+        :data:`PENDING_INTERVAL_S`.
+    """
+    tally = Tally(len(matches))
+    lock, stop = threading.Lock(), threading.Event()
+    todo = iter(matches)
+
+    def work(link: Link) -> None:
+        scratch = Tally(0)  # counts this thread's conversions, added under the lock
+        while not stop.is_set():
+            with lock:
+                m = next(todo, None)
+            if m is None:
+                return
+            try:
+                status = _send_one(archive, m, link, originator, scratch)
+            except LinkLost as exc:
+                log.warning("retrieve: %s; the other associations go on", exc)
+                status = OUT_OF_RESOURCES_SUBOPS
+                stop_here = True
+            else:
+                stop_here = False
+            with lock:
+                tally.record(m, status)
+                tally.converted, scratch.converted = tally.converted + scratch.converted, 0
+            if stop_here:
+                return
+
+    threads = [threading.Thread(target=work, args=(link,), name=f"c-move-{i}", daemon=True)
+               for i, link in enumerate(links)]  # fmt: skip
+    for t in threads:
+        t.start()
+    was_cancelled, reported = False, -1
+    while alive := [t for t in threads if t.is_alive()]:
+        alive[0].join(PENDING_INTERVAL_S)
+        if not was_cancelled and cancelled():
+            was_cancelled = True
+            stop.set()
+        with lock:
+            done = tally.completed + tally.failed + tally.warning
+            if tally.remaining and done != reported and not was_cancelled:
+                pending(PENDING, tally)
+                reported = done
+    for t in threads:
+        t.join()
+    if was_cancelled:
+        return CANCEL, tally  # remaining: those no thread took
+    for m in todo:  # every link broke before these were taken
+        tally.record(m, OUT_OF_RESOURCES_SUBOPS)
     return tally.final_status(False), tally
 
 

@@ -23,6 +23,7 @@ before anything listens::
     move_destination = true    # may receive C-MOVE results (false: A801 for it)
     move_to = ["VIEWER1"]      # where its own C-MOVEs may send (absent: any known remote)
     tls = false                # C-MOVE connections to it use TLS (see engine.net.tls)
+    max_associations = 1       # C-MOVE sub-operations to it over this many associations at once
 
     [access]
     allowed_calling = ["MODALITY1@10.0.0.12", "VIEWER1"]
@@ -63,7 +64,9 @@ DEFAULT_MAX_INSTANCE_BYTES = 4 << 30  # one data set received over DIMSE, at mos
 AE_TITLE_MAX_CHARS = 16  # PS3.5 6.2: AE is at most 16 characters
 SERVER_KEYS = ("ae_title", "dicom_port", "host", "workers", "max_associations", "http_port",
                "network_timeout_s", "max_instance_bytes")  # fmt: skip
-REMOTE_KEYS = ("host", "port", "store", "query", "retrieve", "move_destination", "move_to", "tls")
+REMOTE_KEYS = ("host", "port", "store", "query", "retrieve", "move_destination", "move_to", "tls",
+               "max_associations")  # fmt: skip
+MAX_MOVE_ASSOCIATIONS = 16  # to one C-MOVE destination, at most
 DICOM_KEYS = ("check_called_ae", "ae_titles", "accept_unknown_sop_classes", "pdu_timeout_s",
               "idle_timeout_s", "require_user_identity")  # fmt: skip
 ROLE_FOR = {"store": "write", "query": "read", "retrieve": "read"}  # [auth] roles per service
@@ -84,6 +87,7 @@ class Remote:
     move_destination: bool = True
     tls: bool = False
     move_to: frozenset[str] | None = None  # None: any configured remote
+    max_associations: int = 1  # a C-MOVE to it sends over this many associations at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +256,13 @@ def _remotes(extra: Mapping[str, Any]) -> dict[str, Remote]:
         ):
             raise ValueError(f'[remotes.{title}]: move_to must be a list like ["VIEWER1"]')
         targets = None if move_to is None else frozenset(move_to)
-        remotes[title] = Remote(title, table.get("host"), port, **perms, move_to=targets)
+        most = table.get("max_associations", 1)
+        if isinstance(most, bool) or not (isinstance(most, int) and
+                                          1 <= most <= MAX_MOVE_ASSOCIATIONS):  # fmt: skip
+            raise ValueError(f"[remotes.{title}]: max_associations must be 1.."
+                             f"{MAX_MOVE_ASSOCIATIONS}")  # fmt: skip
+        remotes[title] = Remote(title, table.get("host"), port, **perms, move_to=targets,
+                                max_associations=most)  # fmt: skip
     return remotes
 
 

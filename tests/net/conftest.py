@@ -37,6 +37,7 @@ CORPUS = {  # each with a SOP Instance UID no other file sent here has
 }
 CT_SLICES = 12
 SLAM_PORT = free_port()  # a C-MOVE destination that closes every connection it accepts
+MULTI_PORT = free_port()  # a pynetdicom storage SCP taking several associations at once
 ALLOWED = ("STORESCU", "FINDSCU", "GETSCU", "MOVESCU", "ECHOSCU", "PYNETDICOM", "NOSTORE",
            "NOQUERY")  # fmt: skip
 
@@ -106,6 +107,11 @@ port = {free_port()}
 [remotes.SLAM]  # tests/net/test_send_path.py listens there and hangs up at once
 host = "127.0.0.1"
 port = {SLAM_PORT}
+
+[remotes.MULTI]  # tests/net/test_send_path.py listens there: C-MOVE over 3 associations
+host = "127.0.0.1"
+port = {MULTI_PORT}
+max_associations = 3
 
 [remotes.NOSTORE]
 store = false

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from engine.part10 import IMPLEMENTATION_VERSION_NAME
+from engine.part10 import IMPLEMENTATION_VERSION_NAME, dataset_offset
 from tests.net._support import Server
-from tests.net.conftest import CT_SLICES, SLAM_PORT, Stored
+from tests.net.conftest import CT_SLICES, MULTI_PORT, SLAM_PORT, Stored
 from tests.net.find_helpers import identifier
 
 GET = StudyRootQueryRetrieveInformationModelGet
@@ -236,3 +237,77 @@ def test_tally_final_status_follows_ps3_4_c_4_3_1_5(statuses: list[int], final: 
     assert tally.final_status(True) == 0xFE00
     assert tally.failed_uids == [f"1.2.{i}" for i, s in enumerate(statuses) if s >= 0xA000
                                  and s not in (0xB000, 0xB006, 0xB007)]  # fmt: skip
+
+
+def test_a_move_goes_over_max_associations_at_once(server: Server, stored: Stored) -> None:
+    """[remotes.MULTI] max_associations = 3: the series arrives whole, over three
+    associations (pynetdicom's SCP serves each in its own thread), with one final status."""
+    keys, uids = _series(stored)
+    received: dict[str, tuple[int, bytes]] = {}
+    lock = threading.Lock()
+
+    def on_store(event: Any) -> int:
+        with lock:
+            uid = str(event.request.AffectedSOPInstanceUID)
+            received[uid] = (id(event.assoc), event.request.DataSet.getvalue())
+        return 0
+
+    scp = AE(ae_title="MULTI")
+    scp.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    listener = scp.start_server(("127.0.0.1", MULTI_PORT), block=False,
+                                evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(MOVE)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS")
+    assert assoc.is_established
+    try:
+        answers = list(assoc.send_c_move(identifier("SERIES", keys), "MULTI", MOVE))
+    finally:
+        assoc.release()
+        listener.shutdown()
+    final, _ = answers[-1]
+    assert final.Status == 0x0000, final
+    assert _counts(final) == (None, CT_SLICES, 0, 0)
+    assert set(received) == set(uids)
+    assert len({a for a, _ in received.values()}) == 3  # every association took its share
+    for uid, (_, data) in received.items():  # as stored: the generated files' own data sets
+        raw = stored.ct[uid].read_bytes()
+        assert data == raw[dataset_offset(raw) :], uid
+
+
+def test_a_c_cancel_stops_a_move_over_several_associations(server: Server,
+                                                           stored: Stored) -> None:  # fmt: skip
+    keys, _ = _series(stored)
+    received: list[str] = []
+    lock = threading.Lock()
+    requestor: list[Any] = []
+
+    def on_store(event: Any) -> int:
+        with lock:
+            received.append(str(event.request.AffectedSOPInstanceUID))
+            if len(received) == 3:  # PS3.7 9.3.4.3: the cancel names the C-MOVE's Message ID
+                requestor[0].send_c_cancel(9, query_model=MOVE)
+        time.sleep(0.05)  # a slow destination: the cancel arrives while sub-operations remain
+        return 0
+
+    scp = AE(ae_title="MULTI")
+    scp.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    listener = scp.start_server(("127.0.0.1", MULTI_PORT), block=False,
+                                evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(MOVE)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS")
+    assert assoc.is_established
+    requestor.append(assoc)
+    try:
+        answers = list(assoc.send_c_move(identifier("SERIES", keys), "MULTI", MOVE, msg_id=9))
+        assert assoc.send_c_echo().Status == 0  # the requestor's association goes on
+    finally:
+        assoc.release()
+        listener.shutdown()
+    final, _ = answers[-1]
+    assert final.Status == 0xFE00, final
+    remaining, completed, failed, warning = _counts(final)
+    assert completed == len(received) and failed == warning == 0
+    assert 3 <= len(received) < CT_SLICES and remaining == CT_SLICES - len(received)
