@@ -69,7 +69,9 @@ HEADLINE = ("ingest.instances_per_s", "ingest.server_cpu_ms_per_instance",
             "query.find.study_by_patient_id.p50_ms", "query.find.all_studies.p50_ms",
             "query.find.instances_of_series.p50_ms", "query.qido.study_by_patient_id.p50_ms",
             "query.qido.instances_of_series.p50_ms", "retrieve.get.instances_per_s",
-            "retrieve.move.instances_per_s", "retrieve.wado.instances_per_s")  # fmt: skip
+            "retrieve.get.server_cpu_ms_per_instance", "retrieve.get.first_instance_p50_ms",
+            "retrieve.move.instances_per_s", "retrieve.move.server_cpu_ms_per_instance",
+            "retrieve.wado.instances_per_s")  # fmt: skip
 
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -161,16 +163,19 @@ def _phases(peer: Peer, result: Result, corpus: Path, instances: int, work: Path
             associations: int, retrieve: list[str], repeat: int, log: Path) -> None:  # fmt: skip
     http = ["--http", peer.http_url] if peer.http_url else []
     cpu0 = peer.cpu_s()
-    phases: list[tuple[str, list[str]]] = [
-        ("ingest", ["--associations", str(associations), str(corpus)]),
+    # (phase, what of it, its arguments); each retrieve operation alone, for its server CPU
+    phases: list[tuple[str, str, list[str]]] = [
+        ("ingest", "", ["--associations", str(associations), str(corpus)]),
     ]
     if "query" in peer.services:
-        phases.append(("query", [*http, "--corpus", str(corpus), "--repeat", str(repeat)]))
+        phases.append(("query", "", [*http, "--corpus", str(corpus), "--repeat", str(repeat)]))
     if "retrieve" in peer.services:
-        phases.append(("retrieve", [*http, *retrieve]))
-    for phase, extra in phases:
-        out_json = work / f"{peer.name}-{phase}.json"
+        for only in ("get", "move", "wado") if http else ("get", "move"):
+            phases.append(("retrieve", only, [*http, *retrieve, "--only", only]))
+    for phase, only, extra in phases:
+        out_json = work / f"{peer.name}-{phase}{'-' + only if only else ''}.json"
         out_json.unlink(missing_ok=True)
+        cpu0 = peer.settled_cpu_s() if only else cpu0
         try:
             bench(tree, [phase, "--target", peer.target, *extra, "--json", str(out_json)], log)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -187,6 +192,9 @@ def _phases(peer: Peer, result: Result, corpus: Path, instances: int, work: Path
         if phase == "ingest":
             cpu = peer.settled_cpu_s() - cpu0
             result.add("ingest.server_cpu_ms_per_instance", 1e3 * cpu / instances, False)
+        elif only and metrics.get(f"{only}.instances", (0.0, True))[0] > 0:
+            cpu, sent = peer.settled_cpu_s() - cpu0, metrics[f"{only}.instances"][0]
+            result.add(f"retrieve.{only}.server_cpu_ms_per_instance", 1e3 * cpu / sent, False)
 
 
 # -- the table ---------------------------------------------------------------------------

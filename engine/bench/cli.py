@@ -16,7 +16,7 @@ from rich.filesize import decimal
 from engine.bench import report
 from engine.bench.target import DEFAULT_CALLING_AE, Target
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -67,6 +67,8 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("--move-dest", help="AE title the target knows at --move-port (C-MOVE)")
     s.add_argument("--move-port", type=int, default=11113, help="port of the local receiver")
     s.add_argument("--no-get", action="store_true", help="skip C-GET")
+    s.add_argument("--only", choices=["get", "move", "wado"],
+                   help="run this one alone (to measure the server's CPU per operation)")
     s.set_defaults(fn=cmd_retrieve)
 
     s = sub.add_parser("compare", help="two result files side by side, with ratios")
@@ -229,6 +231,11 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         if target.http:
             http = target.http
             runs.append(("wado", lambda adv: retrieve.run_wado(http, refs, adv)))
+        runs = [(name, run) for name, run in runs if args.only in (None, name)]
+        if not runs:
+            report.out.print(f"[red]--only {args.only}: the target cannot do it "
+                             "(no --move-dest, no --http, or --no-get)[/red]")
+            return EXIT_USAGE
         for name, run in runs:
             task = progress.add_task(name, total=len(refs))
             samples = run(lambda n, t=task: progress.advance(t, n))
