@@ -806,8 +806,9 @@ class _Responder:
         if tally is not None:
             identifier = failed_list(tally, self.assoc.accepted[self.context])
         counts = tally.counts(remaining=status == CANCEL) if tally is not None else None
+        why = tally.error if tally is not None else ""
         rsp = D.encode_response(self.field, self.command.message_id, self.sop_class, status,
-                                error_comment=comment or self.comment,
+                                error_comment=comment or self.comment or why,
                                 data_set=identifier is not None, counts=counts)  # fmt: skip
         peer_max = self.assoc.peer_max_pdu
         out = P.encode_p_data(self.context, rsp, peer_max)

@@ -26,6 +26,7 @@ sub-operations go.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -43,10 +44,12 @@ from engine import pdu as P
 from engine.net.retrieve import Match, Matches, prepare
 from engine.net.status import (
     CANCEL,
+    OUT_OF_RESOURCES_MATCHES,
     OUT_OF_RESOURCES_SUBOPS,
     PENDING,
     SUB_OPERATIONS_WARNING,
     SUCCESS,
+    error_comment,
     failure_status,
 )
 from engine.net.substore import EncodedInstance
@@ -98,6 +101,7 @@ class Tally:
     warning: int = 0
     converted: int = 0  # sent in another syntax than the stored one
     failed_uids: list[str] = field(default_factory=list)
+    error: str = ""  # why the retrieve stopped short: the final response's Error Comment
 
     def counts(self, *, remaining: bool) -> dict[int, int]:
         """The count elements of a response; Remaining only in pending and Cancel responses."""
@@ -158,7 +162,14 @@ def send_all(
     """
     tally = Tally(0)
     last_pending = 0.0
-    for i, m in enumerate(matches):
+    found = iter(matches)
+    for i in itertools.count():
+        try:
+            m = next(found, None)
+        except Exception as exc:  # noqa: BLE001 -- the index failed resolving a lazy answer
+            return _unresolved(tally, exc)
+        if m is None:
+            break
         if link.cancelled():
             tally.remaining = len(matches) - i
             return CANCEL, tally
@@ -171,13 +182,25 @@ def send_all(
                 tally.record(rest, OUT_OF_RESOURCES_SUBOPS)
             break
         if i == 0:  # a lazy answer is resolved once its first instance is on its way
-            tally.remaining = len(matches)
+            try:
+                tally.remaining = len(matches)
+            except Exception as exc:  # noqa: BLE001 -- the index failed resolving the rest
+                tally.remaining = 1
+                tally.record(m, status)
+                return _unresolved(tally, exc)
         tally.record(m, status)
         now = time.monotonic()
         if tally.remaining and (i == 0 or now - last_pending >= PENDING_INTERVAL_S):
             pending(PENDING, tally)
             last_pending = now
     return tally.final_status(False), tally
+
+
+def _unresolved(tally: Tally, exc: Exception) -> tuple[int, Tally]:
+    """The final status of a retrieve whose matches could not all be found (PS3.4 C.4.2.1.5)."""
+    log.warning("retrieve: the matches after the first could not be found: %s", exc)
+    tally.remaining, tally.error = 0, error_comment(f"finding the matches failed: {exc}")
+    return OUT_OF_RESOURCES_MATCHES, tally
 
 
 def send_spread(

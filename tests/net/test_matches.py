@@ -10,6 +10,7 @@ from engine.archive import Archive
 from engine.net.find import Identifier
 from engine.net.retrieve import Matches, resolve
 from engine.net.scp import STUDY_ROOT_LEVELS
+from engine.net.send import send_all
 from engine.synthetic import ct_series, encode
 
 
@@ -54,3 +55,43 @@ def test_matches_of_nothing_resolve_to_zero(tmp_path: Path) -> None:
                       resolved.append)  # fmt: skip
     assert list(matches) == [] and resolved == [0] and len(matches) == 0
     archive.close()
+
+
+class _Sink:
+    """Where sub-operations go in these tests: every C-STORE succeeds and is recorded."""
+
+    def __init__(self, on_store: object = None) -> None:
+        self.sent: list[bytes] = []
+        self.on_store = on_store
+
+    def accepted(self, sop_class: str) -> dict[str, int]:
+        return {"1.2.840.10008.1.2.1": 1}
+
+    def store(self, context_id: int, command: bytes, data: list[memoryview]) -> int:
+        self.sent.append(b"".join(data))
+        if callable(self.on_store):
+            self.on_store()
+        return 0x0000
+
+    def next_message_id(self) -> int:
+        return len(self.sent) + 1
+
+    def cancelled(self) -> bool:
+        return False
+
+
+def test_an_index_failure_after_the_first_match_is_a701_with_a_comment(tmp_path: Path) -> None:
+    """The rest of a lazy C-GET answer cannot be found (here: the archive closed under it):
+    the retrieve ends with A701 and the reason, the first instance counted as sent."""
+    archive = Archive(tmp_path / "a")
+    series = list(ct_series(6, 4, rows=16, columns=16))
+    for ds in series:
+        archive.store(encode(ds))
+    ident = _ident(StudyInstanceUID=series[0].StudyInstanceUID,
+                   SeriesInstanceUID=series[0].SeriesInstanceUID)  # fmt: skip
+    matches = Matches(archive, ident, lambda n: None)
+    sink = _Sink(on_store=archive.close)
+    status, tally = send_all(archive, matches, sink, lambda status, tally: None)
+    assert status == 0xA701
+    assert tally.completed == 1 and len(sink.sent) == 1
+    assert tally.error.startswith("finding the matches failed")
