@@ -8,7 +8,8 @@ matcher (`engine.query.matching`) and the index writer and planner
   leading spaces are not significant for AE, CS, SH, LO, IS, DS and the
   date/time VRs, and are kept for PN, ST, LT, UT, UC and UR;
 - PN: trailing empty components and groups ("Doe^John^^", "Doe^John=") are
-  the same name as "Doe^John" (PS3.5 6.2.1);
+  the same name as "Doe^John" (PS3.5 6.2.1); :func:`pn_groups` splits a
+  name into its alphabetic, ideographic and phonetic groups (PS3.5 6.2.1.1);
 - DA, TM, DT normalise to fixed-width strings so that string order is time
   order: DA "YYYYMMDD", TM "HHMMSS.ffffff", DT "YYYYMMDDHHMMSS.ffffff".
   A partial value stands for an interval: its *floor* fills the missing
@@ -64,6 +65,15 @@ def normalise_pn(text: str, fold_case: bool) -> str:
     """A person name without padding or trailing empty components, upper-cased if `fold_case`."""
     text = text.rstrip(_PN_DELIMITERS + "\x00")
     return text.upper() if fold_case else text
+
+
+def pn_groups(text: str, fold_case: bool) -> list[str]:
+    """The component groups of one person name, each normalised as :func:`normalise_pn` does.
+
+    PS3.5 6.2.1.1: up to three groups, alphabetic, ideographic and phonetic,
+    separated by ``=``; a value without ``=`` is one (alphabetic) group.
+    """
+    return [normalise_pn(group, fold_case) for group in text.split("=")]
 
 
 def split_values(vr: str, stored: object) -> Iterator[object]:

@@ -21,8 +21,13 @@ Decisions beyond the letter of PS3.4:
   110059.999999).
 - StudyDate and StudyTime are matched separately; the combined date-time
   matching of C.2.2.2.5.1 (an Extended Negotiation option) is not offered.
-- PN matching does not look into component groups: "Doe^John" does not match
-  the alphabetic group of "Doe^John=ドウ^ジョン" other than as a wildcard.
+- PN matching looks into the component groups (PS3.5 6.2.1.1: alphabetic,
+  ideographic, phonetic). A query value of one group ("Yamada^Tarou",
+  "山田^太郎", "Yamada*") matches a name if it matches the whole name or any
+  one of its groups; a query value of several groups ("Yamada^Tarou=山田^太郎",
+  "=山田*") matches group by group, an empty or "*" group matching anything.
+  Text is compared as the decoded Unicode the index keeps, whatever the
+  Specific Character Set of the query or of the stored instance.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from engine.query._values import (
     dt_is_value_with_negative_offset,
     normalise_pn,
     parse_int,
+    pn_groups,
     split_values,
     strip_padding,
     time_point,
@@ -228,11 +234,42 @@ def _build_single(
         raise InvalidQueryError(f"{keyword}: {query!r} has no value to match")
     target_set = frozenset(targets)
 
-    def is_target(v: object) -> bool:
+    def is_text_target(v: object) -> bool:
         return isinstance(v, str) and (v in target_set or norm(v) in target_set)
 
+    is_target = (
+        _person_name_target(targets, not case_sensitive_pn) if vr == "PN" else is_text_target
+    )
     value = targets[0] if len(targets) == 1 else None
     return Matcher(keyword, vr, level, SINGLE, query, _any_value(vr, is_target), value, targets)
+
+
+def _person_name_target(targets: tuple[str, ...], fold: bool) -> Callable[[object], bool]:
+    """Single value matching of one stored name against normalised `targets`, by group."""
+    names = frozenset(t for t in targets if "=" not in t)  # equal to the name or any group
+    grouped = tuple(pn_groups(t, fold) for t in targets if "=" in t)  # equal group by group
+
+    def is_target(v: object) -> bool:
+        if not isinstance(v, str):
+            return False
+        if v in names:
+            return True
+        whole = normalise_pn(v, fold)
+        if whole in names:
+            return True
+        if "=" not in whole and not grouped:
+            return False  # the common case: a name of one group, already compared
+        groups = pn_groups(v, fold)
+        if not names.isdisjoint(groups):
+            return True
+        for want in grouped:  # the last wanted group is never empty: normalised
+            if len(groups) >= len(want) and all(
+                not w or w == g for w, g in zip(want, groups, strict=False)
+            ):
+                return True
+        return False
+
+    return is_target
 
 
 def _build_uids(keyword: str, vr: str, level: str, query: str, kind: str) -> Matcher:
@@ -280,6 +317,21 @@ def wildcard_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
+def _literal_prefix(pattern: str) -> str:
+    """The text of a wildcard pattern before its first ``*`` or ``?``."""
+    cut = min((i for i in (pattern.find("*"), pattern.find("?")) if i >= 0), default=len(pattern))
+    return pattern[:cut]
+
+
+def _pattern_test(pattern: str) -> Callable[[str], bool]:
+    """Whether a text, unpadded and folded as `pattern` is, matches the whole pattern."""
+    prefix = _literal_prefix(pattern)
+    if pattern[len(prefix) :] == "*":
+        return lambda s: s.startswith(prefix)  # "Doe*", the commonest pattern: no regex
+    fullmatch = wildcard_regex(pattern).fullmatch
+    return lambda s: fullmatch(s) is not None
+
+
 def _build_wildcard(
     keyword: str, vr: str, level: str, query: str, case_sensitive_pn: bool
 ) -> Matcher:
@@ -287,27 +339,54 @@ def _build_wildcard(
     pattern = strip_padding(vr, query)
     if fold:
         pattern = pattern.upper()
-    cut = min((i for i in (pattern.find("*"), pattern.find("?")) if i >= 0), default=len(pattern))
-    prefix = pattern[:cut]
-    rest = pattern[cut:]
+    whole = _pattern_test(pattern)
     pred: Callable[[object], bool]
-    if rest == "*":
-        # "Doe*": a prefix test, the commonest pattern, needs no regex.
-        def pred(v: object) -> bool:
-            if not isinstance(v, str):
-                return False
-            s = strip_padding(vr, v)
-            return (s.upper() if fold else s).startswith(prefix)
+    if vr == "PN":
+        pred, prefix = _person_name_pattern(pattern, whole, fold)
     else:
-        regex = wildcard_regex(pattern)
+        prefix = _literal_prefix(pattern)
 
         def pred(v: object) -> bool:
-            if not isinstance(v, str):
-                return False
-            s = strip_padding(vr, v)
-            return regex.fullmatch(s.upper() if fold else s) is not None
+            return isinstance(v, str) and whole(strip_padding(vr, v))
 
     return Matcher(keyword, vr, level, WILDCARD, query, _any_value(vr, pred), prefix=prefix)
+
+
+def _person_name_pattern(
+    pattern: str, whole: Callable[[str], bool], fold: bool
+) -> tuple[Callable[[object], bool], str]:
+    """Wild card matching of a name by group, and the literal prefix every match has in a key.
+
+    The prefix is that of the first group of the pattern that is not
+    universal: a matching name has it at the start of the whole name or of
+    one of its groups, each of which is an index key (:func:`~engine.query.index_keys`).
+    """
+    groups = pn_groups(pattern, False)  # already folded
+    tests = [None if not g.strip("*") else _pattern_test(g) for g in groups]
+    wanted = [i for i, t in enumerate(tests) if t is not None]
+    prefix = _literal_prefix(groups[wanted[0]]) if wanted else ""
+    one_group = len(groups) == 1
+    needed = wanted[-1] + 1 if wanted else 0
+
+    def pred(v: object) -> bool:
+        if not isinstance(v, str):
+            return False
+        s = strip_padding("PN", v)
+        if fold:
+            s = s.upper()
+        if whole(s):
+            return True
+        if one_group:
+            if "=" not in s:
+                return False  # the common case: a name of one group, already compared
+            test = tests[0]  # None for "*^": any name with a value
+            return any(g and (test is None or test(g)) for g in pn_groups(s, False))
+        name = pn_groups(s, False)
+        return len(name) >= needed and all(
+            t is None or t(g) for t, g in zip(tests, name, strict=False)
+        )
+
+    return pred, prefix
 
 
 def parse_range(vr: str, query: str) -> tuple[str | None, str | None]:

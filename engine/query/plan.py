@@ -10,7 +10,11 @@ that the two cannot disagree:
   too for AE, CS, SH, LO);
 - PN also loses trailing empty components and is upper-cased, always, even
   when a query asks for case-sensitive matching (that query then filters the
-  candidates it gets from the upper-cased key);
+  candidates it gets from the upper-cased key); a name of several component
+  groups ("Yamada^Tarou=山田^太郎") has a key for the whole name and one for
+  each group, since a query may match any group (engine.query.matching).
+  Names stored before group keys existed are found by a group after
+  ``pacs reindex``;
 - DA is "YYYYMMDD", TM "HHMMSS.ffffff", DT "YYYYMMDDHHMMSS.ffffff" (the floor
   of a partial value, offset dropped); a value that does not parse keeps its
   unpadded text, and never matches a date or time query;
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 
 from engine.attributes import vr_of
 from engine.errors import InvalidQueryError
-from engine.query._values import normalise_value, split_values
+from engine.query._values import normalise_value, pn_groups, split_values
 from engine.query.compiled import Query
 from engine.query.matching import RANGE, SINGLE, UID_LIST, WILDCARD, Matcher
 
@@ -151,8 +155,16 @@ def index_keys(keyword: str, stored: object) -> list[str]:
         The keys to write; empty when the attribute has no value.
     """
     vr = vr_of(keyword)
-    keys = (normalise_value(vr, v, fold_pn=True) for v in split_values(vr, stored))
+    keys = [normalise_value(vr, v, fold_pn=True) for v in split_values(vr, stored)]
+    if vr == "PN":
+        keys = [g for k in keys for g in ((k, *pn_groups(k, False)) if "=" in k else (k,))]
     return [k for k in dict.fromkeys(keys) if k]
+
+
+def _name_key(keyword: str, value: object) -> str:
+    """The key a matching name certainly has: its first non-empty group, or the whole value."""
+    key = normalise_for_index(keyword, value)
+    return next((g for g in pn_groups(key, False) if g), key)
 
 
 def _describe(matcher: Matcher) -> IndexChoice | None:
@@ -162,7 +174,8 @@ def _describe(matcher: Matcher) -> IndexChoice | None:
     if matcher.kind in (SINGLE, UID_LIST) and matcher.uids:
         return IndexChoice(*base, EXACT, matcher, keys=sorted(matcher.uids))
     if matcher.kind == SINGLE and matcher.lo is None and matcher.hi is None:
-        keys = sorted({normalise_for_index(kw, v) for v in matcher.values})
+        key_of = _name_key if matcher.vr == "PN" else normalise_for_index
+        keys = sorted({key_of(kw, v) for v in matcher.values})
         return IndexChoice(*base, EXACT, matcher, keys=keys)
     if matcher.kind in (SINGLE, RANGE):
         # Dates and times: a single value covers its precision interval.

@@ -95,6 +95,48 @@ def test_patient_name_trailing_empty_components_are_insignificant() -> None:
     assert match_single_value("Doe^John=", "doe^john", "PN")
 
 
+# -- PN component groups (PS3.5 6.2.1.1): alphabetic=ideographic=phonetic -----------
+
+JAPANESE = "Yamada^Tarou=山田^太郎=やまだ^たろう"  # pydicom's chrH31.dcm
+
+
+@pytest.mark.parametrize("query", ["Yamada^Tarou", "yamada^tarou", "山田^太郎", "やまだ^たろう",
+                                   JAPANESE, "Yamada^Tarou=山田^太郎", "=山田^太郎",
+                                   "==やまだ^たろう", "Yamada^Tarou^^=山田^太郎="])  # fmt: skip
+def test_patient_name_single_value_matches_any_of_its_groups(query: str) -> None:
+    assert match_single_value(JAPANESE, query, "PN")
+
+
+@pytest.mark.parametrize("query", ["Yamada", "山田", "=Yamada^Tarou", "Yamada^Tarou=やまだ^たろう",
+                                   "Yamada^Tarou=山田^太郎=x"])  # fmt: skip
+def test_patient_name_groups_match_in_their_own_place(query: str) -> None:
+    assert not match_single_value(JAPANESE, query, "PN")
+
+
+@pytest.mark.parametrize("pattern", ["Yamada*", "yama*", "山田*", "*太郎", "やまだ^*", "Yam*=山*",
+                                     "=山田*", "*=山田^太郎=*", "Y?mada^Tarou"])  # fmt: skip
+def test_patient_name_wildcard_matches_any_of_its_groups(pattern: str) -> None:
+    assert match_wildcard(JAPANESE, pattern, "PN")
+
+
+@pytest.mark.parametrize(
+    "pattern", ["Tarou*", "=Yamada*", "Yamada^Tarou=やまだ*", "Y?mada", "=*=*=x*"]
+)
+def test_patient_name_wildcard_groups_match_in_their_own_place(pattern: str) -> None:
+    assert not match_wildcard(JAPANESE, pattern, "PN")
+
+
+def test_patient_name_groups_are_case_sensitive_when_asked() -> None:
+    assert match_single_value(JAPANESE, "Yamada^Tarou", "PN", case_sensitive_pn=True)
+    assert not match_single_value(JAPANESE, "YAMADA^TAROU", "PN", case_sensitive_pn=True)
+    assert not match_wildcard(JAPANESE, "yamada*", "PN", case_sensitive_pn=True)
+
+
+def test_other_text_vrs_have_no_groups() -> None:
+    assert not match_single_value("A=B", "A", "LO")
+    assert not match_wildcard("A=B", "B*", "LO")
+
+
 def test_single_value_with_dash_is_literal_for_non_date_vrs() -> None:
     assert match_single_value("12-34", "12-34", "LO")
     assert not match_single_value("12", "12-34", "LO")

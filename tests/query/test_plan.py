@@ -271,6 +271,28 @@ def test_planner_keeps_records_found_by_queries_built_from_them(
     assert [r for r in candidates if q.matches(r)] == full_scan
 
 
+def test_a_name_of_several_groups_has_a_key_per_group() -> None:
+    assert index_keys("PatientName", "Yamada^Tarou=山田^太郎=やまだ^たろう") == [
+        "YAMADA^TAROU=山田^太郎=やまだ^たろう",
+        "YAMADA^TAROU",
+        "山田^太郎",
+        "やまだ^たろう",
+    ]
+    assert index_keys("PatientName", "Doe^John=") == ["DOE^JOHN"]
+    assert index_keys("PatientName", "=ドウ^ジョン") == ["=ドウ^ジョン", "ドウ^ジョン"]
+
+
+@pytest.mark.parametrize(("query", "key"), [("山田^太郎", "山田^太郎"), ("=山田^太郎", "山田^太郎"),
+                                            ("Yamada^Tarou=山田^太郎", "YAMADA^TAROU"),
+                                            ("=山田*", "山田"), ("yamada*", "YAMADA")])  # fmt: skip
+def test_a_name_query_reads_the_key_of_its_first_group(query: str, key: str) -> None:
+    c = _choice({"PatientName": query})
+    assert c is not None and c.index == "PatientName"
+    assert c.covers(key)
+    stored = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert any(c.covers(k) for k in index_keys("PatientName", stored))
+
+
 def test_patient_name_prefix_ending_in_a_delimiter_keeps_names_with_empty_components() -> None:
     q = compile_query("STUDY", {"PatientName": "Doe^John^*"})
     assert q.matches({"PatientName": "Doe^John^^"})
