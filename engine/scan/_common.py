@@ -173,6 +173,8 @@ def _python_encodings(charsets: tuple[str, ...]) -> list[str]:
             return [default_encoding]
 
 
+# PS3.5 6.1.2.5.3, ISO 2022 IR 58: the escape sequence that designates GB 2312 to G1
+GB2312_DESIGNATION = "\x1b$)A"
 # PS3.5 6.1.2.5.3: ISO 2022 code extensions return to the initial state at these delimiters.
 # PS3.5 6.1.3: TAB, LF, FF and CR (pydicom's TEXT_VR_DELIMS), and the backslash between values.
 _TEXT_DELIMS = {0x09, 0x0A, 0x0C, 0x0D, 0x5C}
@@ -202,7 +204,12 @@ def decode_text(raw: bytes, vr: str, charsets: tuple[str, ...]) -> str:
     delims = _PN_DELIMS if vr == "PN" else _TEXT_DELIMS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return decode_bytes(raw, _python_encodings(charsets), delims)
+        text = decode_bytes(raw, _python_encodings(charsets), delims)
+    if GB2312_DESIGNATION in text:
+        # pydicom hands the fragment after ESC $ ) A to Python's gb2312 codec,
+        # which keeps the escape sequence as text ("Wang^\x1b$)A王"): drop it.
+        text = text.replace(GB2312_DESIGNATION, "")
+    return text
 
 
 def split_charsets(value: str) -> tuple[str, ...]:

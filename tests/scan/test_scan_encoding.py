@@ -146,8 +146,19 @@ def test_last_of_duplicate_tags_wins(scan: ScanFn) -> None:
         (b"ISO_IR 192", "王^小東".encode(), "王^小東"),
         (b"ISO_IR 144", "Люкceмбypг".encode("iso8859-5"), "Люкceмбypг"),  # noqa: RUF001
         (b"\\ISO 2022 IR 87", JIS_NAME, "Yamada^Tarou=山田^太郎"),
+        # PS3.5 H.3.2 / I.2 / K.2: JIS X 0212, KS X 1001 and GB 2312 as ISO 2022 extensions
+        (b"\\ISO 2022 IR 87\\ISO 2022 IR 159",
+         b"Mori^Ogai=\x1b$B?9\x1b(B^\x1b$(Dl?\x1b$B30\x1b(B", "Mori^Ogai=森^鷗外"),
+        (b"\\ISO 2022 IR 149", b"Hong^Gildong=\x1b$)C\xfb\xf3^\x1b$)C\xd1\xce\xd4\xd7",
+         "Hong^Gildong=洪^吉洞"),
+        # pydicom keeps ESC $ ) A in the text it decodes: the index must not
+        (b"\\ISO 2022 IR 58", b"Wang^XiaoDong=\x1b$)A\xcd\xf5^\x1b$)A\xd0\xa1\xb6\xab",
+         "Wang^XiaoDong=王^小东"),
+        (b"GBK", "Wang^XiaoDong=王^小東".encode("gbk"), "Wang^XiaoDong=王^小東"),
+        (b"GB18030", "Wang^XiaoDong=王^小东".encode("gb18030"), "Wang^XiaoDong=王^小东"),
     ],
-    ids=["latin1", "utf8", "cyrillic", "iso2022-jis"],
+    ids=["latin1", "utf8", "cyrillic", "iso2022-jis", "iso2022-jis-x-0212", "iso2022-ks-x-1001",
+         "iso2022-gb2312", "gbk", "gb18030"],
 )  # fmt: skip
 def test_text_is_decoded_in_specific_character_set(
     scan: ScanFn, charset: bytes, raw: bytes, text: str
