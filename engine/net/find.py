@@ -23,10 +23,12 @@ from pydicom.multival import MultiValue
 from engine import audit
 from engine.attributes import BY_KEYWORD, COMPUTED
 from engine.errors import InvalidQueryError
+from engine.net.charset import answer_charset, query_charset, query_text
 from engine.net.identifier import (
     INSTANCE_AVAILABILITY,
     QUERY_RETRIEVE_LEVEL,
     RETRIEVE_AE_TITLE,
+    SPECIFIC_CHARACTER_SET,
     Encoding,
     answer_dataset,
 )
@@ -91,6 +93,8 @@ class Identifier:
                 f"QueryRetrieveLevel {raw!r} is not one of {', '.join(levels)} in this model"
             )
         self.level = level
+        # PS3.4 C.4.1.1.3.2: answered in the query's character set where the values fit it
+        self.charset: tuple[str, ...] | None = None
         self.query: dict[str, str] = {}
         self.unknown: list[tuple[int, str]] = []  # (tag, VR) returned empty
         self.local: list[str] = []
@@ -101,6 +105,8 @@ class Identifier:
             keyword = elem.keyword or keyword_for_tag(tag)
             if keyword in LOCAL_KEYS:
                 self.local.append(keyword)
+                if tag == SPECIFIC_CHARACTER_SET:
+                    self.charset = query_charset(elem.value)
             elif keyword in BY_KEYWORD or keyword in COMPUTED or keyword in RETURN_ONLY:
                 self.query[keyword] = _query_string(elem.value)
             else:
@@ -119,14 +125,18 @@ def _query_string(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(str(v) for v in value)
+        return query_text("\\".join(str(v) for v in value))
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
-    return str(value)
+    return query_text(str(value))
 
 
 def answer(match: Dataset, ident: Identifier, ae_title: str) -> Dataset:
-    """Complete one match: level, local keys and the unknown keys (empty)."""
+    """Complete one match: level, local keys, the unknown keys (empty), its character set.
+
+    The Dataset path that :func:`engine.net.identifier.answer_dataset` replaces:
+    pydicom's writer encodes its values in the Specific Character Set set here.
+    """
     match.QueryRetrieveLevel = ident.level
     if "RetrieveAETitle" in ident.local:
         match.RetrieveAETitle = ae_title
@@ -134,7 +144,17 @@ def answer(match: Dataset, ident: Identifier, ae_title: str) -> Dataset:
         match.InstanceAvailability = "ONLINE"  # PS3.4 C.4.1.1.3.2: everything is on disk
     for tag, vr in ident.unknown:
         match.add_new(tag, vr, None)
+    texts = [str(e.value) for e in match if e.VR in _TEXT_OF_CHARSET and e.value is not None]
+    terms = answer_charset(ident.charset, [t for t in texts if not t.isascii()])
+    if terms is None:
+        match.pop(SPECIFIC_CHARACTER_SET, None)
+    else:
+        match.SpecificCharacterSet = list(terms) if len(terms) > 1 else terms[0]
     return match
+
+
+# PS3.5 6.1.2.3: the VRs whose values Specific Character Set applies to
+_TEXT_OF_CHARSET = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 
 
 def local_values(ident: Identifier, ae_title: str) -> dict[int, tuple[str, str]]:
@@ -205,8 +225,8 @@ def find_responses(
         audit_query(ident, calling, address)
         columns, rows = find_rows(archive, ident.level, ident.query)
         local = local_values(ident, ae_title)
-        matches = (answer_dataset(columns, attrs, ident.level, local, ident.unknown, encoding)
-                   for attrs in rows)  # fmt: skip
+        matches = (answer_dataset(columns, attrs, ident.level, local, ident.unknown, encoding,
+                                  ident.charset) for attrs in rows)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 -- every failure must become a status
         yield failure(exc, what), None
         return

@@ -9,25 +9,29 @@ presentation context; pydicom's writer copies raw elements as they are.
 Values of other VRs (binary US, DS floats) and the keys we do not know go
 through ordinary DataElements, exactly as before.
 
-The character set rule is the one of :func:`engine.search.find`: values
-that are not ASCII make the answer UTF-8 (Specific Character Set
-``ISO_IR 192``, PS3.5 6.1.2.5.3), otherwise the default repertoire.
+The character set is chosen by :func:`engine.net.charset.answer_charset`:
+the query's when every value fits it, else UTF-8 (``ISO_IR 192``). An
+ASCII answer (the common case) is encoded as before, byte for byte, with
+(0008,0005) only when the query carried it; the values of an answer that
+is not ASCII are encoded by pydicom's own functions
+(:func:`engine.net.charset.encode_text`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydicom.charset import convert_encodings, default_encoding
+from pydicom.charset import default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+
+from engine.net.charset import answer_charset, encode_text, python_encodings
 
 SPECIFIC_CHARACTER_SET = 0x00080005
 QUERY_RETRIEVE_LEVEL = 0x00080052
 RETRIEVE_AE_TITLE = 0x00080054
 INSTANCE_AVAILABILITY = 0x00080056
-UTF8 = "ISO_IR 192"
 # PS3.5 6.2: character string VRs, encoded as the value's text; UI pads with NUL, others space
 TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
                       "TM", "UC", "UI", "UR", "UT"})  # fmt: skip
@@ -69,6 +73,7 @@ def answer_dataset(
     local: dict[int, tuple[str, str]],
     unknown: list[tuple[int, str]],
     encoding: Encoding,
+    charset: tuple[str, ...] | None = None,
 ) -> Dataset:
     """One pending C-FIND response identifier.
 
@@ -86,22 +91,36 @@ def answer_dataset(
         (tag, VR) of keys we do not support, returned empty (PS3.4 C.2.2.1.2).
     encoding
         The transfer syntax of the C-FIND's presentation context.
+    charset
+        The terms of the query's Specific Character Set
+        (:func:`engine.net.charset.query_charset`); None if it had none.
     """
     values: list[tuple[int, str, Any]] = [
         (tag, vr, level if keyword == "QueryRetrieveLevel" else attrs.get(keyword))
         for keyword, tag, vr in columns
     ]
     values.extend((tag, vr, value) for tag, (vr, value) in local.items())
-    utf8 = any(isinstance(v, str) and not v.isascii() for _, _, v in values)
-    charset = "utf-8" if utf8 else "ascii"
+    non_ascii = any(isinstance(v, str) and not v.isascii() for _, _, v in values)
     implicit, little = encoding.implicit_vr, encoding.little_endian
     elements: dict[Any, Any] = {}
     slow: list[tuple[int, str, Any]] = []
-    if utf8:
-        values.append((SPECIFIC_CHARACTER_SET, "CS", UTF8))
+    terms = encodings = None
+    if non_ascii:
+        texts = [v for _, _, v in values if isinstance(v, str) and not v.isascii()]
+        terms = answer_charset(charset, texts)
+        assert terms is not None  # a value that is not ASCII always names its set
+        encodings = python_encodings(terms)
+    elif charset is not None:
+        terms = answer_charset(charset, ())
+    if terms is not None:
+        values.append((SPECIFIC_CHARACTER_SET, "CS", "\\".join(terms)))
     for tag, vr, value in values:
         if is_text(value, vr):
-            raw = text_value(value, vr, charset)
+            if encodings is not None and isinstance(value, str) and not value.isascii():
+                raw = encode_text(value, vr, encodings)
+                raw += b" " if len(raw) % 2 else b""
+            else:
+                raw = text_value(value, vr, "ascii")
             t = Tag(tag)
             elements[t] = RawDataElement(t, vr, len(raw), raw, 0, implicit, little)
         else:
@@ -113,7 +132,13 @@ def answer_dataset(
         if Tag(tag) not in ds:
             ds.add_new(tag, vr, None)
     # the raw values are in the context's encoding and character set: written as they are
-    ds.set_original_encoding(
-        implicit, little, convert_encodings(UTF8) if utf8 else default_encoding
-    )
+    ds.set_original_encoding(implicit, little, _read_charset(terms))
     return ds
+
+
+def _read_charset(terms: tuple[str, ...] | None) -> str | list[str]:
+    """What pydicom's writer takes the raw values' character set to be (no re-encoding)."""
+    if terms is None or not any(terms):
+        return default_encoding
+    encodings = python_encodings(terms)
+    return list(encodings) if encodings is not None else default_encoding

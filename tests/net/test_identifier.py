@@ -18,6 +18,7 @@ from engine.net.identifier import Encoding, answer_dataset, is_text, text_value
 from engine.search import find_rows
 from engine.synthetic import ct_series
 from engine.synthetic import encode as encode_instance
+from tests.charset_corpus import CharsetFile, charset_files
 from tests.corpus import real_files
 
 ENCODINGS = {"implicit_le": (True, True), "explicit_le": (False, True),
@@ -88,7 +89,7 @@ def test_encoded_answers_equal_the_dataset_path(archive: Archive, level: str,
     columns, rows = find_rows(archive, ident.level, ident.query)
     local = local_values(ident, "PACS")
     ours = [encode(answer_dataset(columns, attrs, level, local, ident.unknown,
-                                  Encoding(implicit, little)), implicit, little)
+                                  Encoding(implicit, little), ident.charset), implicit, little)
             for attrs in rows]  # fmt: skip
     assert len(reference) >= 3
     assert ours == reference
@@ -120,3 +121,89 @@ def test_only_text_values_take_the_raw_path() -> None:
     assert not is_text(512, "US")  # binary: pydicom encodes it in the context's byte order
     assert not is_text(1.5, "DS") and not is_text(True, "IS") and not is_text(None, "SQ")
     assert not is_text(None, "US or SS")
+
+
+# -- the answer's character set (PS3.5 6.1): pydicom's Dataset writer is the reference ---------
+
+QUERY_CHARSETS = [None, ("",), ("ISO_IR 100",), ("", "ISO 2022 IR 87"),
+                  ("ISO 2022 IR 13", "ISO 2022 IR 87"), ("", "ISO 2022 IR 149"), ("GB18030",),
+                  ("", "ISO 2022 IR 58"), ("ISO_IR 192",)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[CharsetFile]:
+    return charset_files(tmp_path_factory.mktemp("charset_files"))
+
+
+@pytest.fixture(scope="module")
+def charset_archive(
+    tmp_path_factory: pytest.TempPathFactory, corpus: list[CharsetFile]
+) -> Iterator[Archive]:
+    """Every file of tests.charset_corpus, in its own character set."""
+    a = Archive(tmp_path_factory.mktemp("charset_archive") / "archive")
+    for f in corpus:
+        a.store(f.path.read_bytes())
+    yield a
+    a.close()
+
+
+def _charset_identifier(level: str, charset: tuple[str, ...] | None) -> Identifier:
+    ds = Dataset()
+    if charset is not None:
+        ds.SpecificCharacterSet = list(charset) if len(charset) > 1 else charset[0]
+    ds.QueryRetrieveLevel = level
+    for keyword in KEYS[level]:
+        setattr(ds, keyword, None)
+    return Identifier(ds, PATIENT_ROOT_LEVELS)
+
+
+@pytest.mark.parametrize("charset", QUERY_CHARSETS, ids=str)
+@pytest.mark.parametrize("level", ["PATIENT", "STUDY"])
+def test_answers_in_the_query_charset_equal_the_dataset_path(
+    charset_archive: Archive, corpus: list[CharsetFile], level: str,
+    charset: tuple[str, ...] | None,
+) -> None:  # fmt: skip
+    ident = _charset_identifier(level, charset)
+    assert ident.charset == charset
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom validates the values it is given
+        reference = [encode(answer(match, ident, "PACS"), False, True)
+                     for match in charset_archive.find(ident.level, ident.query)]  # fmt: skip
+    columns, rows = find_rows(charset_archive, ident.level, ident.query)
+    local = local_values(ident, "PACS")
+    answers = [answer_dataset(columns, attrs, level, local, [], Encoding(False, True),
+                              ident.charset) for attrs in rows]  # fmt: skip
+    assert all(ds.original_character_set == ds._character_set for ds in answers)  # raw as is
+    assert [encode(ds, False, True) for ds in answers] == reference
+    names = [str(ds.PatientName) for ds in answers]
+    assert set(names) == {f.patient_name for f in corpus}  # each decodes back as stored
+
+
+def test_a_name_that_fits_the_query_charset_is_answered_in_it(charset_archive: Archive) -> None:
+    by_name = _answers_by_name(charset_archive, ("ISO_IR 100",))
+    assert by_name["Buc^Jérôme"].SpecificCharacterSet == "ISO_IR 100"
+    assert "Buc^Jérôme".encode("latin-1") in encode(by_name["Buc^Jérôme"], False, True)
+    assert by_name["Yamada^Tarou=山田^太郎=やまだ^たろう"].SpecificCharacterSet == "ISO_IR 192"
+    jis = _answers_by_name(charset_archive, ("", "ISO 2022 IR 87"))
+    h31 = jis["Yamada^Tarou=山田^太郎=やまだ^たろう"]
+    assert h31.SpecificCharacterSet == ["", "ISO 2022 IR 87"]
+    assert jis["ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=やまだ^たろう"].SpecificCharacterSet == "ISO_IR 192"
+
+
+def _answers_by_name(archive: Archive, charset: tuple[str, ...] | None) -> dict[str, Dataset]:
+    ident = _charset_identifier("PATIENT", charset)
+    columns, rows = find_rows(archive, ident.level, ident.query)
+    answers = [answer_dataset(columns, attrs, "PATIENT", {}, [], Encoding(False, True),
+                              ident.charset) for attrs in rows]  # fmt: skip
+    return {str(ds.PatientName): ds for ds in answers}
+
+
+def test_an_ascii_answer_names_a_charset_only_when_the_query_did(archive: Archive) -> None:
+    for charset, want in [(None, None), (("ISO_IR 100",), "ISO_IR 100"), (("",), "")]:
+        ident = _charset_identifier("PATIENT", charset)
+        columns, rows = find_rows(archive, "PATIENT", ident.query)
+        plain = [a for a in rows if all(str(v).isascii() for v in a.values())]
+        assert plain
+        answers = [answer_dataset(columns, attrs, "PATIENT", {}, [], Encoding(False, True),
+                                  ident.charset) for attrs in plain]  # fmt: skip
+        assert all(ds.get("SpecificCharacterSet") == want for ds in answers), charset
