@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.archive import Archive
+from tests.charset_corpus import charset_files
 from tests.web._util import read
 from tests.web.conftest import BASE, Client, ct_study, make_client
 
@@ -141,3 +143,24 @@ def test_bad_queries_are_400_problems(client: Client, studies: list, params: dic
 def test_a_bad_uid_in_the_path_is_400(client: Client) -> None:
     r = client.get(f"{BASE}/studies/1.2.abc/series")
     assert r.status_code == 400 and r.json()["status"] == 400
+
+
+@pytest.mark.parametrize(
+    "name", ["Yamada^Tarou", "山田^太郎", "やまだ^たろう", "yamada*", "=山田*"]
+)
+def test_a_name_in_any_character_set_is_found_by_any_of_its_groups(
+    client: Client, archive: Archive, tmp_path: Path, name: str
+) -> None:
+    corpus = {f.name: f for f in charset_files(tmp_path)}
+    for f in corpus.values():
+        archive.store(f.path.read_bytes())
+    h31 = corpus["chrH31.dcm"]  # ISO 2022 IR 87: Yamada^Tarou=山田^太郎=やまだ^たろう
+    docs = client.get(f"{BASE}/studies", params={"PatientName": name}).json()
+    by_study = {d["0020000D"]["Value"][0]: d for d in docs}
+    assert by_study[h31.study_uid]["00100010"]["Value"] == [
+        {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}
+    ]
+    gb2312 = corpus["gb2312.dcm"]  # read without pydicom's ESC $ ) A in the text
+    docs = client.get(f"{BASE}/studies", params={"PatientName": "张^小东"}).json()
+    assert [d["00100010"]["Value"][0]["Ideographic"] for d in docs] == ["张^小东"]
+    assert docs[0]["0020000D"]["Value"] == [gb2312.study_uid]
