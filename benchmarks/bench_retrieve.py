@@ -8,10 +8,13 @@ accepted); the baseline is the path it replaces: read the record,
 Dataset, pixels included.
 
 ``C-FIND answer``: one STUDY-level match with the usual fourteen keys, from
-the index to the encoded identifier. Ours: :func:`engine.search.find_rows`
-and :func:`engine.net.identifier.answer_dataset`; the baseline builds the
-Dataset (:meth:`engine.archive.Archive.find`, :func:`engine.net.find.answer`).
-Both end with pynetdicom's ``encode``, as the SCP does.
+the index to the encoded identifier. Ours (the fast path's):
+:func:`engine.search.find_rows` and
+:class:`engine.net.identifier.AnswerEncoder`'s bytes; "raw elements" (the
+pynetdicom path's): :func:`engine.net.identifier.answer_dataset` and
+pynetdicom's ``encode``; the baseline builds the Dataset
+(:meth:`engine.archive.Archive.find`, :func:`engine.net.find.answer`) and
+encodes it.
 
 ``C-GET/C-MOVE matches``: the instances a retrieve of one CT series names,
 before its first C-STORE. Ours: :func:`engine.net.retrieve.resolve` over
@@ -38,7 +41,7 @@ from pynetdicom.dsutils import encode
 from engine import Archive, open_archive
 from engine.config import Config
 from engine.net.find import STUDY_ROOT_LEVELS, Identifier, answer, local_values
-from engine.net.identifier import Encoding, answer_dataset
+from engine.net.identifier import AnswerEncoder, Encoding, answer_dataset
 from engine.net.retrieve import HIERARCHY, Match, prepare, resolve
 from engine.net.substore import EncodedInstance
 from engine.search import find_rows
@@ -116,6 +119,13 @@ def _identifier() -> Identifier:
 
 def _answers_ours(archive: Archive, ident: Identifier) -> list[bytes | None]:
     columns, rows = find_rows(archive, ident.level, ident.query)
+    local, how = local_values(ident, "PACS"), Encoding(True, True, as_bytes=True)
+    encoder = AnswerEncoder(columns, ident.level, local, ident.unknown, how)
+    return [encoder.encode(attrs) for attrs in rows]  # all ASCII here: none declined
+
+
+def _answers_raw_elements(archive: Archive, ident: Identifier) -> list[bytes | None]:
+    columns, rows = find_rows(archive, ident.level, ident.query)
     local, how = local_values(ident, "PACS"), Encoding(True, True)
     return [encode(answer_dataset(columns, attrs, ident.level, local, ident.unknown, how),
                    True, True) for attrs in rows]  # fmt: skip
@@ -126,12 +136,17 @@ def _answers_datasets(archive: Archive, ident: Identifier) -> list[bytes | None]
             for ds in archive.find(ident.level, ident.query)]  # fmt: skip
 
 
-@pytest.mark.parametrize("role", ["ours", "Dataset per match"])
+FIND_ROLES = {"ours": _answers_ours, "raw elements": _answers_raw_elements,
+              "Dataset per match": _answers_datasets}  # fmt: skip
+
+
+@pytest.mark.parametrize("role", sorted(FIND_ROLES))
 def test_find_answers(benchmark: Any, archive: Archive, speedups: Any, role: str) -> None:
     ident = _identifier()
     expected = _answers_datasets(archive, ident)
-    assert len(expected) == STUDIES + 1 and _answers_ours(archive, ident) == expected
-    run = _answers_ours if role == "ours" else _answers_datasets
+    assert len(expected) == STUDIES + 1
+    assert _answers_ours(archive, ident) == _answers_raw_elements(archive, ident) == expected
+    run = FIND_ROLES[role]
     answers = benchmark(lambda: run(archive, ident))
     assert answers == expected
     if not benchmark.disabled:

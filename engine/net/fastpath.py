@@ -613,7 +613,8 @@ class FastAssociation:
             lambda: decode(BytesIO(identifier), implicit, little, deflated),
             self.find_levels[context], self.owner.archive, self.access,
             (self.calling, self.address), self.owner.settings.ae_title,
-            Encoding(implicit, little), lambda _i: self._cancel_requested(command.message_id),
+            Encoding(implicit, little, as_bytes=not deflated),
+            lambda _i: self._cancel_requested(command.message_id),
         )  # fmt: skip
         send, peer_max = self.sock.sendall, self.peer_max_pdu
         pending = P.encode_p_data(context, D.encode_response(  # the same for every match
@@ -622,7 +623,8 @@ class FastAssociation:
         for status, match in responses:
             if status != PENDING or match is None:
                 break
-            answer = encode(match, implicit, little, deflated)
+            answer = match if isinstance(match, bytes) else encode(match, implicit, little,
+                                                                   deflated)  # fmt: skip
             if answer is None:  # pynetdicom logged why; nothing the peer could read
                 status = failure(RuntimeError("an answer could not be encoded"),
                                  f"C-FIND from {self.calling}")  # fmt: skip

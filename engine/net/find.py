@@ -13,7 +13,7 @@ between two matches.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -29,6 +29,7 @@ from engine.net.identifier import (
     QUERY_RETRIEVE_LEVEL,
     RETRIEVE_AE_TITLE,
     SPECIFIC_CHARACTER_SET,
+    AnswerEncoder,
     Encoding,
     answer_dataset,
 )
@@ -58,7 +59,8 @@ STUDY_ROOT_LEVELS = ("STUDY", "SERIES", "IMAGE")  # PS3.4 C.6.2
 LOCAL_KEYS = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle",
                         "InstanceAvailability"})  # fmt: skip
 
-Response = tuple[int | Dataset, Dataset | None]
+# (status, answer): an answer's Dataset, or its bytes when Encoding.as_bytes allowed them
+Response = tuple[int | Dataset, Dataset | bytes | None]
 
 
 def audit_query(ident: Identifier, calling: str, address: str) -> None:
@@ -202,7 +204,8 @@ def find_responses(
     Yields
     ------
     tuple
-        ``(0xFF00, match)`` per match, then ``(status, None)``; 0xFE00 once
+        ``(0xFF00, answer)`` per match (its bytes where ``encoding.as_bytes``
+        allows and :class:`AnswerEncoder` can write them), then ``(status, None)``; 0xFE00 once
         cancelled; a failure status Dataset with an Error Comment on error.
     """
     calling, address = peer
@@ -225,8 +228,7 @@ def find_responses(
         audit_query(ident, calling, address)
         columns, rows = find_rows(archive, ident.level, ident.query)
         local = local_values(ident, ae_title)
-        matches = (answer_dataset(columns, attrs, ident.level, local, ident.unknown, encoding,
-                                  ident.charset) for attrs in rows)  # fmt: skip
+        matches = _answers(columns, rows, ident, local, encoding)
     except Exception as exc:  # noqa: BLE001 -- every failure must become a status
         yield failure(exc, what), None
         return
@@ -244,6 +246,22 @@ def find_responses(
         yield PENDING, match
         i += 1
     yield CANCEL, None  # PS3.4 C.4.1.3.1: stop and answer Cancel
+
+
+def _answers(
+    columns: list[tuple[str, int, str]],
+    rows: Iterable[dict[str, Any]],
+    ident: Identifier,
+    local: dict[int, tuple[str, str]],
+    encoding: Encoding,
+) -> Iterator[Dataset | bytes]:
+    """Each match's answer: its bytes where :class:`AnswerEncoder` can write them and the
+    encoding allows, else its Dataset (:func:`answer_dataset`)."""
+    args = (ident.level, local, ident.unknown, encoding, ident.charset)
+    encoder = AnswerEncoder(columns, *args) if encoding.as_bytes else None
+    for attrs in rows:
+        raw = encoder.encode(attrs) if encoder is not None else None
+        yield raw if raw is not None else answer_dataset(columns, attrs, *args)
 
 
 def handle_find(

@@ -15,10 +15,19 @@ ASCII answer (the common case) is encoded as before, byte for byte, with
 (0008,0005) only when the query carried it; the values of an answer that
 is not ASCII are encoded by pydicom's own functions
 (:func:`engine.net.charset.encode_text`).
+
+Where the presentation context allows (not deflated: the fast path),
+:class:`AnswerEncoder` writes an ASCII answer's elements straight to bytes,
+the same bytes pydicom's writer makes of :func:`answer_dataset`'s Dataset
+(the tests compare them), in a tenth of the time; an answer it cannot write
+(a value that is not ASCII, a binary VR it does not know) goes the Dataset
+way.
 """
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Mapping
 from typing import Any
 
 from pydicom.charset import default_encoding
@@ -38,13 +47,21 @@ TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "IS", "LO", "LT", "PN", "SH"
 TEXT_VALUES = (str, int)  # int only for IS (counts), written as its decimal digits
 
 
+# PS3.5 7.1.2: explicit VRs with a 2-byte reserved field and a 4-byte length
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT",
+                      "UV"})  # fmt: skip
+BINARY_INTS = {"US": "H", "UL": "I", "SS": "h", "SL": "i"}  # one value, as the index holds it
+
+
 class Encoding:
-    """How the answers of one C-FIND are encoded: the presentation context's transfer syntax."""
+    """How the answers of one C-FIND are encoded: the presentation context's transfer syntax,
+    and whether they may be handed on as bytes (:class:`AnswerEncoder`) instead of Datasets."""
 
-    __slots__ = ("implicit_vr", "little_endian")
+    __slots__ = ("as_bytes", "implicit_vr", "little_endian")
 
-    def __init__(self, implicit_vr: bool, little_endian: bool) -> None:
+    def __init__(self, implicit_vr: bool, little_endian: bool, as_bytes: bool = False) -> None:
         self.implicit_vr, self.little_endian = implicit_vr, little_endian
+        self.as_bytes = as_bytes
 
 
 def text_value(value: str | int | None, vr: str, charset: str) -> bytes:
@@ -134,6 +151,107 @@ def answer_dataset(
     # the raw values are in the context's encoding and character set: written as they are
     ds.set_original_encoding(implicit, little, _read_charset(terms))
     return ds
+
+
+class AnswerEncoder:
+    """The answers of one C-FIND, written straight to bytes when they are plain ASCII.
+
+    Built once per query from :func:`answer_dataset`'s arguments (but the
+    match): the elements it returns, in tag order, with their headers
+    encoded once; the constant ones (the level, our local keys, the
+    character set, unknown keys returned empty) whole. :meth:`encode` is
+    None for an answer that must go :func:`answer_dataset`'s way.
+    """
+
+    __slots__ = ("_slots", "writable")
+
+    def __init__(
+        self,
+        columns: list[tuple[str, int, str]],
+        level: str,
+        local: dict[int, tuple[str, str]],
+        unknown: list[tuple[int, str]],
+        encoding: Encoding,
+        charset: tuple[str, ...] | None = None,
+    ) -> None:
+        # tag -> (VR, keyword of an index value or None, constant value): answer_dataset's order
+        entries: dict[int, tuple[str, str | None, Any]] = {
+            tag: (vr, None, level) if keyword == "QueryRetrieveLevel" else (vr, keyword, None)
+            for keyword, tag, vr in columns
+        }
+        entries.update((tag, (vr, None, value)) for tag, (vr, value) in local.items())
+        if charset is not None:  # an ASCII answer names the set the query named
+            terms = answer_charset(charset, ())
+            assert terms is not None  # a query with a set always has an answer's set
+            entries[SPECIFIC_CHARACTER_SET] = ("CS", None, "\\".join(terms))
+        for tag, vr in unknown:
+            entries.setdefault(tag, (vr, None, None))
+        self._slots: list[tuple[str | None, bytes, str, str]] = []
+        self.writable = True  # False: a constant that only the Dataset way encodes
+        order = "<" if encoding.little_endian else ">"
+        for tag, (vr, keyword, value) in sorted(entries.items()):
+            head, fmt = _header(tag, vr, encoding.implicit_vr, order)
+            if keyword is not None:
+                self._slots.append((keyword, head, fmt, vr))
+                continue
+            raw = _value_bytes(value, vr, order)
+            if raw is None:
+                self.writable = False
+                return
+            self._slots.append((None, head + struct.pack(fmt, len(raw)) + raw, fmt, vr))
+
+    def encode(self, attrs: Mapping[str, Any]) -> bytes | None:
+        """The answer for one match's attributes, or None if it holds what we do not write."""
+        if not self.writable:
+            return None
+        parts = []
+        for keyword, head, fmt, vr in self._slots:
+            if keyword is None:
+                parts.append(head)  # the whole constant element
+                continue
+            value = attrs.get(keyword)
+            raw: bytes | None
+            if value is None:
+                raw = b""
+            elif type(value) is str and value.isascii() and vr in TEXT_VRS:
+                raw = value.encode("ascii")
+                if len(raw) % 2:
+                    raw += b"\0" if vr == "UI" else b" "
+            else:
+                raw = _value_bytes(value, vr, fmt[0])
+                if raw is None:
+                    return None
+            parts.append(head)
+            parts.append(struct.pack(fmt, len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+
+
+def _header(tag: int, vr: str, implicit: bool, order: str) -> tuple[bytes, str]:
+    """An element's tag (and VR) bytes, and the struct format of its length (PS3.5 7.1)."""
+    head = struct.pack(order + "HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return head, order + "I"
+    if vr in LONG_VRS:
+        return head + vr.encode("ascii") + b"\0\0", order + "I"
+    return head + vr.encode("ascii"), order + "H"
+
+
+def _value_bytes(value: Any, vr: str, order: str) -> bytes | None:
+    """A value's bytes as :func:`answer_dataset` and pydicom's writer make them, or None
+    where they do not know them to be the same (not ASCII, a float, several values...)."""
+    if value is None:
+        return b"" if len(vr) == 2 and vr != "SQ" else None
+    if is_text(value, vr):
+        text = str(value)
+        return text_value(text, vr, "ascii") if text.isascii() else None
+    fmt = BINARY_INTS.get(vr)
+    if fmt is None or type(value) is not int:
+        return None
+    try:
+        return struct.pack(order + fmt, value)
+    except struct.error:  # out of the VR's range: pydicom's writer says why
+        return None
 
 
 def _read_charset(terms: tuple[str, ...] | None) -> str | list[str]:

@@ -1,4 +1,5 @@
-"""C-FIND answers encoded from index values: byte for byte what the Dataset path encoded."""
+"""C-FIND answers encoded from index values: byte for byte what the Dataset path encoded,
+and what :class:`AnswerEncoder` writes without a Dataset: byte for byte the same again."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pynetdicom.dsutils import encode
 from engine.archive import Archive
 from engine.errors import InvalidInstanceError
 from engine.net.find import PATIENT_ROOT_LEVELS, Identifier, answer, local_values
-from engine.net.identifier import Encoding, answer_dataset, is_text, text_value
+from engine.net.identifier import AnswerEncoder, Encoding, answer_dataset, is_text, text_value
 from engine.search import find_rows
 from engine.synthetic import ct_series
 from engine.synthetic import encode as encode_instance
@@ -207,3 +208,64 @@ def test_an_ascii_answer_names_a_charset_only_when_the_query_did(archive: Archiv
         answers = [answer_dataset(columns, attrs, "PATIENT", {}, [], Encoding(False, True),
                                   ident.charset) for attrs in plain]  # fmt: skip
         assert all(ds.get("SpecificCharacterSet") == want for ds in answers), charset
+
+
+# -- AnswerEncoder: the same bytes without a Dataset ------------------------------------------
+
+
+def _encoder_against_datasets(archive: Archive, ident: Identifier, implicit: bool,
+                              little: bool) -> tuple[int, int]:  # fmt: skip
+    """Compare every answer the encoder writes with the Dataset way's; (written, declined)."""
+    columns, rows = find_rows(archive, ident.level, ident.query)
+    local, how = local_values(ident, "PACS"), Encoding(implicit, little, as_bytes=True)
+    args = (ident.level, local, ident.unknown, how, ident.charset)
+    encoder = AnswerEncoder(columns, *args)
+    written = declined = 0
+    for attrs in rows:
+        raw = encoder.encode(attrs)
+        reference = encode(answer_dataset(columns, attrs, *args), implicit, little)
+        if raw is None:
+            declined += 1
+            continue
+        assert raw == reference, attrs
+        written += 1
+    return written, declined
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+@pytest.mark.parametrize("level", PATIENT_ROOT_LEVELS)
+def test_the_encoder_writes_the_dataset_paths_bytes(archive: Archive, level: str,
+                                                    encoding: str) -> None:  # fmt: skip
+    written, declined = _encoder_against_datasets(archive, _identifier(level),
+                                                  *ENCODINGS[encoding])  # fmt: skip
+    assert written >= 3  # the generated CT and most of pydicom's files are ASCII
+    if level == "PATIENT":
+        assert declined >= 2  # Müller^Jürgen, Ærøskøbing^Åse: the Dataset way's
+
+
+@pytest.mark.parametrize("charset", QUERY_CHARSETS, ids=str)
+def test_the_encoder_names_the_query_charset_as_the_dataset_path(
+    charset_archive: Archive, charset: tuple[str, ...] | None
+) -> None:
+    ident = _charset_identifier("STUDY", charset)
+    written, declined = _encoder_against_datasets(charset_archive, ident, False, True)
+    assert declined >= 1  # the names that are not ASCII go the Dataset way
+    assert written + declined == len(list(find_rows(charset_archive, "STUDY", ident.query)[1]))
+
+
+def test_the_encoder_writes_binary_and_empty_values_as_pydicom() -> None:
+    columns = [("Rows", 0x00280010, "US"), ("SOPInstanceUID", 0x00080018, "UI"),
+               ("InstanceNumber", 0x00200013, "IS"), ("StudyDescription", 0x00081030, "LO")]
+    unknown = [(0x00081070, "PN"), (0x00189346, "SQ")]  # fmt: skip
+    for implicit, little in ENCODINGS.values():
+        how = Encoding(implicit, little, as_bytes=True)
+        attrs = {"Rows": 512, "SOPInstanceUID": "1.2.3", "InstanceNumber": 7}
+        plain = AnswerEncoder(columns, "IMAGE", {}, unknown[:1], how)
+        reference = encode(answer_dataset(columns, attrs, "IMAGE", {}, unknown[:1], how),
+                           implicit, little)  # fmt: skip
+        assert plain.encode(attrs) == reference
+        assert plain.encode({**attrs, "Rows": 1.5}) is None  # not the index's kind of value
+        assert plain.encode({**attrs, "Rows": 70000}) is None  # out of US: pydicom says why
+        assert plain.encode({**attrs, "StudyDescription": "Kopf"}) is not None
+        assert plain.encode({**attrs, "StudyDescription": "Schädel"}) is None  # charset
+        assert not AnswerEncoder(columns, "IMAGE", {}, unknown, how).writable  # an empty SQ
