@@ -43,6 +43,7 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
@@ -839,11 +840,13 @@ class _RequestorLink:
     def cancelled(self) -> bool:
         return self._cancel or self.assoc._cancel_requested(self.get_id)
 
-    def store(self, context_id: int, command: bytes, data: list[memoryview]) -> int:
+    def store(self, context_id: int, command: bytes, data: list[memoryview],
+              meanwhile: Callable[[], None] = lambda: None) -> int:  # fmt: skip
         a = self.assoc
         sent_id = a._message_id
         P.send_buffers(a.sock, [P.encode_p_data(context_id, command, a.peer_max_pdu),
                                 *P.data_set_buffers(context_id, data, a.peer_max_pdu)])  # fmt: skip
+        meanwhile()
         while True:  # the C-STORE-RSP, or a C-CANCEL of the C-GET before it
             rsp = a._read_command()
             if rsp.command_field == D.C_CANCEL_RQ and rsp.message_id == self.get_id:

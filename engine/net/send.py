@@ -77,10 +77,13 @@ class Link(Protocol):
         """Transfer syntax -> context ID in which we may send `sop_class` as Storage SCU."""
         ...
 
-    def store(self, context_id: int, command: bytes, data: list[memoryview]) -> int:
+    def store(self, context_id: int, command: bytes, data: list[memoryview],
+              meanwhile: Callable[[], None] = lambda: None) -> int:  # fmt: skip
         """Send one C-STORE-RQ and its data set; the status of its C-STORE-RSP.
 
-        Raises :class:`LinkLost` when the association broke.
+        `meanwhile` is called once the request is sent, before the response is
+        awaited (it must not touch the association). Raises :class:`LinkLost`
+        when the association broke.
         """
         ...
 
@@ -148,6 +151,9 @@ def send_all(
 ) -> tuple[int, Tally]:
     """Send every match as a C-STORE sub-operation; the final status and the counts.
 
+    While the peer takes in one instance, the next is found and read
+    (:class:`_Ahead`): the peer's work and ours overlap on two cores.
+
     Parameters
     ----------
     matches
@@ -162,38 +168,60 @@ def send_all(
     """
     tally = Tally(0)
     last_pending = 0.0
-    found = iter(matches)
+    ahead = _Ahead(archive, matches, link)
+    ahead.advance()
     for i in itertools.count():
-        try:
-            m = next(found, None)
-        except Exception as exc:  # noqa: BLE001 -- the index failed resolving a lazy answer
-            return _unresolved(tally, exc)
-        if m is None:
+        if ahead.next is None:
             break
+        m, ready = ahead.next
         if link.cancelled():
             tally.remaining = len(matches) - i
             return CANCEL, tally
         try:
-            status = _send_one(archive, m, link, originator, tally)
+            status = _store(link, m, ready, originator, tally, ahead.advance)
         except LinkLost as exc:
             tally.remaining = len(matches) - i
             log.warning("retrieve: %s; %d sub-operations not sent", exc, tally.remaining)
             for rest in list(matches)[i:]:
                 tally.record(rest, OUT_OF_RESOURCES_SUBOPS)
             break
-        if i == 0:  # a lazy answer is resolved once its first instance is on its way
-            try:
-                tally.remaining = len(matches)
-            except Exception as exc:  # noqa: BLE001 -- the index failed resolving the rest
-                tally.remaining = 1
-                tally.record(m, status)
-                return _unresolved(tally, exc)
+        if ahead.error is not None:  # resolving the rest failed: the first one counts
+            tally.remaining = 1
+            tally.record(m, status)
+            return _unresolved(tally, ahead.error)
+        if i == 0:  # a lazy answer was resolved while its first instance was on its way
+            tally.remaining = len(matches)
         tally.record(m, status)
         now = time.monotonic()
         if tally.remaining and (i == 0 or now - last_pending >= PENDING_INTERVAL_S):
             pending(PENDING, tally)
             last_pending = now
+    if ahead.error is not None:  # not even the first match could be found
+        return _unresolved(tally, ahead.error)
     return tally.final_status(False), tally
+
+
+# a sub-operation ready to go: (context ID, data set parts, converted), or the failure status
+Prepared = tuple[int, list[memoryview], bool] | int
+
+
+class _Ahead:
+    """The next sub-operation of :func:`send_all`, found and read one step ahead."""
+
+    def __init__(self, archive: Archive, matches: Iterable[Match], link: Link) -> None:
+        self._archive, self._found, self._link = archive, iter(matches), link
+        self.next: tuple[Match, Prepared] | None = None
+        self.error: Exception | None = None  # the index failed resolving a lazy answer
+
+    def advance(self) -> None:
+        self.next = None
+        try:
+            m = next(self._found, None)
+        except Exception as exc:  # noqa: BLE001 -- reported in the final response
+            self.error = exc
+            return
+        if m is not None:
+            self.next = (m, _prepare(self._archive, m, self._link))
 
 
 def _unresolved(tally: Tally, exc: Exception) -> tuple[int, Tally]:
@@ -278,20 +306,35 @@ def _send_one(
     archive: Archive, m: Match, link: Link, originator: tuple[str, int] | None, tally: Tally
 ) -> int:
     """One sub-operation: its C-STORE-RSP status, or a failure status if it could not be sent."""
+    return _store(link, m, _prepare(archive, m, link), originator, tally, lambda: None)
+
+
+def _prepare(archive: Archive, m: Match, link: Link) -> Prepared:
+    """The context and the data set of one sub-operation: the stored bytes when the peer
+    accepted their syntax, else converted; the failure status if neither can be sent."""
     accepted = link.accepted(m.sop_class)
     try:
         context_id = accepted.get(m.transfer_syntax)
-        data = None
         if context_id is not None:  # the usual case: the stored bytes as they are
             data = _even(archive.get_dataset_parts(m.sop_instance), m.transfer_syntax)
-        if context_id is None or data is None:
-            context_id, data = _converted(archive, m, accepted)
-            tally.converted += 1
+            if data is not None:
+                return context_id, data, False
+        return (*_converted(archive, m, accepted), True)
     except Exception as exc:  # noqa: BLE001 -- one instance fails, not the retrieve
         return failure_status(exc, f"retrieve of {m.sop_instance}")[0]
+
+
+def _store(link: Link, m: Match, ready: Prepared, originator: tuple[str, int] | None,
+           tally: Tally, meanwhile: Callable[[], None]) -> int:  # fmt: skip
+    """Send a prepared sub-operation (`meanwhile` runs while the peer answers); its status."""
+    if isinstance(ready, int):
+        meanwhile()
+        return ready
+    context_id, data, converted = ready
+    tally.converted += converted
     command = dimse.request(dimse.C_STORE_RQ, link.next_message_id(), m.sop_class,
                             sop_instance_uid=m.sop_instance, originator=originator)  # fmt: skip
-    return link.store(context_id, command, data)
+    return link.store(context_id, command, data, meanwhile)
 
 
 def _even(parts: list[memoryview], transfer_syntax: str) -> list[memoryview] | None:
@@ -378,11 +421,13 @@ class DestinationLink:
         self._sent_id = self.assoc.next_message_id()
         return self._sent_id
 
-    def store(self, context_id: int, command: bytes, data: list[memoryview]) -> int:
+    def store(self, context_id: int, command: bytes, data: list[memoryview],
+              meanwhile: Callable[[], None] = lambda: None) -> int:  # fmt: skip
         assoc, peer_max = self.assoc, self.assoc.peer_max_pdu
         try:
             P.send_buffers(assoc.sock, [P.encode_p_data(context_id, command, peer_max),
                                         *P.data_set_buffers(context_id, data, peer_max)])
+            meanwhile()
             rsp = assoc.read_message()
         except (OSError, P.PeerClosed, P.ProtocolError) as exc:  # DimseError is an OSError
             raise LinkLost(f"the association to the move destination ended: {exc}") from exc

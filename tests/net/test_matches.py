@@ -1,7 +1,10 @@
-"""engine.net.retrieve.Matches: the first instance before the rest, then all, once each."""
+"""engine.net.retrieve.Matches: the first instance before the rest, then all, once each;
+and engine.net.send.send_all, which finds and reads each instance while the one before is
+being answered."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -63,14 +66,19 @@ class _Sink:
     def __init__(self, on_store: object = None) -> None:
         self.sent: list[bytes] = []
         self.on_store = on_store
+        self.events: list[str] = []
 
     def accepted(self, sop_class: str) -> dict[str, int]:
         return {"1.2.840.10008.1.2.1": 1}
 
-    def store(self, context_id: int, command: bytes, data: list[memoryview]) -> int:
+    def store(self, context_id: int, command: bytes, data: list[memoryview],
+              meanwhile: Callable[[], None] = lambda: None) -> int:  # fmt: skip
         self.sent.append(b"".join(data))
+        self.events.append(f"sent {len(self.sent)}")
         if callable(self.on_store):
             self.on_store()
+        meanwhile()  # what a real link does while the peer answers
+        self.events.append(f"answered {len(self.sent)}")
         return 0x0000
 
     def next_message_id(self) -> int:
@@ -95,3 +103,29 @@ def test_an_index_failure_after_the_first_match_is_a701_with_a_comment(tmp_path:
     assert status == 0xA701
     assert tally.completed == 1 and len(sink.sent) == 1
     assert tally.error.startswith("finding the matches failed")
+
+
+def test_each_instance_is_read_while_the_one_before_is_answered(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "a")
+    series = list(ct_series(7, 3, rows=16, columns=16))
+    for ds in series:
+        archive.store(encode(ds))
+    sink = _Sink()
+    read, reads = archive.get_dataset_parts, []
+
+    def reading(uid: str) -> list[memoryview]:
+        reads.append(uid)
+        sink.events.append(f"read {len(reads)}")
+        return read(uid)
+
+    archive.get_dataset_parts = reading  # type: ignore[method-assign]
+    ident = _ident(StudyInstanceUID=series[0].StudyInstanceUID,
+                   SeriesInstanceUID=series[0].SeriesInstanceUID)  # fmt: skip
+    status, tally = send_all(archive, Matches(archive, ident, lambda n: None), sink,
+                             lambda status, tally: None)  # fmt: skip
+    assert status == 0 and tally.completed == 3 and tally.remaining == 0
+    assert sink.events == ["read 1", "sent 1", "read 2", "answered 1", "sent 2", "read 3",
+                           "answered 2", "sent 3", "answered 3"]  # fmt: skip
+    assert sink.sent == [bytes(b"".join(read(m.sop_instance)))
+                         for m in resolve(archive, ident)]  # fmt: skip
+    archive.close()
