@@ -14,7 +14,9 @@ One run writes one corpus with ``pacs bench corpus`` (or reuses ``--corpus``),
 then for each target in turn: starts it on loopback (benchmarks/peers.py),
 runs ``pacs bench ingest``, then ``pacs bench query`` and ``pacs bench
 retrieve`` where the target answers them (``--http`` too where it speaks
-DICOMweb), reads the server's CPU time from ``/proc`` around the ingest, and
+DICOMweb; each retrieve operation alone: C-GET and C-MOVE by the tool's own
+client, then by DCMTK's ``getscu`` and ``movescu``, WADO-RS), reads the
+server's CPU time from ``/proc`` around the ingest and each retrieve, and
 stops it. Then it prints one table: every metric of every target, with the
 ratio to us (``pacs``, fsync) beside it. A ratio above 1 means we are better:
 ours/theirs for rates, theirs/ours for latencies.
@@ -71,7 +73,10 @@ HEADLINE = ("ingest.instances_per_s", "ingest.server_cpu_ms_per_instance",
             "query.qido.instances_of_series.p50_ms", "retrieve.get.instances_per_s",
             "retrieve.get.server_cpu_ms_per_instance", "retrieve.get.first_instance_p50_ms",
             "retrieve.move.instances_per_s", "retrieve.move.server_cpu_ms_per_instance",
+            "retrieve.getscu.instances_per_s", "retrieve.getscu.first_instance_p50_ms",
+            "retrieve.movescu.instances_per_s", "retrieve.movescu.first_instance_p50_ms",
             "retrieve.wado.instances_per_s")  # fmt: skip
+RETRIEVES = ("get", "move", "getscu", "movescu")  # and wado where the target speaks DICOMweb
 
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -170,7 +175,7 @@ def _phases(peer: Peer, result: Result, corpus: Path, instances: int, work: Path
     if "query" in peer.services:
         phases.append(("query", "", [*http, "--corpus", str(corpus), "--repeat", str(repeat)]))
     if "retrieve" in peer.services:
-        for only in ("get", "move", "wado") if http else ("get", "move"):
+        for only in (*RETRIEVES, "wado") if http else RETRIEVES:
             phases.append(("retrieve", only, [*http, *retrieve, "--only", only]))
     for phase, only, extra in phases:
         out_json = work / f"{peer.name}-{phase}{'-' + only if only else ''}.json"

@@ -67,7 +67,9 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("--move-dest", help="AE title the target knows at --move-port (C-MOVE)")
     s.add_argument("--move-port", type=int, default=11113, help="port of the local receiver")
     s.add_argument("--no-get", action="store_true", help="skip C-GET")
-    s.add_argument("--only", choices=["get", "move", "wado"],
+    s.add_argument("--dcmtk", action="store_true",
+                   help="also C-GET with DCMTK getscu and C-MOVE with movescu, a process a series")
+    s.add_argument("--only", choices=["get", "move", "wado", "getscu", "movescu"],
                    help="run this one alone (to measure the server's CPU per operation)")
     s.set_defaults(fn=cmd_retrieve)
 
@@ -227,7 +229,13 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         if not args.no_get:
             runs.append(("get", lambda adv: retrieve.run_get(target, refs, adv)))
         if args.move_dest:
-            runs.append(("move", lambda adv: _move(target, refs, args, adv)))
+            runs.append(("move", lambda adv: _move(target, refs, args, adv, retrieve.run_move)))
+        if args.dcmtk or args.only in ("getscu", "movescu"):
+            if not args.no_get:
+                runs.append(("getscu", lambda adv: retrieve.run_getscu(target, refs, adv)))
+            if args.move_dest:
+                runs.append(("movescu", lambda adv: _move(target, refs, args, adv,
+                                                          retrieve.run_movescu)))  # fmt: skip
         if target.http:
             http = target.http
             runs.append(("wado", lambda adv: retrieve.run_wado(http, refs, adv)))
@@ -245,12 +253,13 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return _finish("retrieve", args, target, metrics, details)
 
 
-def _move(target: Target, refs: list[Any], args: argparse.Namespace, advance: Any) -> Any:
+def _move(target: Target, refs: list[Any], args: argparse.Namespace, advance: Any,
+          run: Any) -> Any:  # fmt: skip
     from engine.bench import retrieve
 
     receiver = retrieve.Receiver(args.move_dest, args.move_port)
     try:
-        return retrieve.run_move(target, refs, args.move_dest, receiver, advance)
+        return run(target, refs, args.move_dest, receiver, advance)
     finally:
         receiver.close()
 

@@ -11,6 +11,14 @@ C-MOVE (``--move-dest AET``)
     the C-MOVE-RSP's completed sub-operations, checked against the
     receiver's log; time to first instance comes from the receiver's
     "Received Store Request" timestamp.
+DCMTK clients (``--dcmtk``, or ``--only getscu|movescu``)
+    The same series by ``getscu --ignore`` and by ``movescu`` to the same
+    receiver, one process (and association) per series, as a user would run
+    them; figures ``getscu.*`` and ``movescu.*``. Times come from the
+    clients' log timestamps: a series from "Requesting Association" to
+    "Releasing Association" (negotiation included, process start not), the
+    first instance from the C-GET/C-MOVE request to the first C-STORE
+    (getscu's log; the receiver's for movescu). MB are the manifest's.
 WADO-RS (``--http URL``)
     ``GET {URL}/studies/{study}/series/{series}`` as
     ``multipart/related; type="application/dicom"``, streamed; instances are
@@ -48,6 +56,9 @@ from engine.bench.target import Target
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STORESCP = "/usr/bin/storescp"
+GETSCU = "/usr/bin/getscu"
+MOVESCU = "/usr/bin/movescu"
+DCMTK_CLIENT_TIMEOUT_S = 600.0
 RECEIVER_START_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 600.0
 _STORAGE_SYNTAXES = [str(uid) for uid in CORPUS_SYNTAXES.values()]
@@ -298,6 +309,100 @@ def _settled(receiver: Receiver, t0_epoch: float, expected: int) -> list[float]:
         if len(arrivals) >= expected or time.monotonic() > deadline:
             return arrivals
         time.sleep(0.01)
+
+
+# -- DCMTK getscu and movescu -----------------------------------------------------------------
+
+
+def run_getscu(target: Target, refs: list[SeriesRef], advance: Any = None) -> Samples:
+    """Each series by ``getscu --ignore``: it answers every C-STORE, keeps nothing."""
+    samples = Samples()
+    for ref in refs:
+        log = _dcmtk_client(GETSCU, target, ref, ["--ignore"])
+        t0, first = log.at("Sending C-GET Request"), log.at("Received C-STORE Request")
+        received = log.count("Received C-STORE Request")
+        samples.add(log.span(), first - t0 if first and t0 else None, received, ref.nbytes)
+        final = log.last("Received C-GET Response")
+        failed = log.number("Number of Failed Suboperations")
+        if log.failure or not final.endswith("(Success)") or failed:
+            samples.failures.append(f"getscu {ref.series_uid}: {log.failure or final}, "
+                                    f"{failed} failed sub-operations")  # fmt: skip
+        elif ref.instances and received != ref.instances:
+            samples.failures.append(f"getscu {ref.series_uid}: {received} of {ref.instances}")
+        if advance:
+            advance(1)
+    return samples
+
+
+def run_movescu(target: Target, refs: list[SeriesRef], move_dest: str, receiver: Receiver,
+                advance: Any = None) -> Samples:  # fmt: skip
+    """Each series by ``movescu -aem move_dest`` to `receiver`; its arrivals are counted."""
+    samples = Samples()
+    for ref in refs:
+        t0_epoch = time.time()
+        log = _dcmtk_client(MOVESCU, target, ref, ["-aem", move_dest])
+        sent = log.at("Sending Move Request")
+        final = log.last("Received Final Move Response")
+        arrivals = _settled(receiver, t0_epoch, ref.instances) if sent else []
+        first = min(arrivals) - sent if arrivals and sent else None
+        samples.add(log.span(), first, len(arrivals), ref.nbytes)
+        if log.failure or not final.endswith("(Success)"):
+            samples.failures.append(f"movescu {ref.series_uid}: {log.failure or final}")
+        elif ref.instances and len(arrivals) != ref.instances:
+            samples.failures.append(f"movescu {ref.series_uid}: the receiver logged "
+                                    f"{len(arrivals)} of {ref.instances} instances")  # fmt: skip
+        if advance:
+            advance(1)
+    return samples
+
+
+@dataclass(slots=True)
+class ClientLog:
+    """The timestamped log of one DCMTK client run: (epoch seconds, message) per line."""
+
+    lines: list[tuple[float, str]]
+    failure: str = ""  # why the client failed (exit status and its last words), if it did
+
+    def at(self, prefix: str) -> float | None:
+        return next((t for t, msg in self.lines if msg.startswith(prefix)), None)
+
+    def last(self, prefix: str) -> str:
+        return next((msg for _, msg in reversed(self.lines) if msg.startswith(prefix)), "")
+
+    def count(self, prefix: str) -> int:
+        return sum(msg.startswith(prefix) for _, msg in self.lines)
+
+    def number(self, prefix: str) -> int:
+        """The integer after ':' on the last line naming `prefix` (a count getscu reports)."""
+        line = next((msg for _, msg in reversed(self.lines) if msg.strip().startswith(prefix)), "")
+        return int(line.rsplit(":", 1)[1]) if ":" in line else 0
+
+    def span(self) -> float:
+        """From requesting the association to releasing it; 0 if it never got that far."""
+        start, end = self.at("Requesting Association"), self.at("Releasing Association")
+        return end - start if start is not None and end is not None else 0.0
+
+
+def _dcmtk_client(tool: str, target: Target, ref: SeriesRef, extra: list[str]) -> ClientLog:
+    """Run getscu or movescu for one series, Study Root at SERIES level, with a timed log."""
+    if not Path(tool).is_file():
+        raise FileNotFoundError(f"{tool} is missing: --dcmtk needs DCMTK (apt install dcmtk)")
+    with tempfile.TemporaryDirectory(prefix="pacs-bench-client-") as tmp:
+        config = Path(tmp) / "log.cfg"
+        config.write_text(DCMTK_LOG_CONFIG)
+        keys = ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={ref.study_uid}",
+                f"SeriesInstanceUID={ref.series_uid}"]  # fmt: skip
+        argv = [tool, "-lc", str(config), "-aet", target.calling, "-aec", target.ae_title, "-S",
+                *extra, *(a for key in keys for a in ("-k", key)), target.host, str(target.port)]
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp,
+                              env=dict(os.environ, TCP_NODELAY="1"),
+                              timeout=DCMTK_CLIENT_TIMEOUT_S)  # fmt: skip
+    lines = [(log_time(m), m[5]) for m in map(DCMTK_LOG_LINE.match, proc.stdout.splitlines()) if m]
+    failure = ""
+    if proc.returncode:
+        tail = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()][-2:]
+        failure = f"exited with {proc.returncode}: {' | '.join(tail)}"
+    return ClientLog(lines, failure)
 
 
 # -- WADO-RS ----------------------------------------------------------------------------------

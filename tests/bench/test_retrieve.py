@@ -1,4 +1,5 @@
-"""`pacs bench retrieve`: C-GET, C-MOVE (to the tool's own receiver) and WADO-RS of whole series."""
+"""`pacs bench retrieve`: C-GET, C-MOVE (to the tool's own receiver) and WADO-RS of whole series,
+with its own clients and with DCMTK's getscu and movescu (--dcmtk)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ def test_retrieve_from_pacs(loaded_pacs: Peer, corpus: Corpus, tmp_path: Path) -
         MOVE_DEST,
         "--move-port",
         str(loaded_pacs.move_port),
+        "--dcmtk",
     )
     assert code == 0, result["details"]["failures"]
-    for prefix in ("get", "move", "wado"):
+    for prefix in ("get", "move", "wado", "getscu", "movescu"):
         _check_sane(result, prefix, corpus)
     # C-GET counts data sets (the files less their meta headers), WADO-RS whole bodies (the
     # files plus part headers), C-MOVE the manifest's sizes
@@ -58,9 +60,10 @@ def test_retrieve_from_dcmqrscp(loaded_dcmqrscp: Peer, corpus: Corpus, tmp_path:
         MOVE_DEST,
         "--move-port",
         str(loaded_dcmqrscp.move_port),
+        "--dcmtk",
     )
     assert code == 0, result["details"]["failures"]
-    for prefix in ("get", "move"):
+    for prefix in ("get", "move", "getscu", "movescu"):
         _check_sane(result, prefix, corpus)
 
 
@@ -71,3 +74,16 @@ def test_retrieve_series_discovered_without_a_manifest(
     assert code == 0, result["details"]["failures"]
     assert result["details"]["series"] == 2
     assert result["metrics"]["get.instances"]["value"] > 0
+
+
+def test_a_getscu_run_that_fails_is_a_failure_not_a_figure(
+    loaded_pacs: Peer, corpus: Corpus, tmp_path: Path
+) -> None:
+    """getscu against an AE title the server refuses: it exits non-zero, and the tool says so."""
+    target = "NOTPACS@" + loaded_pacs.target.split("@", 1)[1]
+    code, result = run_bench(tmp_path, "retrieve", "--target", target, "--corpus",
+                             str(corpus.root), "--only", "getscu")  # fmt: skip
+    assert code != 0
+    failures = result["details"]["failures"]
+    assert failures and all(f.startswith("getscu ") and "exited with" in f for f in failures)
+    assert result["metrics"]["getscu.instances"]["value"] == 0
