@@ -75,6 +75,7 @@ from engine.net.contexts import STORAGE_SOP_CLASSES, is_unknown_sop_class, unkno
 from engine.net.find import find_responses
 from engine.net.identifier import Encoding
 from engine.net.identity import REJECT_USER, UserCheck, UserRefused
+from engine.net.request_cache import Answer, RequestCache
 from engine.net.retrieve import Match, identify, proposed_contexts
 from engine.net.scp import (
     FIND_MODELS,
@@ -240,6 +241,7 @@ class FastPath:
         # PS3.15 B.1: a C-MOVE destination that requires TLS gets it, with our certificate
         self.client_tls = (client_context(settings.tls)
                            if settings.tls and any(r.tls for r in remotes) else None)  # fmt: skip
+        self.requests = RequestCache()  # peers send the same A-ASSOCIATE-RQ each time
         self._lock = threading.Lock()
         self._active: set[FastAssociation] = set()
         self.served = 0  # associations the fast path took
@@ -269,13 +271,11 @@ class FastPath:
         rq
             The whole A-ASSOCIATE-RQ PDU (PS3.8 9.3.2).
         """
-        pdu = AssociateRqPDU()
         try:
-            pdu.decode(rq)
-            primitive = pdu.to_primitive()
+            primitive = self.requests.decoded(rq, _decode_rq)
         except Exception:  # noqa: BLE001 -- undecodable: pynetdicom answers it as it always has
             return None
-        if pdu.protocol_version != 1:
+        if primitive is None:
             return None
         if primitive.application_context_name != APPLICATION_CONTEXT_NAME:
             return None
@@ -291,27 +291,27 @@ class FastPath:
         return primitive
 
     def serve(
-        self, sock: socket.socket, address: Any, rq_bytes: int, primitive: A_ASSOCIATE
+        self, sock: socket.socket, address: Any, rq: bytes, primitive: A_ASSOCIATE
     ) -> None:
         """Serve one association on `sock` until it is released, aborted or times out.
 
         Parameters
         ----------
         sock
-            The accepted socket; its A-ASSOCIATE-RQ (`rq_bytes` long) is still unread.
+            The accepted socket; its A-ASSOCIATE-RQ is still unread.
         address
             The peer's (host, port).
-        rq_bytes
-            Length of the peeked A-ASSOCIATE-RQ, consumed here.
+        rq
+            The peeked A-ASSOCIATE-RQ PDU, consumed here.
         primitive
             The decoded request (:meth:`classify`).
         """
-        assoc = FastAssociation(self, sock, address, primitive)
+        assoc = FastAssociation(self, sock, address, primitive, rq)
         with self._lock:
             self._active.add(assoc)
             self.served += 1
         try:
-            assoc.run(rq_bytes)
+            assoc.run()
         finally:
             with self._lock:
                 self._active.discard(assoc)
@@ -331,11 +331,11 @@ class FastAssociation:
     """
 
     def __init__(self, owner: FastPath, sock: socket.socket, address: Any,
-                 rq: A_ASSOCIATE) -> None:  # fmt: skip
+                 rq: A_ASSOCIATE, rq_pdu: bytes) -> None:  # fmt: skip
         self.owner = owner
         self.sock = sock
         self.address = str(address[0]) if isinstance(address, tuple) else str(address)
-        self.rq = rq
+        self.rq, self.rq_pdu = rq, rq_pdu
         self.calling = str(rq.calling_ae_title).strip()
         self.peer_max_pdu = int(rq.maximum_length_received or 0)
         self.accepted: dict[int, str] = {}  # context ID -> accepted transfer syntax
@@ -372,7 +372,7 @@ class FastAssociation:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def run(self, rq_bytes: int) -> None:
+    def run(self) -> None:
         """Negotiate, then serve DIMSE messages; always closes the socket."""
         sock = self.sock
         try:
@@ -380,7 +380,7 @@ class FastAssociation:
             # reads wake at least every pdu_timeout_s: PDUReader keeps both deadlines
             _set_timeouts(sock, min(settings.pdu_timeout_s, settings.network_timeout_s),
                           settings.network_timeout_s)  # fmt: skip
-            _consume(sock, rq_bytes)
+            _consume(sock, len(self.rq_pdu))
             if self._negotiate():
                 self._loop()
         except PeerClosed:
@@ -462,17 +462,12 @@ class FastAssociation:
             refused(self.calling, str(self.address), "association limit reached")
             self._reject(REJECT_LIMIT)
             return False
-        roles = {UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
-                 for item in self.rq.user_information
-                 if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}  # fmt: skip
-        proposed = self.rq.presentation_context_definition_list
-        supported = owner.contexts
-        if owner.settings.accept_unknown_sop_classes:
-            uids = (str(cx.abstract_syntax) for cx in proposed)
-            unknown = [u for u in uids if u not in owner.syntaxes]
-            supported = supported + unknown_storage_contexts(unknown)
-        results, role_replies = negotiate_as_acceptor(proposed, supported, roles)
-        accepted = [cx for cx in results if cx.result == 0x00]
+        answer = owner.requests.answer(self.rq_pdu) if user.response is None else None
+        if answer is None:
+            answer = self._answer(user.response)
+            if user.response is None:  # no identity response: the same bytes answer the same
+                owner.requests.keep_answer(self.rq_pdu, answer)
+        accepted = [cx for cx in answer.results if cx.result == 0x00]
         self.accepted = {int(cx.context_id): str(cx.transfer_syntax[0])  # type: ignore[arg-type]
                          for cx in accepted}  # fmt: skip
         self.abstract = {int(cx.context_id): str(cx.abstract_syntax) for cx in accepted}  # type: ignore[arg-type]
@@ -483,6 +478,25 @@ class FastAssociation:
         self.move_levels = {cid: MOVE_MODELS[uid] for cid, uid in self.abstract.items()
                             if uid in MOVE_MODELS}  # fmt: skip
         self.sends = {int(cx.context_id) for cx in accepted if cx.as_scu}  # type: ignore[arg-type]
+        self.sock.sendall(answer.ac)
+        log.debug("fast path: association from %s at %s, %d of %d contexts accepted",
+                 self.calling, self.address, len(self.accepted), len(answer.results))  # fmt: skip
+        return True
+
+    def _answer(self, identity_response: Any) -> Answer:
+        """Negotiate the presentation contexts and roles (pynetdicom's acceptor rules); the
+        results and the A-ASSOCIATE-AC, with `identity_response` if the user asked for one."""
+        owner = self.owner
+        roles = {UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
+                 for item in self.rq.user_information
+                 if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}  # fmt: skip
+        proposed = self.rq.presentation_context_definition_list
+        supported = owner.contexts
+        if owner.settings.accept_unknown_sop_classes:
+            uids = (str(cx.abstract_syntax) for cx in proposed)
+            unknown = [u for u in uids if u not in owner.syntaxes]
+            supported = supported + unknown_storage_contexts(unknown)
+        results, role_replies = negotiate_as_acceptor(proposed, supported, roles)
         ac = A_ASSOCIATE()
         ac.application_context_name = APPLICATION_CONTEXT_NAME
         ac.calling_ae_title = self.rq.calling_ae_title
@@ -491,14 +505,11 @@ class FastAssociation:
         ac.result_source = 0x01
         ac.presentation_context_definition_results_list = results
         ac.user_information = [*D.identity_items(MAX_PDU_BYTES), *role_replies]
-        if user.response is not None:
-            ac.user_information.append(user.response)
+        if identity_response is not None:
+            ac.user_information.append(identity_response)
         pdu = AssociateAcPDU()
         pdu.from_primitive(ac)
-        self.sock.sendall(pdu.encode())
-        log.debug("fast path: association from %s at %s, %d of %d contexts accepted",
-                 self.calling, self.address, len(self.accepted), len(results))  # fmt: skip
-        return True
+        return Answer(results, pdu.encode())
 
     # -- the DIMSE loop (PS3.8 9.3.5, PS3.7 6.3.1) ------------------------------------------
 
@@ -863,6 +874,13 @@ def _status_of(status: int | Dataset) -> tuple[int, str]:
     if isinstance(status, Dataset):
         return int(status.Status), str(status.get("ErrorComment", ""))
     return status, ""
+
+
+def _decode_rq(rq: bytes) -> A_ASSOCIATE | None:
+    """pynetdicom's decoding of an A-ASSOCIATE-RQ PDU; None for a protocol version not 1."""
+    pdu = AssociateRqPDU()
+    pdu.decode(rq)
+    return pdu.to_primitive() if pdu.protocol_version == 1 else None
 
 
 def _readable(sock: socket.socket) -> bool:

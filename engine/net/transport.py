@@ -423,7 +423,7 @@ class _RequestHandler(RequestHandler):
             fast.handed_over += 1
             super().handle()  # the A-ASSOCIATE-RQ is still unread: pynetdicom sees it whole
             return
-        fast.serve(sock, self.client_address, len(rq), primitive)
+        fast.serve(sock, self.client_address, rq, primitive)
 
     def _create_association(self) -> Association:
         assoc: Association = super()._create_association()
