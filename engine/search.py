@@ -102,13 +102,13 @@ def _record(
     cat: Catalog, txn: Any, level: str, key: str, cache: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Merged attributes of one record and its parents, computed keys included."""
-    if level == "IMAGE":
-        found = cat.lookup(txn, key)
-        if found is None:
+    if level == "IMAGE":  # the hot case: one per instance of a series
+        doc = cat.instance_doc(txn, key)
+        if doc is None:
             return None
-        doc = found[1]
-        attrs = dict(doc["a"])
-        parent = _cached(cat, txn, "SERIES", doc["series"], cache)
+        attrs = {**_cached(cat, txn, "SERIES", doc["series"], cache), **doc["a"]}
+        attrs["SOPInstanceUID"] = attrs.get("SOPInstanceUID", key)
+        return attrs
     else:
         raw = cat.doc(txn, _DB[level], key)
         if raw is None:

@@ -179,6 +179,11 @@ class Catalog:
         raw = txn.get(sop_uid.encode(), db=self.db["instances"])
         return K.unpack_instance(raw) if raw else None
 
+    def instance_doc(self, txn: Any, sop_uid: str) -> dict[str, Any] | None:
+        """An instance's index document without its location (what a query reads)."""
+        raw = txn.get(sop_uid.encode(), db=self.db["instances"])
+        return K.instance_doc(raw) if raw else None
+
     def location(self, txn: Any, sop_uid: str) -> K.Location | None:
         raw = txn.get(sop_uid.encode(), db=self.db["instances"])
         return K.unpack_location(raw) if raw else None

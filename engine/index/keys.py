@@ -90,8 +90,13 @@ def unpack_location(data: bytes) -> Location:
 
 
 def unpack_instance(data: bytes) -> tuple[Location, dict[str, Any]]:
-    doc: dict[str, Any] = orjson.loads(data[LOCATION.size :])
-    return unpack_location(data), doc
+    return unpack_location(data), instance_doc(data)
+
+
+def instance_doc(data: bytes) -> dict[str, Any]:
+    """The document of an instance entry alone (queries need no location)."""
+    doc: dict[str, Any] = orjson.loads(memoryview(data)[LOCATION.size :])
+    return doc
 
 
 def child_key(parent: str, child: str) -> bytes:
