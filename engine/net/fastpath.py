@@ -76,7 +76,7 @@ from engine.net.find import find_responses
 from engine.net.identifier import Encoding
 from engine.net.identity import REJECT_USER, UserCheck, UserRefused
 from engine.net.request_cache import Answer, RequestCache
-from engine.net.retrieve import Match, identify, proposed_contexts
+from engine.net.retrieve import Match, Matches, identify, proposed_contexts
 from engine.net.scp import (
     FIND_MODELS,
     GET_MODELS,
@@ -86,6 +86,7 @@ from engine.net.scp import (
 from engine.net.send import (
     Destination,
     DestinationLink,
+    Fitting,
     Tally,
     by_class,
     failed_list,
@@ -96,6 +97,7 @@ from engine.net.settings import ServerSettings
 from engine.net.status import (
     CANCEL,
     MOVE_DESTINATION_UNKNOWN,
+    OUT_OF_RESOURCES_MATCHES,
     OUT_OF_RESOURCES_SUBOPS,
     PENDING,
     REFUSED_NOT_AUTHORISED,
@@ -667,20 +669,20 @@ class FastAssociation:
             lambda: decode(BytesIO(identifier), ts.is_implicit_VR, ts.is_little_endian,
                            ts.is_deflated),
             self.calling, self.address, self.access, levels, owner.archive, what,
-            lazy=is_get, **detail,
+            lazy=True, **detail,
         )  # fmt: skip
         if isinstance(found, Dataset):
             respond.final(*_status_of(found))
             return
+        assert isinstance(found, Matches)  # lazy: the first match before the rest
         self.busy = f"a {what}"
         try:
             if is_get:
                 status, tally = send_all(owner.archive, found, _RequestorLink(self, command),
                                          respond.pending)  # fmt: skip
-            elif not found:  # PS3.4 C.4.2.3.1: nothing to move, no association to open
+            elif found.first() is None:  # PS3.4 C.4.2.3.1: nothing to move, nothing to open
                 status, tally = SUCCESS, Tally(0)
             else:
-                assert isinstance(found, list)  # a C-MOVE's answer is resolved, not lazy
                 status, tally = self._move(command, found, respond)
         finally:
             self.busy = "a C-FIND"
@@ -691,21 +693,49 @@ class FastAssociation:
                  tally.converted, ", cancelled" if status == CANCEL else "")  # fmt: skip
         respond.final(status, tally=tally)
 
-    def _move(self, command: Command, found: list[Match], respond: _Responder) -> tuple[int, Tally]:
+    def _move(self, command: Command, found: Matches, respond: _Responder) -> tuple[int, Tally]:
+        """Send the matches to the Move Destination.
+
+        With one association (``max_associations``, the default) it is opened
+        for the first match's SOP Class and syntax as soon as that is found,
+        and the matches stored alike go over it while the rest is resolved;
+        the others, if any, go over a second association proposed for them.
+        With several, the whole answer is resolved first and they share it.
+        """
+        remote = self.owner.settings.remotes[command.move_destination]
+        if remote.max_associations > 1:
+            every = list(found)
+            return self._move_over(command, every, every, respond, respond.pending)
+        first = found.first()
+        assert first is not None  # _retrieve answered an empty match at once
+        fitting = Fitting(found, first)
+        status, tally = self._move_over(command, fitting, [first], respond, respond.pending)
+        if status in (CANCEL, OUT_OF_RESOURCES_MATCHES) or not (misfits := fitting.misfits()):
+            return status, tally
+        sent = tally  # PS3.4 C.4.2.1.5: the counts are the whole retrieve's, both rounds
+        status, rest = self._move_over(command, misfits, misfits, respond,
+                                       lambda code, later: respond.pending(code, sent.plus(later)))
+        tally = sent.plus(rest)
+        return (CANCEL if status == CANCEL else tally.final_status(False)), tally
+
+    def _move_over(self, command: Command, matches: list[Match] | Fitting,
+                   contexts_for: list[Match], respond: _Responder,
+                   pending: Callable[[int, Tally], None]) -> tuple[int, Tally]:  # fmt: skip
         """Open associations to the Move Destination (``max_associations`` of its
-        [remotes] table, at most one per match) and send the matches over them."""
+        [remotes] table, at most one per match), proposing contexts for the instances of
+        `contexts_for`, and send `matches` over them."""
         settings, name = self.owner.settings, command.move_destination
         remote = settings.remotes[name]
         assert remote.host is not None and remote.port is not None  # may_move_to checked
         contexts = [(str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax])
-                    for cx in proposed_contexts(found)]  # fmt: skip
+                    for cx in proposed_contexts(contexts_for)]  # fmt: skip
         target = Destination(remote.host, remote.port, settings.ae_title, name)
         tls = self.owner.client_tls if remote.tls else None
         cancelled = lambda: self._cancel_requested(command.message_id)  # noqa: E731
         originator = (self.calling, command.message_id)
         with contextlib.ExitStack() as stack:  # released at the end; aborted if sending raised
             links: list[DestinationLink] = []
-            for _ in range(min(remote.max_associations, len(found))):
+            for _ in range(min(remote.max_associations, len(contexts_for))):
                 try:
                     assoc = D.Association.open(target, contexts, tls=tls,
                                                timeout_s=settings.network_timeout_s)  # fmt: skip
@@ -717,16 +747,17 @@ class FastAssociation:
                                 self.calling, name, remote.host, remote.port, exc)  # fmt: skip
                     if links:
                         break
-                    tally = Tally(len(found))
-                    for m in found:
+                    tally = Tally(len(matches))
+                    for m in matches:
                         tally.record(m, OUT_OF_RESOURCES_SUBOPS)
                     respond.comment = error_comment(f"cannot associate with {name}: {exc}")
                     return OUT_OF_RESOURCES_SUBOPS, tally
                 links.append(DestinationLink(stack.enter_context(assoc), cancelled))
             if len(links) == 1:
-                return send_all(self.owner.archive, found, links[0], respond.pending,
+                return send_all(self.owner.archive, matches, links[0], pending,
                                 originator=originator)  # fmt: skip
-            return send_spread(self.owner.archive, found, links, respond.pending, cancelled,
+            assert isinstance(matches, list)  # several associations: resolved first
+            return send_spread(self.owner.archive, matches, links, pending, cancelled,
                                originator=originator)  # fmt: skip
         raise AssertionError("unreachable")  # for mypy: the with block always returns
 

@@ -125,6 +125,18 @@ class Matches:
         self._archive, self._query = archive, _image_query(ident)  # validated now
         self._on_resolved = on_resolved
         self._all: list[Match] | None = None
+        self._first: list[Match | None] = []  # [the first match] once looked for
+
+    def first(self) -> Match | None:
+        """The first match, from a one-row query; None (and resolved: none) if nothing."""
+        if not self._first:
+            if self._all is not None:
+                self._first.append(self._all[0] if self._all else None)
+            else:
+                self._first.append(next(_found(self._archive, self._query, limit=1), None))
+        if self._first[0] is None:
+            self._resolved()
+        return self._first[0]
 
     def _resolved(self) -> list[Match]:
         if self._all is None:
@@ -139,9 +151,8 @@ class Matches:
         if self._all is not None:
             yield from self._all
             return
-        first = next(_found(self._archive, self._query, limit=1), None)
+        first = self.first()
         if first is None:
-            self._resolved()
             return
         yield first
         for m in self._resolved():  # stored meanwhile, it may come first now: not twice

@@ -30,7 +30,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -128,6 +128,13 @@ class Tally:
             self.failed += 1
             self.failed_uids.append(m.sop_instance)
 
+    def plus(self, later: Tally) -> Tally:
+        """This retrieve's counts with those of a `later` round of it (its remaining count)."""
+        return Tally(later.remaining, self.completed + later.completed,
+                     self.failed + later.failed, self.warning + later.warning,
+                     self.converted + later.converted, self.failed_uids + later.failed_uids,
+                     later.error or self.error)  # fmt: skip
+
     def final_status(self, cancelled: bool) -> int:
         """PS3.4 C.4.2.1.5, C.4.3.1.5: Cancel, Success, all failed, or some failed or warned."""
         if cancelled:
@@ -144,7 +151,7 @@ Respond = Callable[[int, Tally], None]  # sends a pending response with the coun
 
 def send_all(
     archive: Archive,
-    matches: list[Match] | Matches,
+    matches: list[Match] | Matches | Fitting,
     link: Link,
     pending: Respond,
     originator: tuple[str, int] | None = None,
@@ -222,6 +229,28 @@ class _Ahead:
             return
         if m is not None:
             self.next = (m, _prepare(self._archive, m, self._link))
+
+
+class Fitting:
+    """The matches of a lazy answer stored as its first one is (SOP Class and transfer
+    syntax): a C-MOVE sends them over an association proposed for that pair alone, opened
+    before the rest is resolved, and the others (:meth:`misfits`) over a second one.
+
+    ``len()`` is every match's count, so that the remaining count of pending
+    responses includes the misfits still to go.
+    """
+
+    def __init__(self, matches: Matches, first: Match) -> None:
+        self._matches, self._pair = matches, (first.sop_class, first.transfer_syntax)
+
+    def __len__(self) -> int:
+        return len(self._matches)
+
+    def __iter__(self) -> Iterator[Match]:
+        return (m for m in self._matches if (m.sop_class, m.transfer_syntax) == self._pair)
+
+    def misfits(self) -> list[Match]:
+        return [m for m in self._matches if (m.sop_class, m.transfer_syntax) != self._pair]
 
 
 def _unresolved(tally: Tally, exc: Exception) -> tuple[int, Tally]:
