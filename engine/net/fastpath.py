@@ -92,6 +92,7 @@ from engine.net.send import (
     failed_list,
     send_all,
     send_spread,
+    unresolved,
 )
 from engine.net.settings import ServerSettings
 from engine.net.status import (
@@ -680,8 +681,6 @@ class FastAssociation:
             if is_get:
                 status, tally = send_all(owner.archive, found, _RequestorLink(self, command),
                                          respond.pending)  # fmt: skip
-            elif found.first() is None:  # PS3.4 C.4.2.3.1: nothing to move, nothing to open
-                status, tally = SUCCESS, Tally(0)
             else:
                 status, tally = self._move(command, found, respond)
         finally:
@@ -703,11 +702,15 @@ class FastAssociation:
         With several, the whole answer is resolved first and they share it.
         """
         remote = self.owner.settings.remotes[command.move_destination]
-        if remote.max_associations > 1:
-            every = list(found)
+        try:
+            first = found.first()
+            every = list(found) if remote.max_associations > 1 else []
+        except Exception as exc:  # noqa: BLE001 -- the index failed: A701 with the reason
+            return unresolved(Tally(0), exc)
+        if first is None:  # PS3.4 C.4.2.3.1: nothing to move, no association to open
+            return SUCCESS, Tally(0)
+        if every:
             return self._move_over(command, every, every, respond, respond.pending)
-        first = found.first()
-        assert first is not None  # _retrieve answered an empty match at once
         fitting = Fitting(found, first)
         status, tally = self._move_over(command, fitting, [first], respond, respond.pending)
         if status in (CANCEL, OUT_OF_RESOURCES_MATCHES) or not (misfits := fitting.misfits()):
@@ -747,11 +750,8 @@ class FastAssociation:
                                 self.calling, name, remote.host, remote.port, exc)  # fmt: skip
                     if links:
                         break
-                    tally = Tally(len(matches))
-                    for m in matches:
-                        tally.record(m, OUT_OF_RESOURCES_SUBOPS)
                     respond.comment = error_comment(f"cannot associate with {name}: {exc}")
-                    return OUT_OF_RESOURCES_SUBOPS, tally
+                    return self._none_sent(matches)
                 links.append(DestinationLink(stack.enter_context(assoc), cancelled))
             if len(links) == 1:
                 return send_all(self.owner.archive, matches, links[0], pending,
@@ -760,6 +760,17 @@ class FastAssociation:
             return send_spread(self.owner.archive, matches, links, pending, cancelled,
                                originator=originator)  # fmt: skip
         raise AssertionError("unreachable")  # for mypy: the with block always returns
+
+    @staticmethod
+    def _none_sent(matches: list[Match] | Fitting) -> tuple[int, Tally]:
+        """Every match failed: no association to the destination (PS3.4 C.4.2.1.5, A702)."""
+        try:
+            tally = Tally(len(matches))
+            for m in matches:
+                tally.record(m, OUT_OF_RESOURCES_SUBOPS)
+        except Exception as exc:  # noqa: BLE001 -- resolving the rest failed
+            return unresolved(Tally(0), exc)
+        return OUT_OF_RESOURCES_SUBOPS, tally
 
     def next_message_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1

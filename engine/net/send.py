@@ -195,7 +195,7 @@ def send_all(
         if ahead.error is not None:  # resolving the rest failed: the first one counts
             tally.remaining = 1
             tally.record(m, status)
-            return _unresolved(tally, ahead.error)
+            return unresolved(tally, ahead.error)
         if i == 0:  # a lazy answer was resolved while its first instance was on its way
             tally.remaining = len(matches)
         tally.record(m, status)
@@ -204,7 +204,7 @@ def send_all(
             pending(PENDING, tally)
             last_pending = now
     if ahead.error is not None:  # not even the first match could be found
-        return _unresolved(tally, ahead.error)
+        return unresolved(tally, ahead.error)
     return tally.final_status(False), tally
 
 
@@ -253,7 +253,7 @@ class Fitting:
         return [m for m in self._matches if (m.sop_class, m.transfer_syntax) != self._pair]
 
 
-def _unresolved(tally: Tally, exc: Exception) -> tuple[int, Tally]:
+def unresolved(tally: Tally, exc: Exception) -> tuple[int, Tally]:
     """The final status of a retrieve whose matches could not all be found (PS3.4 C.4.2.1.5)."""
     log.warning("retrieve: the matches after the first could not be found: %s", exc)
     tally.remaining, tally.error = 0, error_comment(f"finding the matches failed: {exc}")
