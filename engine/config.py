@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -88,3 +89,12 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
             values[key] = value
         extra = {k: v for k, v in doc.items() if k != "archive"}
     return Config(**values, extra=extra).updated(**overrides)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine only: the DIMSE server and the
+    ``[auth]`` table both allow more to a loopback-only listener."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -15,6 +15,8 @@ import hashlib
 import hmac
 import json
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, import_key
 
-from engine.net.settings import is_loopback
+from engine.config import is_loopback
 
 AUTH_KEYS = ("anonymous", "jwt_key", "jwks", "jwt_algorithms", "issuer", "audience",
              "roles_claim", "users")  # fmt: skip
@@ -33,6 +35,7 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1  # 16 MiB, ~50 ms: costly to guess offline
 SCRYPT_MAXMEM = 64 << 20
 DEFAULT_ALGORITHMS = ("RS256", "ES256")
+VERIFIED_LOGINS = 256  # logins remembered once verified (VerifiedLogins)
 
 
 # -- passwords --------------------------------------------------------------------
@@ -196,6 +199,27 @@ def check_token(settings: AuthSettings, token: str) -> Identity:
         raise BadCredentials(f"invalid bearer token: {type(exc).__name__}") from exc
     c = decoded.claims
     return Identity(str(c.get("sub", "token")), _roles_of(c.get(settings.roles_claim)))
+
+
+class VerifiedLogins:
+    """Logins verified lately, by a digest of what was presented (name and password): scrypt
+    is slow on purpose, and a client sends the same login with every request or association.
+    Shared by the threads of one server."""
+
+    def __init__(self, size: int = VERIFIED_LOGINS) -> None:
+        self._size = size
+        self._known: OrderedDict[bytes, Identity] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, presented: bytes) -> Identity | None:
+        with self._lock:
+            return self._known.get(hashlib.sha256(presented).digest())
+
+    def add(self, presented: bytes, identity: Identity) -> None:
+        with self._lock:
+            self._known[hashlib.sha256(presented).digest()] = identity
+            if len(self._known) > self._size:
+                self._known.popitem(last=False)
 
 
 def check_password(settings: AuthSettings, name: str, password: str | None) -> Identity:

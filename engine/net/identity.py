@@ -18,22 +18,25 @@ zero-length server response: we issue no ticket or token of our own.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 
-from engine.credentials import AuthSettings, BadCredentials, Identity, check_password, check_token
+from engine.credentials import (
+    AuthSettings,
+    BadCredentials,
+    Identity,
+    VerifiedLogins,
+    check_password,
+    check_token,
+)
 
 log = logging.getLogger("engine.net")
 
 USERNAME, USERNAME_AND_PASSCODE, KERBEROS, SAML, JWT = 1, 2, 3, 4, 5
 REJECT_USER = (0x01, 0x02, 0x01)  # permanent, service-provider (ACSE), no reason given
-VERIFIED_CACHE_SIZE = 256  # scrypt costs ~50 ms: a modality opens many associations
 _NAMES = {USERNAME: "a user name alone", KERBEROS: "a Kerberos ticket", SAML: "a SAML assertion"}
 
 
@@ -67,8 +70,7 @@ class UserCheck:
     def __init__(self, auth: AuthSettings, required: bool) -> None:
         self.auth = auth
         self.required = required
-        self._verified: OrderedDict[bytes, Identity] = OrderedDict()
-        self._lock = threading.Lock()  # associations are negotiated in their own threads
+        self._verified = VerifiedLogins()  # a modality opens many associations
 
     def check(self, items: list[Any]) -> User:
         """The user of an A-ASSOCIATE-RQ whose user information is `items`.
@@ -104,9 +106,8 @@ class UserCheck:
         return User(identity, response)
 
     def _password(self, name: bytes, passcode: bytes) -> Identity:
-        key = hashlib.sha256(name + b"\0" + passcode).digest()
-        with self._lock:
-            known = self._verified.get(key)
+        presented = name + b"\0" + passcode
+        known = self._verified.get(presented)
         if known is not None:
             return known
         try:
@@ -114,10 +115,7 @@ class UserCheck:
                                       passcode.decode("utf-8", "replace"))  # fmt: skip
         except BadCredentials as exc:
             raise UserRefused(f"user {name.decode('utf-8', 'replace')!r}: {exc}") from exc
-        with self._lock:
-            self._verified[key] = identity
-            if len(self._verified) > VERIFIED_CACHE_SIZE:
-                self._verified.popitem(last=False)
+        self._verified.add(presented, identity)
         return identity
 
     def _token(self, token: bytes) -> Identity:

@@ -125,18 +125,20 @@ class Matches:
         self._archive, self._query = archive, _image_query(ident)  # validated now
         self._on_resolved = on_resolved
         self._all: list[Match] | None = None
-        self._first: list[Match | None] = []  # [the first match] once looked for
+        self._first: Match | None = None
+        self._looked = False  # for the first match
 
     def first(self) -> Match | None:
         """The first match, from a one-row query; None (and resolved: none) if nothing."""
-        if not self._first:
+        if not self._looked:
             if self._all is not None:
-                self._first.append(self._all[0] if self._all else None)
+                self._first = self._all[0] if self._all else None
             else:
-                self._first.append(next(_found(self._archive, self._query, limit=1), None))
-        if self._first[0] is None:
+                self._first = next(_found(self._archive, self._query, limit=1), None)
+            self._looked = True
+        if self._first is None:
             self._resolved()
-        return self._first[0]
+        return self._first
 
     def _resolved(self) -> list[Match]:
         if self._all is None:

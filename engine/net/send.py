@@ -255,7 +255,7 @@ class Fitting:
 
 def unresolved(tally: Tally, exc: Exception) -> tuple[int, Tally]:
     """The final status of a retrieve whose matches could not all be found (PS3.4 C.4.2.1.5)."""
-    log.warning("retrieve: the matches after the first could not be found: %s", exc)
+    log.warning("retrieve: the matches could not all be found: %s", exc)
     tally.remaining, tally.error = 0, error_comment(f"finding the matches failed: {exc}")
     return OUT_OF_RESOURCES_MATCHES, tally
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.audit import AuditSettings
-from engine.config import Config
-from engine.net.settings import ServerSettings, is_loopback
+from engine.config import Config, is_loopback
+from engine.net.settings import ServerSettings
 
 log = logging.getLogger("engine.net")
 

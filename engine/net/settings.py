@@ -204,14 +204,6 @@ class ServerSettings:
         return title == self.ae_title.strip() or title in (t.strip() for t in self.ae_titles)
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address) is this machine only."""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _resolve(host: str) -> frozenset[str]:
     """Every address `host` names (an address names itself)."""
     try:

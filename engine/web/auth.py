@@ -38,9 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import logging
-from collections import OrderedDict
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,6 +49,7 @@ from engine.credentials import (
     AuthSettings,
     BadCredentials,
     Identity,
+    VerifiedLogins,
     check_password,
     check_token,
 )
@@ -58,7 +57,6 @@ from engine.errors import AuditError
 from engine.web.errors import problem_body
 
 log = logging.getLogger("engine.web")
-VERIFIED_CACHE_SIZE = 256  # basic credentials verified lately (scrypt is slow on purpose)
 REALM = 'realm="pacs"'
 
 
@@ -78,7 +76,7 @@ class Authenticator:
 
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
-        self._verified: OrderedDict[bytes, Identity] = OrderedDict()
+        self._verified = VerifiedLogins()
 
     def challenges(self) -> list[str]:
         s = self.settings
@@ -105,8 +103,7 @@ class Authenticator:
             raise Refused(401, str(exc)) from exc
 
     async def _basic(self, credentials: str) -> Identity:
-        key = hashlib.sha256(credentials.encode()).digest()
-        known = self._verified.get(key)
+        known = self._verified.get(credentials.encode())
         if known is not None:
             return known
         try:
@@ -119,9 +116,7 @@ class Authenticator:
                                                password if sep else None)  # fmt: skip
         except BadCredentials as exc:
             raise Refused(401, str(exc)) from exc
-        self._verified[key] = identity
-        if len(self._verified) > VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
+        self._verified.add(credentials.encode(), identity)
         return identity
 
 

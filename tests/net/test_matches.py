@@ -25,13 +25,20 @@ def _ident(**keys: str) -> Identifier:
     return Identifier(ds, STUDY_ROOT_LEVELS)
 
 
-def test_matches_yield_the_first_before_resolving_and_then_each_once(tmp_path: Path) -> None:
+def _stored_series(tmp_path: Path, seed: int, slices: int) -> tuple[Archive, list[Dataset],
+                                                                   Identifier]:  # fmt: skip
+    """An archive holding one generated CT series, and a SERIES-level identifier for it."""
     archive = Archive(tmp_path / "a")
-    series = list(ct_series(5, 6, rows=16, columns=16))
+    series = list(ct_series(seed, slices, rows=16, columns=16))
     for ds in series:
         archive.store(encode(ds))
     ident = _ident(StudyInstanceUID=series[0].StudyInstanceUID,
                    SeriesInstanceUID=series[0].SeriesInstanceUID)  # fmt: skip
+    return archive, series, ident
+
+
+def test_matches_yield_the_first_before_resolving_and_then_each_once(tmp_path: Path) -> None:
+    archive, series, ident = _stored_series(tmp_path, 5, 6)
     resolved: list[int] = []
     matches = Matches(archive, ident, resolved.append)
     it = iter(matches)
@@ -91,12 +98,7 @@ class _Sink:
 def test_an_index_failure_after_the_first_match_is_a701_with_a_comment(tmp_path: Path) -> None:
     """The rest of a lazy C-GET answer cannot be found (here: the archive closed under it):
     the retrieve ends with A701 and the reason, the first instance counted as sent."""
-    archive = Archive(tmp_path / "a")
-    series = list(ct_series(6, 4, rows=16, columns=16))
-    for ds in series:
-        archive.store(encode(ds))
-    ident = _ident(StudyInstanceUID=series[0].StudyInstanceUID,
-                   SeriesInstanceUID=series[0].SeriesInstanceUID)  # fmt: skip
+    archive, _, ident = _stored_series(tmp_path, 6, 4)
     matches = Matches(archive, ident, lambda n: None)
     sink = _Sink(on_store=archive.close)
     status, tally = send_all(archive, matches, sink, lambda status, tally: None)
@@ -106,10 +108,7 @@ def test_an_index_failure_after_the_first_match_is_a701_with_a_comment(tmp_path:
 
 
 def test_each_instance_is_read_while_the_one_before_is_answered(tmp_path: Path) -> None:
-    archive = Archive(tmp_path / "a")
-    series = list(ct_series(7, 3, rows=16, columns=16))
-    for ds in series:
-        archive.store(encode(ds))
+    archive, _, ident = _stored_series(tmp_path, 7, 3)
     sink = _Sink()
     read, reads = archive.get_dataset_parts, []
 
@@ -119,8 +118,6 @@ def test_each_instance_is_read_while_the_one_before_is_answered(tmp_path: Path) 
         return read(uid)
 
     archive.get_dataset_parts = reading  # type: ignore[method-assign]
-    ident = _ident(StudyInstanceUID=series[0].StudyInstanceUID,
-                   SeriesInstanceUID=series[0].SeriesInstanceUID)  # fmt: skip
     status, tally = send_all(archive, Matches(archive, ident, lambda n: None), sink,
                              lambda status, tally: None)  # fmt: skip
     assert status == 0 and tally.completed == 3 and tally.remaining == 0

@@ -239,6 +239,14 @@ def test_tally_final_status_follows_ps3_4_c_4_3_1_5(statuses: list[int], final: 
                                  and s not in (0xB000, 0xB006, 0xB007)]  # fmt: skip
 
 
+def _multi_destination(on_store: Any) -> Any:
+    """[remotes.MULTI]: a pynetdicom storage SCP serving each association in its own thread."""
+    scp = AE(ae_title="MULTI")
+    scp.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    return scp.start_server(("127.0.0.1", MULTI_PORT), block=False,
+                            evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+
+
 def test_a_move_goes_over_max_associations_at_once(server: Server, stored: Stored) -> None:
     """[remotes.MULTI] max_associations = 3: the series arrives whole, over three
     associations (pynetdicom's SCP serves each in its own thread), with one final status."""
@@ -252,10 +260,7 @@ def test_a_move_goes_over_max_associations_at_once(server: Server, stored: Store
             received[uid] = (id(event.assoc), event.request.DataSet.getvalue())
         return 0
 
-    scp = AE(ae_title="MULTI")
-    scp.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-    listener = scp.start_server(("127.0.0.1", MULTI_PORT), block=False,
-                                evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    listener = _multi_destination(on_store)
     ae = AE(ae_title="PYNETDICOM")
     ae.add_requested_context(MOVE)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS")
@@ -290,10 +295,7 @@ def test_a_c_cancel_stops_a_move_over_several_associations(server: Server,
         time.sleep(0.05)  # a slow destination: the cancel arrives while sub-operations remain
         return 0
 
-    scp = AE(ae_title="MULTI")
-    scp.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-    listener = scp.start_server(("127.0.0.1", MULTI_PORT), block=False,
-                                evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    listener = _multi_destination(on_store)
     ae = AE(ae_title="PYNETDICOM")
     ae.add_requested_context(MOVE)
     ae.add_requested_context(Verification)
