@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import codec
 from engine.errors import ArchiveLockedError, CorruptRecordError, EngineError
+from engine.index import changes
 from engine.index import keys as K
 from engine.index.catalog import ApplyResult, Catalog
 from engine.index.env import IndexEnv
@@ -481,7 +482,7 @@ def _reindex_paused(archive: Archive, rep: ReindexReport, progress: Progress | N
         tmp = archive.path / "index.rebuild"
         shutil.rmtree(tmp, ignore_errors=True)
         env = IndexEnv(tmp, archive.config.index_map_bytes, sync=False)
-        catalog = Catalog(env)
+        catalog = Catalog(env, log_changes=False)
         tombs: dict[str, int] = {}
         for done, seg_id in enumerate(ids):
             if progress is not None:
@@ -498,6 +499,8 @@ def _reindex_paused(archive: Archive, rep: ReindexReport, progress: Progress | N
         if ids:
             env.call(_bump_next_id, catalog, max(ids) + 1)
         rep.instances = catalog.counters().get("instances", 0)
+        with archive.env.read() as old:  # stores are paused: the log is complete
+            env.write(lambda txn: changes.copy_log(old, archive.catalog.db, txn, env.db))
         env.sync()
         env.close()
         archive.env.replace_with(tmp)  # waits until no transaction of ours is open

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.attributes import level_of
+from engine.index import changes
 from engine.index import keys as K
 from engine.index.env import IndexEnv
 from engine.query.plan import index_keys
@@ -80,9 +81,11 @@ def _alive(pid: int) -> bool:
 class Catalog:
     """Reads and writes the hierarchy; all writes take an open write transaction."""
 
-    def __init__(self, env: IndexEnv) -> None:
+    def __init__(self, env: IndexEnv, *, log_changes: bool = True) -> None:
         self.env = env
         self.db = env.db
+        # off in a reindex, which keeps the log of the index it replaces
+        self.log_changes = log_changes
 
     # -- segments ---------------------------------------------------------------
 
@@ -206,6 +209,8 @@ class Catalog:
         levels = _split_levels(e.attrs)
         self._add_instance(txn, e, levels)
         result.stored += 1
+        if self.log_changes:
+            changes.append(txn, self.db, changes.STORED, e.sop_uid)
 
     def _add_instance(self, txn: Any, e: IndexEntry, levels: dict[str, dict[str, Value]]) -> None:
         db = self.db
@@ -297,6 +302,8 @@ class Catalog:
             return None
         self._remove_instance(txn, sop_uid, *old)
         result.deleted += 1
+        if self.log_changes:
+            changes.append(txn, self.db, changes.DELETED, sop_uid)
         return old[0]
 
     def _remove_instance(

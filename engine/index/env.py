@@ -50,6 +50,8 @@ DB_NAMES = (
     b"patient_studies",
     b"ix_study",
     b"tombstones",
+    b"changes",
+    b"forward",
 )
 
 

@@ -1,0 +1,240 @@
+"""The durable queue of one forward rule: a cursor over the change log, retries, dead letters.
+
+The queue holds no copy of what it sends: its cursor is the number of the
+last change (:mod:`engine.index.changes`) it has handled, so taking in a
+store costs nothing beyond the change entry the index writes anyway. What
+the destination refused waits as a retry entry (attempts, when next); what
+it refused ``max_attempts`` times, or what waited longer than ``max_age_s``,
+is a dead letter until ``pacs queue --retry`` or ``--purge``.
+
+Everything lives in the index's ``forward`` database, and a batch's
+outcome (cursor, retries, dead letters, counts) commits in one transaction
+after the destination answered: a crash before it sends the batch again
+(at-least-once delivery; a peer takes a SOP Instance UID twice as one).
+LMDB commits in order, so a durable cursor implies the changes it passed
+are durable too, even with the index's ``metasync`` off.
+
+Keys: ``c:NAME`` cursor, ``s:NAME`` counts, ``r:NAME NUL UID`` retries,
+``d:NAME NUL UID`` dead letters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from engine.index import changes
+from engine.index.env import IndexEnv
+
+RETRY_BASE_S = 2.0  # the wait before the first retry of a refused instance; doubles
+RETRY_MAX_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A retry or a dead letter."""
+
+    sop_uid: str
+    attempts: int
+    error: str
+    first_ns: int  # when the instance was first refused
+    next_ns: int = 0  # retries: not before
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    name: str
+    cursor: int
+    head: int  # the newest change of the archive
+    retries: int
+    dead: int
+    sent: int
+    refused: int
+    last_error: str
+    last_sent_ns: int
+
+    @property
+    def behind(self) -> int:
+        """Changes not looked at yet (stores this rule may or may not match)."""
+        return max(0, self.head - self.cursor)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one batch came to, committed at once by :meth:`ForwardQueue.commit`."""
+
+    cursor: int  # the last change the batch covered
+    sent: list[str]
+    refused: list[tuple[str, str]]  # (UID, why) the destination refused or we could not send
+    expired: list[tuple[str, str]]  # (UID, why) waited past max_age_s: dead letters now
+    gone: list[str] = field(default_factory=list)  # retries of instances deleted since
+
+
+def _key(kind: str, name: str, uid: str = "") -> bytes:
+    return f"{kind}:{name}".encode() + (b"\x00" + uid.encode() if uid else b"")
+
+
+class ForwardQueue:
+    """The queue of the rule `name` in the archive's index."""
+
+    def __init__(self, env: IndexEnv, name: str) -> None:
+        self.env, self.name, self.db = env, name, env.db
+
+    # -- reading -------------------------------------------------------------------
+
+    def cursor(self) -> int:
+        """The cursor; a queue seen for the first time starts at the log's head (and keeps it)."""
+        with self.env.read() as txn:
+            raw = txn.get(_key("c", self.name), db=self.db["forward"])
+            if raw is not None:
+                return int(raw)
+        return self.env.write(self._start)
+
+    def _start(self, txn: Any) -> int:
+        raw = txn.get(_key("c", self.name), db=self.db["forward"])
+        if raw is not None:  # another process started it meanwhile
+            return int(raw)
+        head = changes.head(txn, self.db)
+        txn.put(_key("c", self.name), b"%d" % head, db=self.db["forward"])
+        return head
+
+    def changes_after(self, cursor: int, limit: int) -> list[changes.Change]:
+        with self.env.read() as txn:
+            return changes.after(txn, self.db, cursor, limit)
+
+    def retries_due(self, now_ns: int, limit: int) -> list[Waiting]:
+        return [w for w in self._list("r", limit * 4) if w.next_ns <= now_ns][:limit]
+
+    def retries(self, limit: int = 1000) -> list[Waiting]:
+        return self._list("r", limit)
+
+    def dead_letters(self, limit: int = 1000) -> list[Waiting]:
+        return self._list("d", limit)
+
+    def _list(self, kind: str, limit: int) -> list[Waiting]:
+        prefix = _key(kind, self.name) + b"\x00"
+        out: list[Waiting] = []
+        with self.env.read() as txn:
+            cur = txn.cursor(db=self.db["forward"])
+            if not cur.set_range(prefix):
+                return out
+            for key, value in cur:
+                if not key.startswith(prefix) or len(out) >= limit:
+                    break
+                out.append(Waiting(key[len(prefix) :].decode(), **orjson.loads(value)))
+        return out
+
+    def state(self) -> QueueState:
+        self.cursor()  # a queue listed before it ran starts now, as it would
+        with self.env.read() as txn:
+            db = self.db["forward"]
+            cursor = int(txn.get(_key("c", self.name), db=db) or b"0")
+            counts = orjson.loads(txn.get(_key("s", self.name), db=db) or b"{}")
+            head = changes.head(txn, self.db)
+        return QueueState(self.name, cursor, head, self._count("r"), self._count("d"),
+                          counts.get("sent", 0), counts.get("refused", 0),
+                          counts.get("last_error", ""), counts.get("last_sent_ns", 0))  # fmt: skip
+
+    def _count(self, kind: str) -> int:
+        prefix = _key(kind, self.name) + b"\x00"
+        n = 0
+        with self.env.read() as txn:
+            cur = txn.cursor(db=self.db["forward"])
+            if cur.set_range(prefix):
+                for key in cur.iternext(values=False):
+                    if not key.startswith(prefix):
+                        break
+                    n += 1
+        return n
+
+    # -- writing -------------------------------------------------------------------
+
+    def commit(self, out: Outcome, max_attempts: int) -> list[str]:
+        """Record a batch's outcome in one transaction; the UIDs that became dead letters."""
+        now = time.time_ns()
+
+        def write(txn: Any) -> list[str]:
+            db, dead = self.db["forward"], []
+            for uid in [*out.sent, *out.gone]:
+                txn.delete(_key("r", self.name, uid), db=db)
+            for uid, why in out.refused:
+                raw = txn.get(_key("r", self.name, uid), db=db)
+                old = orjson.loads(raw) if raw else {"attempts": 0, "first_ns": now}
+                attempts = old["attempts"] + 1
+                if attempts >= max_attempts:
+                    dead.append(uid)
+                    self._bury(txn, uid, attempts, f"{why} ({attempts} attempts)", old["first_ns"])
+                    continue
+                wait_s = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempts - 1))
+                txn.put(_key("r", self.name, uid), orjson.dumps({
+                    "attempts": attempts, "error": why, "first_ns": old["first_ns"],
+                    "next_ns": now + int(wait_s * 1e9)}), db=db)  # fmt: skip
+            for uid, why in out.expired:
+                raw = txn.get(_key("r", self.name, uid), db=db)
+                old = orjson.loads(raw) if raw else {"attempts": 0, "first_ns": now}
+                dead.append(uid)
+                self._bury(txn, uid, old["attempts"], why, old["first_ns"])
+            cursor_key = _key("c", self.name)
+            if out.cursor > int(txn.get(cursor_key, db=db) or b"0"):
+                txn.put(cursor_key, b"%d" % out.cursor, db=db)
+            self._count_up(txn, out, now)
+            return dead
+
+        return self.env.write(write)
+
+    def _bury(self, txn: Any, uid: str, attempts: int, why: str, first_ns: int) -> None:
+        db = self.db["forward"]
+        txn.delete(_key("r", self.name, uid), db=db)
+        txn.put(_key("d", self.name, uid), orjson.dumps(
+            {"attempts": attempts, "error": why, "first_ns": first_ns}), db=db)  # fmt: skip
+
+    def _count_up(self, txn: Any, out: Outcome, now: int) -> None:
+        key, db = _key("s", self.name), self.db["forward"]
+        counts = orjson.loads(txn.get(key, db=db) or b"{}")
+        counts["sent"] = counts.get("sent", 0) + len(out.sent)
+        counts["refused"] = counts.get("refused", 0) + len(out.refused)
+        if out.sent:
+            counts["last_sent_ns"] = now
+        if out.refused or out.expired:
+            counts["last_error"] = (out.refused or out.expired)[-1][1]
+        txn.put(key, orjson.dumps(counts), db=db)
+
+    def note_error(self, why: str) -> None:
+        """Keep the reason the destination could not be reached (shown by ``pacs queue``)."""
+
+        def write(txn: Any) -> None:
+            key, db = _key("s", self.name), self.db["forward"]
+            counts = orjson.loads(txn.get(key, db=db) or b"{}")
+            counts["last_error"] = why
+            txn.put(key, orjson.dumps(counts), db=db)
+
+        self.env.write(write)
+
+    def retry_dead(self, uids: Iterable[str] | None = None) -> int:
+        """Dead letters (all, or `uids`) back to the queue, due now; how many."""
+        return self._move_dead(uids, keep=True)
+
+    def purge_dead(self, uids: Iterable[str] | None = None) -> int:
+        """Forget dead letters (all, or `uids`); how many."""
+        return self._move_dead(uids, keep=False)
+
+    def _move_dead(self, uids: Iterable[str] | None, *, keep: bool) -> int:
+        chosen = None if uids is None else set(uids)
+        letters = [w for w in self.dead_letters(limit=10**9)
+                   if chosen is None or w.sop_uid in chosen]  # fmt: skip
+
+        def write(txn: Any) -> int:
+            db = self.db["forward"]
+            for w in letters:
+                txn.delete(_key("d", self.name, w.sop_uid), db=db)
+                if keep:
+                    txn.put(_key("r", self.name, w.sop_uid), orjson.dumps(
+                        {"attempts": 0, "error": w.error, "first_ns": time.time_ns(),
+                         "next_ns": 0}), db=db)  # fmt: skip
+            return len(letters)
+
+        return self.env.write(write)
