@@ -1,4 +1,5 @@
-"""The ``pacs`` command: ingest, find, export, delete, verify, compact, reindex, stats.
+"""The ``pacs`` command: ingest, find, export, delete, verify, compact, reindex, stats
+(``queue`` and ``send``: :mod:`engine.forward.cli`; ``bench``: :mod:`engine.bench.cli`).
 
 Exit codes scripts can rely on:
 0 success; 1 the archive reported a problem (verify found corruption, an I/O
@@ -406,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_stats)
 
     from engine.bench.cli import add_parsers as add_bench_parsers  # a client: needs no Archive
+    from engine.forward.cli import add_parsers as add_forward_parsers
 
+    add_forward_parsers(sub)
     add_bench_parsers(sub)
     return p
 

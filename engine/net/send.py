@@ -208,6 +208,24 @@ def send_all(
     return tally.final_status(False), tally
 
 
+def store_each(archive: Archive, matches: Iterable[Match], link: Link,
+               tally: Tally | None = None) -> Iterator[tuple[Match, int]]:  # fmt: skip
+    """Send each match as a C-STORE over `link`, the next read while the peer takes in the one
+    before; yield each with its status (forwarding keeps its own counts).
+
+    Raises :class:`LinkLost` when the association broke, and what the index
+    raised if `matches` could not be iterated.
+    """
+    tally = Tally(0) if tally is None else tally  # counts conversions
+    ahead = _Ahead(archive, matches, link)
+    ahead.advance()
+    while ahead.next is not None:
+        m, ready = ahead.next
+        yield m, _store(link, m, ready, None, tally, ahead.advance)
+    if ahead.error is not None:
+        raise ahead.error
+
+
 # a sub-operation ready to go: (context ID, data set parts, converted), or the failure status
 Prepared = tuple[int, list[memoryview], bool] | int
 

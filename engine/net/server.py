@@ -40,6 +40,7 @@ log = logging.getLogger("engine.net")
 SHUTDOWN_GRACE_S = 30.0  # open associations get this long to finish on SIGTERM
 WORKER_START_TIMEOUT_S = 120.0
 RESTART_BACKOFF_MAX_S = 10.0
+RESTART_STABLE_S = 1.0  # one that ran this long restarts at once (a crash loop: at most 1/s)
 SERVE_IDLE_RECOMPRESS_S = 60.0  # served archives recompress sealed segments when idle
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
@@ -195,16 +196,22 @@ class Supervisor:
         self._ready = self._mp.Queue()
         self._procs: dict[int, Any] = {}
         self._restarts: dict[int, int] = {}
+        self._started: dict[int, float] = {}  # monotonic time each process was started
         self._stop = threading.Event()
 
     def _start(self, index: int) -> None:
+        from engine.forward.process import FORWARDER, run_forwarder
+
         level = logging.getLogger("engine.net").getEffectiveLevel()
+        target, name = (run_forwarder, "forwarder") if index == FORWARDER else \
+            (run_worker, f"worker-{index}")
         p = self._mp.Process(
-            target=run_worker, name=f"worker-{index}", daemon=False,
+            target=target, name=name, daemon=False,
             args=(index, self.path, self.config, self.settings, self._ready, level),
         )  # fmt: skip
         p.start()
         self._procs[index] = p
+        self._started[index] = time.monotonic()
 
     def _wait_ready(self, indexes: set[int]) -> bool:
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
@@ -215,8 +222,8 @@ class Supervisor:
             except queue.Empty:
                 dead = [i for i in waiting if not self._procs[i].is_alive()]
                 if dead:
-                    log.error("worker %d exited with %s before it listened",
-                              dead[0], self._procs[dead[0]].exitcode)  # fmt: skip
+                    p = self._procs[dead[0]]
+                    log.error("%s exited with %s before it was ready", p.name, p.exitcode)
                     return False
                 continue
             waiting.discard(index)
@@ -242,14 +249,23 @@ class Supervisor:
         if s.tls is None and not is_loopback(s.host):
             log.warning("DICOM and DICOMweb in clear text on %s: configure [tls]", s.host)
         self._stop = _stop_on_signals()
+        if self.config.extra.get("forward"):  # off the store path, in a process of its own;
+            from engine.forward.process import FORWARDER
+
+            # ready before any worker listens: a rule's queue then covers every store
+            self._start(FORWARDER)
+            if not self._wait_ready({FORWARDER}):
+                self._shutdown()
+                return 1
         for i in range(s.workers):
             self._start(i)
-        if not self._wait_ready(set(self._procs)):
+        if not self._wait_ready(set(range(s.workers))):
             self._shutdown()
             return 1
         log.warning("listening on %s:%d%s as %s with %d worker processes (pids %s), archive %s",
                     s.host, s.dicom_port, " (TLS)" if s.tls else "", s.ae_title, s.workers,
                     " ".join(str(p.pid) for p in self._procs.values()), self.path)  # fmt: skip
+
         if s.http_port:
             log.warning("DICOMweb on %s://%s:%d/dicom-web", "https" if s.tls else "http",
                         s.host, s.http_port)  # fmt: skip
@@ -261,16 +277,18 @@ class Supervisor:
         return self._shutdown()
 
     def _restart(self, index: int, p: Any) -> None:
+        if time.monotonic() - self._started.get(index, 0.0) >= RESTART_STABLE_S:
+            self._restarts[index] = 0  # it had run: a new crash, not a crash loop
         n = self._restarts.get(index, 0)
         self._restarts[index] = n + 1
-        log.error("worker %d (pid %d) died with exit code %s; restarting it",
-                  index, p.pid, p.exitcode)  # fmt: skip
+        log.error("%s (pid %d) died with exit code %s; restarting it",
+                  p.name, p.pid, p.exitcode)  # fmt: skip
         p.join()
         if n:  # a worker that keeps dying must not spin the supervisor
             time.sleep(min(RESTART_BACKOFF_MAX_S, 0.1 * 2**n))
         self._start(index)
         if self._wait_ready({index}):
-            log.warning("worker %d restarted (pid %d)", index, self._procs[index].pid)
+            log.warning("%s restarted (pid %d)", p.name, self._procs[index].pid)
 
     def _shutdown(self) -> int:
         log.warning("stopping: open associations finish, then the workers exit")
@@ -278,14 +296,14 @@ class Supervisor:
             if p.is_alive():
                 p.terminate()  # SIGTERM: the worker's graceful stop
         code = 0
-        for index, p in self._procs.items():
+        for p in self._procs.values():
             p.join(SHUTDOWN_GRACE_S + 30.0)
             if p.is_alive():
-                log.error("worker %d did not stop; killing it", index)
+                log.error("%s did not stop; killing it", p.name)
                 p.kill()
                 p.join()
-            if p.exitcode != 0:
-                log.error("worker %d exited with %s", index, p.exitcode)
+            if p.exitcode not in (0, -signal.SIGTERM):  # SIGTERM before its handler: stopped
+                log.error("%s exited with %s", p.name, p.exitcode)
                 code = 1
         self._ready.close()
         log.warning("stopped")

@@ -52,6 +52,7 @@ from typing import Any
 
 from engine.audit import DEFAULT_FILE_NAME, AuditSettings, audit_settings
 from engine.config import Config
+from engine.forward.rules import forward_rules
 from engine.net.tls import TlsSettings, tls_settings
 
 DEFAULT_AE_TITLE = "PACS"
@@ -196,6 +197,11 @@ class ServerSettings:
     def remotes(self) -> Mapping[str, Remote]:
         return self.access.remotes
 
+    def with_remote(self, remote: Remote) -> ServerSettings:
+        """These settings knowing one more remote (``pacs send --to AET@host:port``)."""
+        remotes = {**self.access.remotes, remote.ae_title: remote}
+        return replace(self, access=replace(self.access, remotes=remotes))
+
     def answers_to(self, called_ae: str) -> bool:
         """Whether an association calling `called_ae` is for us (PS3.8 9.3.4, reason 7)."""
         if not self.check_called_ae:
@@ -321,4 +327,5 @@ def server_settings(config: Config, **flags: Any) -> ServerSettings:
     access = Access(_allowed(config.extra), _remotes(config.extra))
     tls = tls_settings(_table(config.extra, "tls"), **tls_flags)
     audit = audit_settings(_table(config.extra, "audit"), DEFAULT_FILE_NAME)
+    forward_rules(config.extra, access.remotes)  # checked now; the forwarder parses them again
     return replace(ServerSettings(), **values, access=access, tls=tls, audit=audit)

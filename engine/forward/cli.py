@@ -1,0 +1,185 @@
+"""``pacs queue`` (the forward queues: list, retry, purge) and ``pacs send`` (a study, now)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import sys
+import time
+from typing import Any
+
+import orjson
+from rich.table import Table
+
+from engine.config import load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SEND_CHUNK = 100  # instances per step of the progress bar (one association throughout)
+_AD_HOC = re.compile(r"(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})")
+
+
+def add_parsers(sub: Any) -> None:
+    s = sub.add_parser("queue", help="forward queues: depth, retries, dead letters")
+    s.add_argument("rule", nargs="?", help="one [[forward]] rule by name (default: all)")
+    s.add_argument("--dead", action="store_true", help="list the rule's dead letters")
+    s.add_argument("--retry", action="store_true", help="send the rule's dead letters again")
+    s.add_argument("--purge", action="store_true", help="forget the rule's dead letters")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_queue)
+
+    s = sub.add_parser("send", help="send a patient, study, series or instance to a peer now")
+    s.add_argument("uid", help="Study, Series or SOP Instance UID, or a PatientID")
+    s.add_argument(
+        "--to",
+        required=True,
+        help="a [remotes] AE title, AET@host:port, or stow:http(s)://host/dicom-web",
+    )
+    s.add_argument("--parallel", type=int, default=1, help="associations at once")
+    s.set_defaults(fn=cmd_send)
+
+
+def _rules(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    from engine.forward.rules import forward_rules
+    from engine.net.settings import server_settings
+
+    config = load_config(args.config)
+    settings = server_settings(config)
+    return settings, forward_rules(config.extra, settings.remotes)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from engine.cli import _open, err, out
+    from engine.forward.queue import ForwardQueue
+
+    _, rules = _rules(args)
+    if args.rule is not None:
+        rules = [r for r in rules if r.name == args.rule]
+        if not rules:
+            err.print(f"[red]error:[/] no [[forward]] rule named {args.rule!r} in the config")
+            return EXIT_USAGE
+    elif args.retry or args.purge or args.dead:
+        err.print("[red]error:[/] name the rule whose dead letters to list, retry or purge")
+        return EXIT_USAGE
+    if not rules:
+        err.print("no [[forward]] rules in the config (give it with --config)")
+        return EXIT_USAGE
+    with _open(args) as archive:
+        queues = {r.name: ForwardQueue(archive.env, r.name) for r in rules}
+        if args.retry or args.purge:
+            q = queues[rules[0].name]
+            n = q.retry_dead() if args.retry else q.purge_dead()
+            done = "queued again" if args.retry else "purged"
+            out.print(f"{rules[0].name}: {n} dead letters {done}")
+            return EXIT_OK
+        if args.dead:
+            return _print_dead(queues[rules[0].name], args.json)
+        states = [(r, queues[r.name].state()) for r in rules]
+    if args.json:
+        rows = [{"rule": r.name, "to": str(r.target), "cursor": s.cursor, "behind": s.behind,
+                 "retrying": s.retries, "dead": s.dead, "sent": s.sent, "refused": s.refused,
+                 "last_sent_ns": s.last_sent_ns, "last_error": s.last_error}
+                for r, s in states]  # fmt: skip
+        sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
+        return EXIT_OK
+    table = Table("rule", "to", "behind", "retrying", "dead", "sent", "refused", "last sent",
+                  "last error", title="forward queues")  # fmt: skip
+    for r, s in states:
+        table.add_row(
+            r.name,
+            str(r.target),
+            f"{s.behind:,}",
+            f"{s.retries:,}",
+            f"{s.dead:,}",
+            f"{s.sent:,}",
+            f"{s.refused:,}",
+            _when(s.last_sent_ns),
+            s.last_error[:80],
+        )
+    out.print(table)
+    return EXIT_OK
+
+
+def _print_dead(queue: Any, as_json: bool) -> int:
+    from engine.cli import out
+
+    letters = queue.dead_letters()
+    if as_json:
+        rows = [{"sop_instance_uid": w.sop_uid, "attempts": w.attempts, "error": w.error,
+                 "first_ns": w.first_ns} for w in letters]  # fmt: skip
+        sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
+        return EXIT_OK
+    table = Table("SOP Instance UID", "attempts", "since", "why", title=f"dead letters of "
+                  f"{queue.name}")  # fmt: skip
+    for w in letters:
+        table.add_row(w.sop_uid, str(w.attempts), _when(w.first_ns), w.error)
+    out.print(table)
+    out.print(f"{len(letters)} dead letters")
+    return EXIT_OK
+
+
+def _when(ns: int) -> str:
+    if not ns:
+        return "-"
+    return datetime.datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from engine.cli import _open, _progress, _resolve, err, out
+    from engine.forward.senders import Delivery, DicomSender, StowSender
+    from engine.net.retrieve import Match
+    from engine.net.settings import Remote
+
+    settings, _ = _rules(args)
+    target = args.to
+    with _open(args) as archive:
+        uids = _resolve(archive, args.uid)
+        if not uids:
+            err.print(f"[red]error:[/] no patient, study, series or instance {args.uid!r}")
+            return EXIT_USAGE
+        if target.startswith("stow:"):
+            sender: Any = StowSender(archive, target[5:], args.parallel)
+        else:
+            ad_hoc = _AD_HOC.fullmatch(target)
+            if ad_hoc:
+                remote = Remote(ad_hoc["aet"], ad_hoc["host"], int(ad_hoc["port"]))
+                settings = settings.with_remote(remote)
+                target = remote.ae_title
+            elif target not in settings.remotes or settings.remotes[target].host is None:
+                err.print(f"[red]error:[/] {target!r} is not a [remotes] entry with host and "
+                          "port; or give AET@host:port")  # fmt: skip
+                return EXIT_USAGE
+            sender = DicomSender(archive, settings, target, args.parallel)
+        matches, study_of = [], {}
+        with archive.env.read() as txn:
+            for uid in uids:
+                found = archive.catalog.lookup(txn, uid)
+                if found is not None:
+                    a = found[1]["a"]
+                    matches.append(Match(uid, str(a.get("SOPClassUID", "")),
+                                         str(a.get("TransferSyntaxUID", ""))))  # fmt: skip
+                    study_of[uid] = found[1]["study"]
+        total, t0 = Delivery(), time.perf_counter()
+        try:
+            with _progress() as progress:
+                task = progress.add_task(f"send to {args.to}", total=len(matches))
+                for i in range(0, len(matches), SEND_CHUNK):
+                    chunk = matches[i : i + SEND_CHUNK]
+                    d = sender.send(chunk, lambda m: study_of[m.sop_instance])
+                    total.add(d)
+                    progress.advance(task, len(d.sent) + len(d.refused))
+                    if d.unsent:
+                        total.unsent += [m.sop_instance for m in matches[i + SEND_CHUNK :]]
+                        break
+        finally:
+            sender.close()
+    elapsed = time.perf_counter() - t0
+    out.print(
+        f"sent {len(total.sent)} of {len(matches)} instances to {args.to} in "
+        f"{elapsed:.1f} s; {len(total.refused)} refused, {len(total.unsent)} not sent"
+    )
+    for uid, why in total.refused[:10]:
+        out.print(f"[red]refused:[/] {uid}: {why}")
+    if total.error:
+        out.print(f"[red]error:[/] {total.error}")
+    return EXIT_OK if len(total.sent) == len(matches) else EXIT_FAILED

@@ -1,0 +1,361 @@
+"""Forward rules in ``pacs serve`` (issue 18), to peers we did not write: DCMTK storescp,
+Orthanc over DIMSE and through its DICOMweb plugin (STOW-RS), and a second ``pacs serve``.
+
+Senders are DCMTK storescu with the calling AE titles a rule matches on; what
+arrives must be each instance in the syntax it was stored in, with the same
+elements and pixel bytes; faults (the forwarder and the destination killed
+with SIGKILL over and over, a destination down, one that refuses) lose nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+
+from engine.synthetic import ct_series, encode
+from tests._helpers import ROOT
+from tests.net._support import (
+    Server,
+    dcmtk,
+    dcmtk_env,
+    free_port,
+    orthanc,
+    run_dcmtk,
+    storescu,
+)
+
+WAIT_S = 90.0
+
+
+def _storescp(folder: Path, port: int, aet: str = "DEST") -> subprocess.Popen[bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([dcmtk("storescp"), "-aet", aet, "+xa", "-od", str(folder), str(port)],
+                            env=dcmtk_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while run_dcmtk("echoscu", "-aec", aet, "127.0.0.1", str(port)).returncode != 0:
+        assert proc.poll() is None and time.monotonic() < deadline, "storescp did not start"
+        time.sleep(0.1)
+    return proc
+
+
+def _received(folder: Path) -> dict[str, Path]:
+    """SOP Instance UID -> file storescp wrote (named MODALITY.UID), whole files only."""
+    out = {}
+    for f in folder.iterdir():
+        m = re.fullmatch(r"[A-Z]{2}\.(?P<uid>[0-9.]+)", f.name)
+        if m:
+            out[m["uid"]] = f
+    return out
+
+
+def _wait(what: str, done: Any, server: Server | None = None) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n" + (
+            server.log()[-4000:] if server else ""
+        )
+        time.sleep(0.2)
+
+
+def _pacs(*args: str) -> subprocess.CompletedProcess[str]:
+    """The `pacs` command of this checkout (never one that happens to be on PATH)."""
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def _queue(server: Server, *args: str) -> Any:
+    out = _pacs("--config", str(server.config_path), "-A", str(server.archive), "queue", *args,
+                "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _series(folder: Path, seed: int, n: int, *, implicit: bool = False) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, ds in enumerate(ct_series(seed, n, rows=32, columns=32, implicit=implicit)):
+        files.append(folder / f"{seed}-{i}.dcm")
+        files[-1].write_bytes(encode(ds))
+    return files
+
+
+def _uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _same(sent: Path, got: Path) -> None:
+    a, b = pydicom.dcmread(sent), pydicom.dcmread(got)
+    assert b.file_meta.TransferSyntaxUID == a.file_meta.TransferSyntaxUID, got.name
+    assert b.PixelData == a.PixelData
+    padding = 0xFFFCFFFC  # Data Set Trailing Padding: DCMTK-based peers drop it (PS3.5 7.8.3)
+    assert [e.tag for e in b] == [e.tag for e in a if e.tag != padding]
+
+
+# -- rules to four peers ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("forward-peers")
+    dest_port, orthanc_port = free_port(), free_port()
+    (tmp / "second").mkdir()
+    (tmp / "orthanc").mkdir()
+    second = Server(tmp / "second", workers=1,
+                    config='[dicom]\nae_titles = ["PACS2"]\n').start()  # fmt: skip
+    dest = _storescp(tmp / "dest", dest_port)
+    with orthanc(tmp / "orthanc", orthanc_port, {}, dicomweb=True) as client:
+        yield {"dest": tmp / "dest", "dest_port": dest_port, "orthanc": client,
+               "orthanc_port": orthanc_port, "second": second}  # fmt: skip
+    dest.terminate()
+    dest.wait(10)
+    assert second.stop() == 0, second.log()
+
+
+def test_rules_send_what_they_match_to_each_peer_as_stored(
+    peers: dict[str, Any], tmp_path: Path
+) -> None:
+    orthanc_web = "stow:" + str(peers["orthanc"].base_url).rstrip("/") + "/dicom-web"
+    config = f"""
+[remotes.DEST]
+host = "127.0.0.1"
+port = {peers["dest_port"]}
+
+[remotes.ORTHANC]
+host = "127.0.0.1"
+port = {peers["orthanc_port"]}
+
+[remotes.PACS2]
+host = "127.0.0.1"
+port = {peers["second"].port}
+
+[[forward]]
+name = "scanner-ct"
+when = {{ Modality = "CT", CallingAE = "CT*" }}
+to = "dicom:DEST"
+
+[[forward]]
+name = "ct-orthanc"
+when = {{ Modality = "CT" }}
+to = "dicom:ORTHANC"
+parallel = 2
+
+[[forward]]
+name = "mr-web"
+when = {{ Modality = "MR" }}
+to = "{orthanc_web}"
+
+[[forward]]
+name = "replica"
+to = "dicom:PACS2"
+"""
+    server = Server(tmp_path, workers=2, config=config).start()
+    try:
+        scanner = _series(tmp_path / "in", 181, 5)  # Explicit VR LE
+        other = _series(tmp_path / "in", 182, 3, implicit=True)
+        mr = Path(get_testdata_file("MR_small.dcm"))  # pydicom's: nobody here wrote it
+        assert storescu(server.port, scanner, aet="CTSCANNER").returncode == 0
+        assert storescu(server.port, other, aet="OTHER").returncode == 0
+        assert storescu(server.port, [mr], aet="MRI").returncode == 0
+        ct_uids = {_uid(p): p for p in scanner + other}
+        everything = {**ct_uids, _uid(mr): mr}
+
+        _wait("storescp", lambda: len(_received(peers["dest"])) >= 5, server)
+        _wait("Orthanc", lambda: len(peers["orthanc"].get("/instances").json()) >= 9, server)
+        second = peers["second"]
+        _wait("the second archive", lambda: _count(second) >= 9, server)
+        time.sleep(1)  # nothing more may come
+        got = _received(peers["dest"])
+        assert set(got) == {_uid(p) for p in scanner}  # CT from CT* only
+        for path in scanner:
+            _same(path, got[_uid(path)])
+        in_orthanc = {}
+        for oid in peers["orthanc"].get("/instances").json():
+            tags = peers["orthanc"].get(f"/instances/{oid}/simplified-tags").json()
+            in_orthanc[tags["SOPInstanceUID"]] = oid
+        assert set(in_orthanc) == set(everything)  # CT over DIMSE, MR through STOW-RS
+        for uid, path in everything.items():
+            data = peers["orthanc"].get(f"/instances/{in_orthanc[uid]}/file").content
+            got_path = tmp_path / f"orthanc-{uid}.dcm"
+            got_path.write_bytes(data)
+            _same(path, got_path)
+        for uid, path in everything.items():  # the second pacs serve, byte for byte
+            exported = tmp_path / f"second-{uid}.dcm"
+            assert _pacs("-A", str(second.archive), "export", uid, str(exported)).returncode == 0
+            _same(path, exported)
+        states = {q["rule"]: q for q in _queue(server)}
+        assert {k: (v["sent"], v["behind"], v["dead"]) for k, v in states.items()} == {
+            "scanner-ct": (5, 0, 0), "ct-orthanc": (8, 0, 0), "mr-web": (1, 0, 0),
+            "replica": (9, 0, 0)}  # fmt: skip
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def _count(server: Server) -> int:
+    out = _pacs("-A", str(server.archive), "stats", "--json")
+    return int(json.loads(out.stdout)["instances"]) if out.returncode == 0 else 0
+
+
+# -- faults ---------------------------------------------------------------------
+
+
+def test_the_queue_holds_while_the_destination_is_down_then_drains(tmp_path: Path) -> None:
+    port = free_port()
+    config = f"""
+[remotes.LATER]
+host = "127.0.0.1"
+port = {port}
+
+[[forward]]
+name = "later"
+to = "dicom:LATER"
+"""
+    server = Server(tmp_path, workers=1, config=config).start()
+    dest = None
+    try:
+        files = _series(tmp_path / "in", 183, 10)
+        assert storescu(server.port, files).returncode == 0
+        _wait("the failure to show", lambda: "cannot associate" in _queue(server)[0]["last_error"])
+        (state,) = _queue(server)
+        assert state["sent"] == 0 and state["behind"] >= 10 and state["dead"] == 0
+        dest = _storescp(tmp_path / "dest", port, "LATER")
+        _wait("the queue to drain", lambda: len(_received(tmp_path / "dest")) == 10, server)
+        (state,) = _queue(server)
+        assert (state["sent"], state["behind"], state["dead"]) == (10, 0, 0)
+    finally:
+        if dest is not None:
+            dest.terminate()
+            dest.wait(10)
+        assert server.stop() == 0, server.log()
+
+
+def test_refused_instances_become_dead_letters_that_can_be_retried(tmp_path: Path) -> None:
+    refuse = threading.Event()
+    refuse.set()
+    taken: list[str] = []
+
+    def on_store(event: Any) -> int:
+        if refuse.is_set():
+            return 0xA700  # Refused: Out of Resources
+        taken.append(str(event.request.AffectedSOPInstanceUID))
+        return 0
+
+    ae = AE(ae_title="PICKY")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False,
+                          evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    config = f"""
+[remotes.PICKY]
+host = "127.0.0.1"
+port = {port}
+
+[[forward]]
+name = "picky"
+to = "dicom:PICKY"
+max_attempts = 2
+"""
+    server = Server(tmp_path, workers=1, config=config).start()
+    try:
+        files = _series(tmp_path / "in", 184, 3)
+        assert storescu(server.port, files).returncode == 0
+        _wait("dead letters", lambda: len(_queue(server, "picky", "--dead")) == 3, server)
+        letters = _queue(server, "picky", "--dead")
+        assert {w["sop_instance_uid"] for w in letters} == {_uid(p) for p in files}
+        assert all(w["attempts"] == 2 and "0xA700" in w["error"] for w in letters)
+        refuse.clear()
+        out = _pacs(
+            "--config",
+            str(server.config_path),
+            "-A",
+            str(server.archive),
+            "queue",
+            "picky",
+            "--retry",
+        )
+        assert out.returncode == 0 and "3 dead letters queued again" in out.stdout
+        _wait("the retried letters", lambda: len(taken) == 3, server)
+        assert set(taken) == {_uid(p) for p in files}
+        (state,) = _queue(server)
+        assert (state["sent"], state["dead"], state["retrying"]) == (3, 0, 0)
+    finally:
+        assert server.stop() == 0, server.log()
+        scp.shutdown()
+
+
+def _forwarder_pid(server: Server, after: int) -> int:
+    """The pid the newest forwarder logged, once it is not `after`."""
+    found: list[int] = []
+
+    def started() -> bool:
+        found[:] = [int(p) for p in re.findall(r"forwarder \(pid (\d+)\)", server.log())]
+        return bool(found) and found[-1] != after
+
+    _wait("the forwarder", started, server)
+    return found[-1]
+
+
+def test_sigkill_of_forwarder_and_destination_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL the forwarder 20 times and the destination 20 times while stores come in:
+    every acknowledged instance arrives, the queue drains."""
+    port = free_port()
+    config = f"""
+[remotes.DEST]
+host = "127.0.0.1"
+port = {port}
+
+[[forward]]
+name = "all"
+to = "dicom:DEST"
+batch = 20
+"""
+    server = Server(tmp_path, workers=2, config=config).start()
+    dest = _storescp(tmp_path / "dest", port)
+    series = [_series(tmp_path / "in", 200 + i, 10) for i in range(20)]
+    acknowledged: list[Path] = []
+
+    def send() -> None:
+        for files in series:
+            if storescu(server.port, files).returncode == 0:
+                acknowledged.extend(files)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        pid = 0
+        for _ in range(20):
+            pid = _forwarder_pid(server, pid)
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGKILL)
+            dest.kill()
+            dest.wait(10)
+            dest = _storescp(tmp_path / "dest", port)
+        sender.join()
+        _forwarder_pid(server, pid)  # the last one restarted
+        assert len(acknowledged) == 200
+        want = {_uid(p) for p in acknowledged}
+        _wait("every instance", lambda: want <= set(_received(tmp_path / "dest")), server)
+        _wait("the queue to drain", lambda: _queue(server)[0]["behind"] == 0, server)
+        assert "died with exit code -9; restarting it" in server.log()
+        for path in acknowledged[::37]:
+            _same(path, _received(tmp_path / "dest")[_uid(path)])
+    finally:
+        sender.join()
+        dest.terminate()
+        dest.wait(10)
+        assert server.stop() == 0, server.log()
