@@ -7,13 +7,15 @@ scripts of the same names that shadow DCMTK on PATH) with TCP_NODELAY=1
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +157,58 @@ def identifier_args(keys: dict[str, Any]) -> list[str]:
     for k, v in keys.items():
         out += ["-k", f"{k}={v}" if v is not None else k]
     return out
+
+
+ORTHANC = "/usr/sbin/Orthanc"
+ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+ORTHANC_START_TIMEOUT_S = 60.0
+
+
+def tool(path: str, package: str) -> str:
+    """`path` of a Debian package's tool; a missing one fails the test (never skips it)."""
+    assert Path(path).is_file(), (
+        f"{path} is missing: install Debian's {package} (scripts/test.sh does)"
+    )
+    return path
+
+
+@contextmanager
+def orthanc(work: Path, dicom_port: int, modalities: dict[str, list[Any]], *,
+            dicomweb: bool = False) -> Iterator[Any]:  # fmt: skip
+    """Debian's Orthanc as ORTHANC on `dicom_port` (with its DICOMweb plugin at /dicom-web/
+    if asked), knowing `modalities`; yields an httpx client of its REST API."""
+    import httpx
+
+    http_port = free_port()
+    config: dict[str, Any] = {
+        "Name": "interop", "StorageDirectory": str(work / "data"),
+        "IndexDirectory": str(work / "data"), "HttpPort": http_port, "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "DicomModalities": modalities, "DicomAlwaysAllowStore": True, "TcpNoDelay": True,
+        "SaveJobs": False,
+    }  # fmt: skip
+    if dicomweb:
+        config["Plugins"] = [tool(ORTHANC_DICOMWEB, "orthanc-dicomweb")]
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+    (work / "orthanc.json").write_text(json.dumps(config))
+    log = (work / "orthanc.log").open("wb")
+    proc = subprocess.Popen([tool(ORTHANC, "orthanc"), "--verbose", str(work / "orthanc.json")],
+                            stdout=log, stderr=subprocess.STDOUT, env=dcmtk_env())  # fmt: skip
+    client = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120)
+    try:
+        deadline = time.monotonic() + ORTHANC_START_TIMEOUT_S
+        while True:
+            assert proc.poll() is None, (work / "orthanc.log").read_text(errors="replace")
+            try:
+                if client.get("/system").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "Orthanc did not start"
+            time.sleep(0.2)
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(30)
+        log.close()

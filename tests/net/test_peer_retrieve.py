@@ -16,9 +16,6 @@ connecting: it cannot be a peer here.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +31,8 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # ty
 
 from engine.part10 import dataset_offset
 from engine.synthetic import ct_series, encode
-from tests.net._support import Server, dcmtk_env, free_port, run_dcmtk
+from tests.net._support import Server, free_port, run_dcmtk
+from tests.net._support import orthanc as start_orthanc
 from tests.net.conftest import corpus_files
 from tests.net.test_retrieve import assert_bit_exact, assert_same_pixels
 
@@ -47,17 +45,6 @@ class Sent:
     data_set: bytes
     syntax: str
     study: str
-
-
-ORTHANC = "/usr/sbin/Orthanc"
-START_TIMEOUT_S = 60.0
-
-
-def _tool(path: str, package: str) -> str:
-    assert Path(path).is_file(), (
-        f"{path} is missing: install Debian's {package} (scripts/test.sh does)"
-    )
-    return path
 
 
 ORTHANC_PORT = free_port()
@@ -110,35 +97,9 @@ def sent(peer_server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[
 def orthanc(peer_server: Server,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:  # fmt: skip
     """Orthanc on ORTHANC_PORT, knowing us as modality PACS; its REST client."""
-    work = tmp_path_factory.mktemp("orthanc")
-    http_port = free_port()
-    config = {
-        "Name": "interop", "StorageDirectory": str(work / "data"),
-        "IndexDirectory": str(work / "data"), "HttpPort": http_port, "DicomPort": ORTHANC_PORT,
-        "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "DicomModalities": {"PACS": ["PACS", "127.0.0.1", peer_server.port]},
-        "DicomAlwaysAllowStore": True, "TcpNoDelay": True, "SaveJobs": False,
-    }  # fmt: skip
-    (work / "orthanc.json").write_text(json.dumps(config))
-    log = (work / "orthanc.log").open("wb")
-    proc = subprocess.Popen([_tool(ORTHANC, "orthanc"), "--verbose", str(work / "orthanc.json")],
-                            stdout=log, stderr=subprocess.STDOUT, env=dcmtk_env())  # fmt: skip
-    client = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        assert proc.poll() is None, (work / "orthanc.log").read_text(errors="replace")
-        try:
-            if client.get("/system").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "Orthanc did not start"
-        time.sleep(0.2)
-    yield client
-    client.close()
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    modalities = {"PACS": ["PACS", "127.0.0.1", peer_server.port]}
+    with start_orthanc(tmp_path_factory.mktemp("orthanc"), ORTHANC_PORT, modalities) as client:
+        yield client
 
 
 def _data_set(part10: bytes) -> bytes:
