@@ -126,8 +126,8 @@ def _when(ns: int) -> str:
 
 def cmd_send(args: argparse.Namespace) -> int:
     from engine.cli import _open, _progress, _resolve, err, out
+    from engine.forward.runner import stored_match
     from engine.forward.senders import Delivery, DicomSender, StowSender
-    from engine.net.retrieve import Match
     from engine.net.settings import Remote
 
     settings, _ = _rules(args)
@@ -153,11 +153,9 @@ def cmd_send(args: argparse.Namespace) -> int:
         matches, study_of = [], {}
         with archive.env.read() as txn:
             for uid in uids:
-                found = archive.catalog.lookup(txn, uid)
+                found = stored_match(txn, archive.catalog, uid)
                 if found is not None:
-                    a = found[1]["a"]
-                    matches.append(Match(uid, str(a.get("SOPClassUID", "")),
-                                         str(a.get("TransferSyntaxUID", ""))))  # fmt: skip
+                    matches.append(found[0])
                     study_of[uid] = found[1]["study"]
         total, t0 = Delivery(), time.perf_counter()
         try:

@@ -29,12 +29,12 @@ def run_forwarder(index: int, path: str, config: Config, settings: ServerSetting
     from engine.forward.queue import ForwardQueue
     from engine.forward.rules import forward_rules
     from engine.forward.runner import start_rules
-    from engine.net.server import LOG_FORMAT, _stop_on_signals
+    from engine.net.server import LOG_FORMAT, stop_on_signals
 
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     for name in ("engine.net", "engine.forward"):
         logging.getLogger(name).setLevel(level)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     rules = forward_rules(config.extra, settings.remotes)
     archive = Archive(path, config.updated(idle_recompress_s=0.0))  # the workers recompress
     try:

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydicom.multival import MultiValue
+
 from engine.forward.queue import ForwardQueue, Outcome
 from engine.forward.rules import Rule
 from engine.forward.senders import Delivery, DicomSender, StowSender
@@ -55,6 +57,7 @@ class _Item:
     match: Match
     study: str
     waited_since_ns: int  # stored (or first refused): what max_age_s counts from
+    doc: dict[str, Any]  # the instance's index document
 
 
 def sender_for(archive: Archive, rule: Rule, settings: ServerSettings) -> Sender:
@@ -163,27 +166,23 @@ class RuleRunner:
 
     def _item(self, uid: str, waited_since: int | None) -> _Item | None:
         with self.archive.env.read() as txn:
-            found = self.archive.catalog.lookup(txn, uid)
+            found = stored_match(txn, self.archive.catalog, uid)
         if found is None:  # deleted since
             return None
-        loc, doc = found
-        a = doc["a"]
-        m = Match(uid, str(a.get("SOPClassUID", "")), str(a.get("TransferSyntaxUID", "")))
-        return _Item(m, doc["study"], waited_since or loc.stored_at_ns)
+        m, doc, stored_at = found
+        return _Item(m, doc["study"], waited_since or stored_at, doc)
 
     def _matches(self, uid: str, item: _Item) -> bool:
         rule = self.rule
         if not rule.conditions:
             return True
-        indexed = self._indexed(uid, item)
         stored = self._stored(uid) if rule.needs_metadata else None
-        return rule.matches(indexed, stored)
+        return rule.matches(self._indexed(item), stored)
 
-    def _indexed(self, uid: str, item: _Item) -> dict[str, Any]:
-        cat = self.archive.catalog
+    def _indexed(self, item: _Item) -> dict[str, Any]:
+        """The instance's indexed attributes, every level merged, as a C-FIND would match."""
+        cat, doc = self.archive.catalog, item.doc
         with self.archive.env.read() as txn:
-            found = cat.lookup(txn, uid)
-            doc: dict[str, Any] = found[1] if found else {"a": {}, "series": ""}
             series = cat.doc(txn, "series", doc["series"]) or {"a": {}}
             study = cat.doc(txn, "studies", item.study) or {"a": {}, "mods": {}, "classes": {}}
         return {**study["a"], **series["a"], **doc["a"],
@@ -208,9 +207,24 @@ class RuleRunner:
         return out
 
 
+def stored_match(txn: Any, catalog: Any, uid: str) -> tuple[Match, dict[str, Any], int] | None:
+    """An indexed instance as a Match (how it is stored), its index document and its store
+    time; None if it is not stored (``pacs send`` builds its matches here too)."""
+    found = catalog.lookup(txn, uid)
+    if found is None:
+        return None
+    loc, doc = found
+    a = doc["a"]
+    return (
+        Match(uid, str(a.get("SOPClassUID", "")), str(a.get("TransferSyntaxUID", ""))),
+        doc,
+        loc.stored_at_ns,
+    )
+
+
 def _text(value: Any) -> str:
     """A pydicom value as the index writes one: multiple values joined by backslashes."""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+    if isinstance(value, MultiValue | list | tuple):
         return "\\".join(str(v) for v in value)
     return str(value).strip()
 

@@ -112,23 +112,22 @@ class DicomSender:
             self.close()
 
     def close(self) -> None:
-        for i, held in enumerate(self._links):
-            if held is not None:
-                with contextlib.suppress(OSError, P.PeerClosed, P.ProtocolError):
-                    held.assoc.release()
-                held.assoc.close()
-                self._links[i] = None
+        for i in range(len(self._links)):
+            self._release(i)
+
+    def _release(self, i: int) -> None:
+        held, self._links[i] = self._links[i], None
+        if held is not None:
+            with contextlib.suppress(OSError, P.PeerClosed, P.ProtocolError):
+                held.assoc.release()
+            held.assoc.close()
 
     def _link(self, i: int, matches: list[Match]) -> _Open:
         pairs = {(m.sop_class, m.transfer_syntax) for m in matches}
         held = self._links[i]
         if held is not None and pairs <= held.pairs:
             return held
-        if held is not None:  # proposed for other instances: a new one for these
-            with contextlib.suppress(OSError, P.PeerClosed, P.ProtocolError):
-                held.assoc.release()
-            held.assoc.close()
-            self._links[i] = None
+        self._release(i)  # proposed for other instances, if any: a new one for these
         contexts = [(str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax])
                     for cx in proposed_contexts(matches)]  # fmt: skip
         assoc = D.Association.open(self.target, contexts, tls=self.tls, timeout_s=self.timeout_s)
@@ -219,7 +218,7 @@ class StowSender:
                 continue
             chunk.append((m.sop_instance, data))
             size += len(data)
-            if size >= STOW_REQUEST_BYTES or i == len(matches) - 1:
+            if size >= STOW_REQUEST_BYTES:
                 out.add(self._post(chunk))
                 chunk, size = [], 0
                 if out.unsent:  # unreachable: the rest waits too

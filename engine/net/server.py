@@ -48,7 +48,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 # -- the worker -------------------------------------------------------------------
 
 
-def _stop_on_signals() -> threading.Event:
+def stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -81,7 +81,7 @@ def run_worker(
     """
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     logging.getLogger("engine.net").setLevel(level)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
 
     from engine import audit
     from engine.archive import Archive
@@ -248,7 +248,7 @@ class Supervisor:
                         "allowed_calling", s.host)  # fmt: skip
         if s.tls is None and not is_loopback(s.host):
             log.warning("DICOM and DICOMweb in clear text on %s: configure [tls]", s.host)
-        self._stop = _stop_on_signals()
+        self._stop = stop_on_signals()
         if self.config.extra.get("forward"):  # off the store path, in a process of its own;
             from engine.forward.process import FORWARDER
 

@@ -214,17 +214,15 @@ def _count(server: Server) -> int:
 # -- faults ---------------------------------------------------------------------
 
 
+def _one_rule(remote: str, port: int, rule: str) -> str:
+    """A config forwarding everything to `remote` on `port`; `rule` adds the rule's keys."""
+    return (f'[remotes.{remote}]\nhost = "127.0.0.1"\nport = {port}\n\n'
+            f'[[forward]]\nto = "dicom:{remote}"\n{rule}\n')  # fmt: skip
+
+
 def test_the_queue_holds_while_the_destination_is_down_then_drains(tmp_path: Path) -> None:
     port = free_port()
-    config = f"""
-[remotes.LATER]
-host = "127.0.0.1"
-port = {port}
-
-[[forward]]
-name = "later"
-to = "dicom:LATER"
-"""
+    config = _one_rule("LATER", port, 'name = "later"')
     server = Server(tmp_path, workers=1, config=config).start()
     dest = None
     try:
@@ -260,16 +258,7 @@ def test_refused_instances_become_dead_letters_that_can_be_retried(tmp_path: Pat
     port = free_port()
     scp = ae.start_server(("127.0.0.1", port), block=False,
                           evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
-    config = f"""
-[remotes.PICKY]
-host = "127.0.0.1"
-port = {port}
-
-[[forward]]
-name = "picky"
-to = "dicom:PICKY"
-max_attempts = 2
-"""
+    config = _one_rule("PICKY", port, 'name = "picky"\nmax_attempts = 2')
     server = Server(tmp_path, workers=1, config=config).start()
     try:
         files = _series(tmp_path / "in", 184, 3)
@@ -314,16 +303,7 @@ def test_sigkill_of_forwarder_and_destination_loses_nothing(tmp_path: Path) -> N
     """SIGKILL the forwarder 20 times and the destination 20 times while stores come in:
     every acknowledged instance arrives, the queue drains."""
     port = free_port()
-    config = f"""
-[remotes.DEST]
-host = "127.0.0.1"
-port = {port}
-
-[[forward]]
-name = "all"
-to = "dicom:DEST"
-batch = 20
-"""
+    config = _one_rule("DEST", port, 'name = "all"\nbatch = 20')
     server = Server(tmp_path, workers=2, config=config).start()
     dest = _storescp(tmp_path / "dest", port)
     series = [_series(tmp_path / "in", 200 + i, 10) for i in range(20)]
