@@ -185,10 +185,13 @@ def _python_env() -> dict[str, str]:
 
 
 def _pacs(work: Path, port: int, http_port: int, moves: Mapping[str, int], *,
-          durability: str, workers: int) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+          durability: str, workers: int,
+          forward_to: str | None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
     lines = ["[archive]", f'durability = "{durability}"', ""]
     for aet, move_port in moves.items():
         lines += [f"[remotes.{aet}]", 'host = "127.0.0.1"', f"port = {move_port}", ""]
+    if forward_to:
+        lines += ["[[forward]]", 'name = "bench"', f'to = "dicom:{forward_to}"', ""]
     config = work / "pacs.toml"
     config.write_text("\n".join(lines))
     cmd = [sys.executable, "-m", "engine.cli", "--config", str(config), "serve",
@@ -230,9 +233,15 @@ def orthanc_config(work: Path, port: int, http_port: int, moves: Mapping[str, in
 
 
 def _orthanc(work: Path, port: int, http_port: int, moves: Mapping[str, int], *,
-             compression: bool) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+             compression: bool,
+             forward_to: str | None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
     config = work / "orthanc.json"
     body = orthanc_config(work, port, http_port, moves, compression=compression)
+    if forward_to:  # the way Orthanc's documentation forwards: a Lua callback per instance
+        script = work / "forward.lua"
+        script.write_text("function OnStoredInstance(instanceId, tags, metadata, origin)\n"
+                          f"  SendToModality(instanceId, '{forward_to}')\nend\n")  # fmt: skip
+        body["LuaScripts"] = [str(script)]
     config.write_text(json.dumps(body, indent=2))
     # Orthanc speaks DICOM through DCMTK, which reads TCP_NODELAY from the environment too
     return [ORTHANC, str(config)], dcmtk_env()
@@ -270,14 +279,23 @@ def _pynetdicom_qrscp(work: Path, port: int,
 
 
 def command(name: str, work: Path, port: int, http_port: int, moves: Mapping[str, int], *,
-            workers: int) -> tuple[list[str], dict[str, str]]:  # fmt: skip
-    """The command line and environment that start target `name`."""
+            workers: int,
+            forward_to: str | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    """The command line and environment that start target `name`.
+
+    `forward_to` (a key of `moves`): every stored instance is sent on to that
+    peer, by a ``[[forward]]`` rule or Orthanc's ``OnStoredInstance`` Lua.
+    """
     data = work / "data"
+    if forward_to is not None and not name.startswith(("pacs", "orthanc")):
+        raise ValueError(f"{name} cannot forward")
     if name in ("pacs", "pacs-nosync"):
         durability = "fsync" if name == "pacs" else "none"
-        return _pacs(work, port, http_port, moves, durability=durability, workers=workers)
+        return _pacs(work, port, http_port, moves, durability=durability, workers=workers,
+                     forward_to=forward_to)  # fmt: skip
     if name in ("orthanc", "orthanc-zip"):
-        return _orthanc(work, port, http_port, moves, compression=name == "orthanc-zip")
+        return _orthanc(work, port, http_port, moves, compression=name == "orthanc-zip",
+                        forward_to=forward_to)  # fmt: skip
     if name == "storescp":
         # --fork: a child per association, as a site runs it; it never fsyncs
         return [STORESCP, "--fork", "+xa", "-pdu", str(DCMTK_MAX_PDU), "-aet", "STORESCP",
@@ -331,7 +349,7 @@ def _port_open(port: int) -> bool:
 
 def start_peer(name: str, work_root: Path, *, workers: int = 2,
                move_destinations: Mapping[str, int] | None = None,
-               keep_data: bool = False) -> Peer:  # fmt: skip
+               keep_data: bool = False, forward_to: str | None = None) -> Peer:  # fmt: skip
     """Start target `name` under `work_root`/`name`; return once it answers.
 
     Parameters
@@ -347,6 +365,9 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
     keep_data
         Start on what an earlier run left in the folder (a resumed run)
         instead of an empty one.
+    forward_to
+        One of `move_destinations`: forward every stored instance to it
+        (pacs and Orthanc only).
 
     Raises
     ------
@@ -367,7 +388,7 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
     http_port = free_port() if "http" in SERVICES[name] else 0
     while http_port == port:
         http_port = free_port()
-    cmd, env = command(name, work, port, http_port, moves, workers=workers)
+    cmd, env = command(name, work, port, http_port, moves, workers=workers, forward_to=forward_to)
     log_path = work / "server.log"
     log_file = log_path.open("ab")
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL,

@@ -1,4 +1,5 @@
-"""compare.py, web_compare.py and scale.py run end to end at tiny sizes, with sane numbers.
+"""compare.py, web_compare.py, forward_compare.py and scale.py run end to end at tiny sizes,
+with sane numbers.
 
 ``compare.py`` drives ``pacs bench``; it runs from this tree, or from the
 checkout named by ``$PACS_BENCH_TREE`` while the bench tool lives elsewhere.
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 
 import compare
+import forward_compare
 import orjson
 import peers
 import pytest
@@ -48,6 +50,32 @@ def test_web_compare_gives_every_figure_for_us_and_orthanc(tmp_path: Path) -> No
     for query in ours["matches"]:  # the same instances: the same studies found
         assert ours["matches"][query] == theirs["matches"][query], query
     assert not list((tmp_path / "work").iterdir())  # corpus and archives removed
+
+
+def test_forward_compare_delivers_every_instance_through_us_and_orthanc(tmp_path: Path) -> None:
+    out = tmp_path / "fwd.json"
+    argv = ["--series", "2", "--slices", "5", "--rows", "32", "--workers", "1",
+            "--work-dir", str(tmp_path / "work"), "--json", str(out)]  # fmt: skip
+
+    assert forward_compare.main(argv) == 0
+
+    data = orjson.loads(out.read_bytes())
+    assert data["ok"] and data["instances"] == 10
+    assert "Orthanc" in data["machine"]["versions"]["orthanc"]
+    results = {r["target"]: r for r in data["results"]}
+    assert list(results) == ["direct", "pacs", "orthanc"]
+    assert all(r["errors"] == [] for r in results.values())
+    for name in ("pacs", "orthanc"):  # every figure, and the end to end rate cannot beat the acks
+        m = results[name]["metrics"]
+        assert set(m) == set(forward_compare.METRICS), name
+        assert m["archive CPU ms/instance"] > 0
+        assert 0 < m["forwarded/s (end to end)"] <= m["acknowledged/s"]
+    assert set(results["direct"]["metrics"]) == {"acknowledged/s", "forwarded/s (end to end)"}
+    assert not list((tmp_path / "work").iterdir())  # corpus, archives and destinations removed
+
+
+def test_forward_compare_refuses_a_target_that_cannot_forward(tmp_path: Path) -> None:
+    assert forward_compare.main(["--targets", "dcmqrscp", "--work-dir", str(tmp_path)]) == 2
 
 
 def test_compare_runs_every_target_through_pacs_bench(tmp_path: Path) -> None:
