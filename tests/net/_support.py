@@ -144,6 +144,13 @@ class Server:
         return code
 
 
+def outcome(assoc: Any, server: Server) -> str:
+    """How a pynetdicom association ended up, and the server's log: a failed assertion's text."""
+    flags = ("is_established", "is_rejected", "is_aborted", "is_released")
+    state = ", ".join(f for f in flags if getattr(assoc, f))
+    return f"association {state or 'in no state'}; server log:\n{server.log()[-4000:]}"
+
+
 def storescu(port: int, files: Sequence[Path | str], *options: str,
              aet: str = "STORESCU") -> subprocess.CompletedProcess[str]:  # fmt: skip
     """DCMTK storescu of `files` to the server; -nh: keep going after a failure."""

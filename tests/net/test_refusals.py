@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from engine.part10 import IMPLEMENTATION_VERSION_NAME, encode_fmi
 from engine.synthetic import ct_series
-from tests.net._support import Server, echo, run_dcmtk
+from tests.net._support import Server, echo, outcome, run_dcmtk
 from tests.net.find_helpers import c_find
 
 PATHS = ["fast", "pynetdicom"]
@@ -122,7 +122,7 @@ def test_too_many_associations_are_rejected_transiently(tmp_path: Path) -> None:
             _check_path(first, first_path)
             second = _ae("SECOND", second_path, Verification).associate("127.0.0.1", srv.port,
                                                                         ae_title="PACS")
-            assert second.is_rejected, (first_path, second_path)
+            assert second.is_rejected, (first_path, second_path, outcome(second, srv))
             rj = second.acceptor.primitive
             # PS3.8 9.3.4: rejected-transient, service-provider (presentation), local limit exceeded
             assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)

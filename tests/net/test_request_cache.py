@@ -13,7 +13,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from engine.net.request_cache import Answer, RequestCache
 from engine.synthetic import ct_series
-from tests.net._support import Server, echo, run_dcmtk
+from tests.net._support import Server, echo, outcome, run_dcmtk
 
 
 def _rq(calling: str, identity: bool = False) -> bytes:
@@ -91,7 +91,7 @@ def test_a_request_answered_before_still_meets_the_association_limit(tmp_path: P
         first = ae.associate("127.0.0.1", srv.port, ae_title="PACS")
         assert first.is_established
         second = ae.associate("127.0.0.1", srv.port, ae_title="PACS")
-        assert second.is_rejected
+        assert second.is_rejected, outcome(second, srv)
         rj = second.acceptor.primitive
         assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
         first.release()
