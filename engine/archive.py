@@ -227,6 +227,24 @@ class Archive:
         rec = self._read(sop_instance_uid, with_pixel=True)
         return assemble(rec.meta, rec.pixel, rec.header.pixel_at)
 
+    def check(self, sop_instance_uid: str) -> str:
+        """The stored instance's SOP Class UID, once its whole record has been read back from
+        disk with its checksum verified: what Storage Commitment answers for.
+
+        Raises
+        ------
+        engine.errors.NotFoundError
+            It is not stored.
+        engine.errors.CorruptRecordError, engine.errors.StorageIOError
+            Its bytes cannot be read back as they were stored.
+        """
+        self._read(sop_instance_uid, with_pixel=True)
+        with self.env.read() as txn:
+            doc = self.catalog.instance_doc(txn, sop_instance_uid)
+        if doc is None:  # deleted meanwhile
+            raise NotFoundError(f"no instance with SOPInstanceUID {sop_instance_uid}")
+        return str(doc["a"].get("SOPClassUID", ""))
+
     def get_dataset_parts(self, sop_instance_uid: str) -> list[memoryview]:
         """The stored data set, without preamble or File Meta Information, as the parts it is in.
 

@@ -11,7 +11,8 @@ What we accept (PS3.7 Annex D.3.3.2, PS3.8 9.3.2.2):
   (:mod:`engine.net.contexts`); the SCP/SCU role selection of a C-GET
   requestor (PS3.7 D.3.3.4) is accepted on the same contexts;
 - Find, Get and Move of the Patient Root and Study Root Query/Retrieve
-  information models (PS3.4 C.6.1, C.6.2).
+  information models (PS3.4 C.6.1, C.6.2);
+- Storage Commitment Push Model as SCP (PS3.4 Annex J, :mod:`engine.net.commitment`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from engine.net.commitment import PUSH_MODEL, handle_n_action
 from engine.net.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from engine.net.find import PATIENT_ROOT_LEVELS, STUDY_ROOT_LEVELS, handle_find
 from engine.net.retrieve import handle_get, handle_move
@@ -101,6 +103,7 @@ def build_ae(settings: ServerSettings) -> AE:
     for models in _MODELS.values():
         for sop_class, _ in models:
             ae.add_supported_context(sop_class, DEFAULT_TRANSFER_SYNTAXES)
+    ae.add_supported_context(PUSH_MODEL, DEFAULT_TRANSFER_SYNTAXES)
     return ae
 
 
@@ -131,7 +134,12 @@ def handlers(archive: Archive, settings: ServerSettings) -> list[tuple[Any, ...]
         return handle_move(event, archive, access_of(event.assoc, access),
                            _levels(event, "move"), remotes, tls)  # fmt: skip
 
+    def on_n_action(event: Any) -> Any:
+        return handle_n_action(event, archive, access_of(event.assoc, access), remotes,
+                               settings.ae_title, tls)  # fmt: skip
+
     return [
+        (evt.EVT_N_ACTION, on_n_action),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, on_store),
         (evt.EVT_C_FIND, on_find),
