@@ -406,9 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_stats)
 
+    from engine.backup_cli import add_parsers as add_backup_parsers
     from engine.bench.cli import add_parsers as add_bench_parsers  # a client: needs no Archive
     from engine.forward.cli import add_parsers as add_forward_parsers
 
+    add_backup_parsers(sub)
     add_forward_parsers(sub)
     add_bench_parsers(sub)
     return p
