@@ -1,5 +1,5 @@
-"""compare.py, web_compare.py, forward_compare.py and scale.py run end to end at tiny sizes,
-with sane numbers.
+"""compare.py, web_compare.py, forward_compare.py, backup_bench.py and scale.py run end to end
+at tiny sizes, with sane numbers.
 
 ``compare.py`` drives ``pacs bench``; it runs from this tree, or from the
 checkout named by ``$PACS_BENCH_TREE`` while the bench tool lives elsewhere.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import backup_bench
 import compare
 import forward_compare
 import orjson
@@ -72,6 +73,20 @@ def test_forward_compare_delivers_every_instance_through_us_and_orthanc(tmp_path
         assert 0 < m["forwarded/s (end to end)"] <= m["acknowledged/s"]
     assert set(results["direct"]["metrics"]) == {"acknowledged/s", "forwarded/s (end to end)"}
     assert not list((tmp_path / "work").iterdir())  # corpus, archives and destinations removed
+
+
+def test_backup_bench_gives_every_step_against_the_disk(tmp_path: Path) -> None:
+    out = tmp_path / "backup.json"
+    argv = ["--slices", "20", "--rows", "64", "--more", "50", "--work-dir", str(tmp_path / "w"),
+            "--json", str(out)]  # fmt: skip
+    assert backup_bench.main(argv) == 0
+    data = orjson.loads(out.read_bytes())
+    steps = data["rows"]
+    assert list(steps) == ["disk (write + fsync)", "backup (full)", "backup (incremental)",
+                           "restore"]  # fmt: skip
+    assert data["instances"] == 30 and all(f["MB/s"] > 0 for f in steps.values())
+    assert 0 < steps["backup (incremental)"]["MB"] < steps["backup (full)"]["MB"]
+    assert not list((tmp_path / "w").iterdir())
 
 
 def test_forward_compare_refuses_a_target_that_cannot_forward(tmp_path: Path) -> None:
