@@ -78,12 +78,13 @@ def cmd_queue(args: argparse.Namespace) -> int:
     if args.json:
         rows = [{"rule": r.name, "to": str(r.target), "cursor": s.cursor, "behind": s.behind,
                  "retrying": s.retries, "dead": s.dead, "sent": s.sent, "refused": s.refused,
-                 "last_sent_ns": s.last_sent_ns, "last_error": s.last_error}
+                 "awaiting_commitment": s.awaiting, "last_sent_ns": s.last_sent_ns,
+                 "last_error": s.last_error}
                 for r, s in states]  # fmt: skip
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
         return EXIT_OK
-    table = Table("rule", "to", "behind", "retrying", "dead", "sent", "refused", "last sent",
-                  "last error", title="forward queues")  # fmt: skip
+    table = Table("rule", "to", "behind", "retrying", "dead", "sent", "refused", "awaiting commit",
+                  "last sent", "last error", title="forward queues")  # fmt: skip
     for r, s in states:
         table.add_row(
             r.name,
@@ -93,6 +94,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
             f"{s.dead:,}",
             f"{s.sent:,}",
             f"{s.refused:,}",
+            f"{s.awaiting:,}" if r.commit else "",
             _when(s.last_sent_ns),
             s.last_error[:80],
         )

@@ -15,7 +15,10 @@ LMDB commits in order, so a durable cursor implies the changes it passed
 are durable too, even with the index's ``metasync`` off.
 
 Keys: ``c:NAME`` cursor, ``s:NAME`` counts, ``r:NAME NUL UID`` retries,
-``d:NAME NUL UID`` dead letters.
+``d:NAME NUL UID`` dead letters. A rule with ``commit = true`` moves what
+the destination took into a pending Storage Commitment transaction
+(:mod:`engine.index.commitments`) in the same commit; :meth:`ForwardQueue.settle`
+counts it sent once the report commits it, or retries it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Any
 
 import orjson
 
-from engine.index import changes
+from engine.index import changes, commitments
+from engine.index.commitments import Pending
 from engine.index.env import IndexEnv
 
 RETRY_BASE_S = 2.0  # the wait before the first retry of a refused instance; doubles
@@ -56,6 +60,7 @@ class QueueState:
     refused: int
     last_error: str
     last_sent_ns: int
+    awaiting: int = 0  # sent, the destination's Storage Commitment report not in yet
 
     @property
     def behind(self) -> int:
@@ -72,6 +77,9 @@ class Outcome:
     refused: list[tuple[str, str]]  # (UID, why) the destination refused or we could not send
     expired: list[tuple[str, str]]  # (UID, why) waited past max_age_s: dead letters now
     gone: list[str] = field(default_factory=list)  # retries of instances deleted since
+    # commit = true: what the destination took waits for its report (not counted sent yet);
+    # each UID's attempts and first wait are filled in from its retry entry, if any
+    awaiting: Pending | None = None
 
 
 def _key(kind: str, name: str, uid: str = "") -> bytes:
@@ -135,9 +143,11 @@ class ForwardQueue:
             cursor = int(txn.get(_key("c", self.name), db=db) or b"0")
             counts = orjson.loads(txn.get(_key("s", self.name), db=db) or b"{}")
             head = changes.head(txn, self.db)
+            awaiting = sum(len(p.uids) for p in commitments.pending_of(txn, self.db, self.name))
         return QueueState(self.name, cursor, head, self._count("r"), self._count("d"),
                           counts.get("sent", 0), counts.get("refused", 0),
-                          counts.get("last_error", ""), counts.get("last_sent_ns", 0))  # fmt: skip
+                          counts.get("last_error", ""), counts.get("last_sent_ns", 0),
+                          awaiting)  # fmt: skip
 
     def _count(self, kind: str) -> int:
         prefix = _key(kind, self.name) + b"\x00"
@@ -158,21 +168,14 @@ class ForwardQueue:
         now = time.time_ns()
 
         def write(txn: Any) -> list[str]:
-            db, dead = self.db["forward"], []
+            db, dead = self.db["forward"], list[str]()
             for uid in [*out.sent, *out.gone]:
                 txn.delete(_key("r", self.name, uid), db=db)
             for uid, why in out.refused:
-                raw = txn.get(_key("r", self.name, uid), db=db)
-                old = orjson.loads(raw) if raw else {"attempts": 0, "first_ns": now}
-                attempts = old["attempts"] + 1
-                if attempts >= max_attempts:
-                    dead.append(uid)
-                    self._bury(txn, uid, attempts, f"{why} ({attempts} attempts)", old["first_ns"])
-                    continue
-                wait_s = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempts - 1))
-                txn.put(_key("r", self.name, uid), orjson.dumps({
-                    "attempts": attempts, "error": why, "first_ns": old["first_ns"],
-                    "next_ns": now + int(wait_s * 1e9)}), db=db)  # fmt: skip
+                attempts, first_ns = self._attempts(txn, uid, now)
+                self._refuse(txn, uid, why, attempts, first_ns, max_attempts, now, dead)
+            if out.awaiting is not None:
+                self._await(txn, out.awaiting, now)
             for uid, why in out.expired:
                 raw = txn.get(_key("r", self.name, uid), db=db)
                 old = orjson.loads(raw) if raw else {"attempts": 0, "first_ns": now}
@@ -182,6 +185,63 @@ class ForwardQueue:
             if out.cursor > int(txn.get(cursor_key, db=db) or b"0"):
                 txn.put(cursor_key, b"%d" % out.cursor, db=db)
             self._count_up(txn, out, now)
+            return dead
+
+        return self.env.write(write)
+
+    def _attempts(self, txn: Any, uid: str, now: int) -> tuple[int, int]:
+        """An instance's refusals so far and when it first waited (from its retry entry)."""
+        raw = txn.get(_key("r", self.name, uid), db=self.db["forward"])
+        old = orjson.loads(raw) if raw else {"attempts": 0, "first_ns": now}
+        return int(old["attempts"]), int(old["first_ns"])
+
+    def _refuse(self, txn: Any, uid: str, why: str, before: int, first_ns: int,
+                max_attempts: int, now: int, dead: list[str]) -> None:  # fmt: skip
+        """One more refusal: a retry after a backoff, or a dead letter at `max_attempts`."""
+        attempts = before + 1
+        if attempts >= max_attempts:
+            dead.append(uid)
+            self._bury(txn, uid, attempts, f"{why} ({attempts} attempts)", first_ns)
+            return
+        wait_s = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempts - 1))
+        txn.put(_key("r", self.name, uid), orjson.dumps({
+            "attempts": attempts, "error": why, "first_ns": first_ns,
+            "next_ns": now + int(wait_s * 1e9)}), db=self.db["forward"])  # fmt: skip
+
+    def _await(self, txn: Any, p: Pending, now: int) -> None:
+        uids = {}
+        for uid in p.uids:
+            uids[uid] = self._attempts(txn, uid, now)
+            txn.delete(_key("r", self.name, uid), db=self.db["forward"])  # not due while it waits
+        commitments.add_pending(txn, self.db, Pending(p.transaction, self.name, uids, now))
+
+    def awaiting(self) -> list[Pending]:
+        """The Storage Commitment transactions this rule waits on, oldest first."""
+        with self.env.read() as txn:
+            return commitments.pending_of(txn, self.db, self.name)
+
+    def report(self, transaction: str) -> commitments.Report | None:
+        with self.env.read() as txn:
+            return commitments.get_report(txn, self.db, transaction)
+
+    def settle(self, transaction: str, committed: list[str], failed: list[tuple[str, str]],
+               max_attempts: int) -> list[str]:  # fmt: skip
+        """A transaction answered (or given up on): `committed` count as sent, `failed` as
+        refused; the UIDs that became dead letters. Nothing if it was settled already."""
+        now = time.time_ns()
+
+        def write(txn: Any) -> list[str]:
+            p = commitments.get_pending(txn, self.db, transaction)
+            dead: list[str] = []
+            if p is None:
+                return dead
+            commitments.drop(txn, self.db, transaction)
+            done = [u for u in committed if u in p.uids]
+            refused = [(u, why) for u, why in failed if u in p.uids]
+            for uid, why in refused:
+                before, first_ns = p.uids[uid]
+                self._refuse(txn, uid, why, before, first_ns, max_attempts, now, dead)
+            self._count_up(txn, Outcome(0, done, refused, []), now)
             return dead
 
         return self.env.write(write)

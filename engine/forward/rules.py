@@ -10,6 +10,13 @@
     batch = 200                # instances per association, at most
     max_attempts = 10          # refusals of one instance before it is a dead letter
     max_age_s = 604800         # an instance waiting longer is a dead letter (0: never)
+    commit = false             # true: delivered once the destination committed it
+    commit_timeout_s = 600     # no Storage Commitment report in this long: sent again
+
+With ``commit = true`` (``dicom:`` targets) each batch is followed by a
+Storage Commitment request (PS3.4 Annex J, :mod:`engine.forward.commit`);
+an instance counts as delivered only once the destination's report commits
+it, and one it does not commit is retried like a refused one.
 
 A rule applies to instances stored after it first ran: its queue starts at
 the head of the change log, not at the beginning of history. ``when`` keys
@@ -35,7 +42,9 @@ from engine.attributes import BY_KEYWORD, level_of, vr_of
 from engine.errors import InvalidQueryError
 from engine.query.matching import Matcher, compile_matcher
 
-RULE_KEYS = ("name", "when", "to", "parallel", "batch", "max_attempts", "max_age_s")
+RULE_KEYS = ("name", "when", "to", "parallel", "batch", "max_attempts", "max_age_s", "commit",
+             "commit_timeout_s")  # fmt: skip
+DEFAULT_COMMIT_TIMEOUT_S = 600
 DEFAULT_BATCH = 200
 DEFAULT_MAX_ATTEMPTS = 10
 DEFAULT_MAX_AGE_S = 7 * 86400.0
@@ -76,6 +85,8 @@ class Rule:
     batch: int = DEFAULT_BATCH
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_age_s: float = DEFAULT_MAX_AGE_S
+    commit: bool = False
+    commit_timeout_s: float = DEFAULT_COMMIT_TIMEOUT_S
 
     @property
     def needs_metadata(self) -> bool:
@@ -126,12 +137,21 @@ def _rule(i: int, t: dict[str, Any], remotes: Mapping[str, Any]) -> Rule:
     if not isinstance(when, dict):
         raise ValueError(f'{where}: when must be a table like {{ Modality = "CT" }}')
     conditions = tuple(_condition(where, k, v) for k, v in when.items())
+    commit = t.get("commit", False)
+    if not isinstance(commit, bool):
+        raise ValueError(f"{where}: commit must be true or false")
+    if commit and target.kind != "dicom":
+        raise ValueError(f"{where}: commit = true needs a dicom: target (Storage Commitment "
+                         "is a DIMSE service)")  # fmt: skip
     return Rule(
         name, target, conditions,
         parallel=_int(where, t, "parallel", 1, 1, MAX_PARALLEL),
         batch=_int(where, t, "batch", DEFAULT_BATCH, 1, 10_000),
         max_attempts=_int(where, t, "max_attempts", DEFAULT_MAX_ATTEMPTS, 1, 1_000_000),
         max_age_s=float(_int(where, t, "max_age_s", int(DEFAULT_MAX_AGE_S), 0, 10**9)),
+        commit=commit,
+        commit_timeout_s=float(_int(where, t, "commit_timeout_s", DEFAULT_COMMIT_TIMEOUT_S,
+                                    1, 10**7)),
     )  # fmt: skip
 
 

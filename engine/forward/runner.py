@@ -8,6 +8,12 @@ that cannot be reached leaves the cursor where it was and the rule waits,
 longer each time (at most :data:`UNREACHABLE_WAIT_MAX_S`); what was
 waiting longer than ``max_age_s`` then becomes a dead letter.
 
+A rule with ``commit = true`` has a :class:`engine.forward.commit.Committer`:
+what the destination took waits in a Storage Commitment transaction,
+settled at the start of a later round once the report is in (committed:
+sent; not committed: a refusal, retried), or after ``commit_timeout_s``
+without one (a refusal too).
+
 It runs off the store path: in ``pacs serve`` it is a process of its own
 beside the workers (:func:`run_forwarder`), and a store costs it only the
 change entry the index writes in the same transaction.
@@ -23,11 +29,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom.multival import MultiValue
+from pydicom.uid import generate_uid
 
+from engine.forward.commit import Committer, not_committed
 from engine.forward.queue import ForwardQueue, Outcome
 from engine.forward.rules import Rule
 from engine.forward.senders import Delivery, DicomSender, StowSender
 from engine.index import changes
+from engine.index.commitments import Pending
 from engine.net.retrieve import Match
 
 if TYPE_CHECKING:
@@ -62,19 +71,30 @@ class _Item:
 
 def sender_for(archive: Archive, rule: Rule, settings: ServerSettings) -> Sender:
     if rule.target.kind == "dicom":
-        from engine.net.tls import client_context
-
-        tls = client_context(settings.tls) if settings.remotes[rule.target.address].tls else None
-        return DicomSender(archive, settings, rule.target.address, rule.parallel, tls)
+        return DicomSender(archive, settings, rule.target.address, rule.parallel,
+                           _client_tls(rule, settings))  # fmt: skip
     return StowSender(archive, rule.target.address, rule.parallel)
+
+
+def committer_for(archive: Archive, rule: Rule, settings: ServerSettings) -> Committer | None:
+    if not rule.commit:
+        return None
+    return Committer(archive, settings, rule.target.address, _client_tls(rule, settings))
+
+
+def _client_tls(rule: Rule, settings: ServerSettings) -> Any:
+    from engine.net.tls import client_context
+
+    return client_context(settings.tls) if settings.remotes[rule.target.address].tls else None
 
 
 class RuleRunner:
     """Follows the change log for one rule until `stop` is set."""
 
-    def __init__(self, archive: Archive, rule: Rule, sender: Sender,
-                 stop: threading.Event) -> None:  # fmt: skip
+    def __init__(self, archive: Archive, rule: Rule, sender: Sender, stop: threading.Event,
+                 committer: Committer | None = None) -> None:  # fmt: skip
         self.archive, self.rule, self.sender, self.stop = archive, rule, sender, stop
+        self.committer = committer
         self.queue = ForwardQueue(archive.env, rule.name)
         self._wait_s = 0.0
 
@@ -89,12 +109,18 @@ class RuleRunner:
                     self.stop.wait(UNREACHABLE_WAIT_MAX_S / 10)
                 if not busy:
                     self.sender.idle()
+                    if self.committer is not None:
+                        self.committer.idle()
                     self.stop.wait(POLL_S)
         finally:
             self.sender.close()
+            if self.committer is not None:
+                self.committer.close()
 
     def round(self) -> bool:
         """One batch; whether there was anything to do."""
+        if self.committer is not None:
+            self._settle()
         cursor = self.queue.cursor()
         items, last = self._from_log(cursor)
         retries, gone = self._due_retries({i.match.sop_instance for i in items})
@@ -118,8 +144,13 @@ class RuleRunner:
                 expired = [(u, why) for u in d.unsent]  # the queue moves past them
             else:
                 last = cursor  # the queue holds: this batch goes again
-        dead = self.queue.commit(Outcome(last, d.sent, d.refused, expired, gone),
-                                 self.rule.max_attempts)  # fmt: skip
+        out = Outcome(last, d.sent, d.refused, expired, gone)
+        if self.committer is not None and d.sent:  # delivered once committed, not before
+            out.sent, out.awaiting = [], Pending(generate_uid(), self.rule.name,
+                                                 dict.fromkeys(d.sent, (0, 0)), 0)  # fmt: skip
+        dead = self.queue.commit(out, self.rule.max_attempts)
+        if out.awaiting is not None:
+            dead += self._ask(out.awaiting.transaction, d.sent, todo)
         for uid in dead:
             log.error("forward %s: %s is a dead letter", self.rule.name, uid)
         if d.unsent and not expired:
@@ -134,6 +165,37 @@ class RuleRunner:
             log.debug("forward %s: %d sent, %d refused", self.rule.name, len(d.sent),
                      len(d.refused))  # fmt: skip
         return True
+
+    def _ask(self, transaction: str, sent: list[str], todo: list[_Item]) -> list[str]:
+        """Send the Storage Commitment request (its transaction is durable already); a request
+        the destination did not take settles as refused at once. The new dead letters."""
+        assert self.committer is not None
+        class_of = {i.match.sop_instance: i.match.sop_class for i in todo}
+        why = self.committer.request(transaction, [(class_of[u], u) for u in sent])
+        if why is None:
+            return []
+        log.warning("forward %s: %s", self.rule.name, why)
+        return self.queue.settle(transaction, [], [(u, why) for u in sent],
+                                 self.rule.max_attempts)  # fmt: skip
+
+    def _settle(self) -> None:
+        """Settle the transactions whose report is in, or that waited past the timeout."""
+        now = time.time_ns()
+        for p in self.queue.awaiting():
+            report = self.queue.report(p.transaction)
+            if report is not None:
+                failed = [(u, not_committed(r)) for u, r in report.failed.items()]
+                answered = set(report.committed) | set(report.failed)
+                failed += [(u, "not in the Storage Commitment report") for u in p.uids
+                           if u not in answered]  # fmt: skip
+                committed = report.committed
+            elif now - p.asked_ns > self.rule.commit_timeout_s * 1e9:
+                why = f"no Storage Commitment report within {self.rule.commit_timeout_s:g} s"
+                committed, failed = [], [(u, why) for u in p.uids]
+            else:
+                continue
+            for uid in self.queue.settle(p.transaction, committed, failed, self.rule.max_attempts):
+                log.error("forward %s: %s is a dead letter", self.rule.name, uid)
 
     def _from_log(self, cursor: int) -> tuple[list[_Item], int]:
         """The stored instances after `cursor` the rule matches (at most ``batch``), and the
@@ -234,7 +296,8 @@ def start_rules(archive: Archive, rules: Sequence[Rule], settings: ServerSetting
     """A thread per rule, started; they end once `stop` is set."""
     threads = []
     for rule in rules:
-        runner = RuleRunner(archive, rule, sender_for(archive, rule, settings), stop)
+        runner = RuleRunner(archive, rule, sender_for(archive, rule, settings), stop,
+                            committer_for(archive, rule, settings))  # fmt: skip
         t = threading.Thread(target=runner.run, name=f"forward-{rule.name}", daemon=True)
         t.start()
         threads.append(t)

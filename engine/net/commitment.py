@@ -21,6 +21,11 @@ A report that cannot be delivered is retried with backoff for
 :data:`REPORT_ATTEMPTS` tries, then logged at ERROR. Transactions are not
 kept across a restart of the worker: an SCU that hears nothing asks again
 (IHE RAD-10 leaves the timeout to it).
+
+As SCU (a forward rule with ``commit = true``, :mod:`engine.forward.commit`)
+the forwarder asks; a destination's report may come on a new association
+to any worker, which :func:`handle_n_event_report` keeps in the index for
+the forwarder (:mod:`engine.index.commitments`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from engine.errors import CorruptRecordError, NotFoundError, StorageIOError
+from engine.index.commitments import Report, record_report
 from engine.net.settings import Access, Remote
 
 if TYPE_CHECKING:
@@ -78,6 +84,19 @@ class Verdict:
     information: Dataset
     committed: int
     failed: int
+
+
+def request_dataset(transaction: str, pairs: list[tuple[str, str]]) -> Dataset:
+    """An N-ACTION's Action Information asking to commit `pairs` (SOP Class, Instance UIDs)."""
+    info = Dataset()
+    info.TransactionUID = transaction
+    items = []
+    for sop_class, sop_instance in pairs:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+        items.append(item)
+    info.ReferencedSOPSequence = items
+    return info
 
 
 def requested(information: Dataset | None) -> tuple[str, list[tuple[str, str]]] | None:
@@ -231,3 +250,56 @@ def handle_n_action(event: Any, archive: Archive, access: Access, remotes: dict[
     # report on the same association waits for the association's reactor to pause
     threading.Thread(target=work, name=f"commitment-{transaction[-12:]}", daemon=True).start()
     return SUCCESS, None
+
+
+def parse_report(event_type: int, info: Dataset | None) -> tuple[str, Report] | None:
+    """The Transaction UID and verdict of an N-EVENT-REPORT's Event Information; None if it
+    is not a Storage Commitment result (PS3.4 J.3.3.1.1)."""
+    if event_type not in (ALL_COMMITTED, FAILURES_EXIST) or info is None:
+        return None
+    transaction = str(info.get("TransactionUID", "") or "").strip()
+    if not transaction:
+        return None
+    committed = [str(i.ReferencedSOPInstanceUID) for i in info.get("ReferencedSOPSequence", [])
+                 if "ReferencedSOPInstanceUID" in i]  # fmt: skip
+    failed = {}
+    for item in info.get("FailedSOPSequence", []):
+        if "ReferencedSOPInstanceUID" in item:
+            reason = item.get("FailureReason", REASON_PROCESSING_FAILURE)
+            failed[str(item.ReferencedSOPInstanceUID)] = int(reason)
+    return transaction, Report(committed, failed)
+
+
+def keep_report(archive: Archive, event: Any) -> int:
+    """An N-EVENT-REPORT-RQ a destination sent us: keep its verdict for the forwarder; the
+    N-EVENT-REPORT-RSP status."""
+    calling = (
+        str(event.assoc.requestor.ae_title).strip()
+        if event.assoc.is_acceptor
+        else str(event.assoc.acceptor.ae_title).strip()
+    )
+    if str(event.request.AffectedSOPClassUID) != PUSH_MODEL:
+        return NO_SUCH_SOP_CLASS
+    try:
+        parsed = parse_report(event.event_type, event.event_information)
+    except Exception as exc:  # noqa: BLE001 -- an undecodable Event Information
+        log.warning("storage commitment report from %s unreadable: %s", calling, exc)
+        return INVALID_ARGUMENT
+    if parsed is None:
+        log.warning("storage commitment report from %s: no Transaction UID, or event type %s",
+                    calling, event.event_type)  # fmt: skip
+        return INVALID_ARGUMENT
+    transaction, report = parsed
+    env = archive.env
+    if env.write(lambda txn: record_report(txn, env.db, transaction, report)):
+        log.info("storage commitment %s: %s committed %d, failed %d", transaction, calling,
+                 len(report.committed), len(report.failed))  # fmt: skip
+    else:  # answered all the same: a refusal would only make it send again
+        log.warning("storage commitment report from %s for %s: no such request of ours",
+                    calling, transaction)  # fmt: skip
+    return SUCCESS
+
+
+def handle_n_event_report(event: Any, archive: Archive) -> tuple[int, None]:
+    """EVT_N_EVENT_REPORT: a destination's Storage Commitment result (PS3.4 J.3.3)."""
+    return keep_report(archive, event), None

@@ -31,7 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from engine.net.commitment import PUSH_MODEL, handle_n_action
+from engine.net.commitment import PUSH_MODEL, handle_n_action, handle_n_event_report
 from engine.net.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from engine.net.find import PATIENT_ROOT_LEVELS, STUDY_ROOT_LEVELS, handle_find
 from engine.net.retrieve import handle_get, handle_move
@@ -103,7 +103,8 @@ def build_ae(settings: ServerSettings) -> AE:
     for models in _MODELS.values():
         for sop_class, _ in models:
             ae.add_supported_context(sop_class, DEFAULT_TRANSFER_SYNTAXES)
-    ae.add_supported_context(PUSH_MODEL, DEFAULT_TRANSFER_SYNTAXES)
+    # both roles: a destination reporting on a new association proposes the SCP role
+    ae.add_supported_context(PUSH_MODEL, DEFAULT_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     return ae
 
 
@@ -138,8 +139,12 @@ def handlers(archive: Archive, settings: ServerSettings) -> list[tuple[Any, ...]
         return handle_n_action(event, archive, access_of(event.assoc, access), remotes,
                                settings.ae_title, tls)  # fmt: skip
 
+    def on_n_event_report(event: Any) -> Any:
+        return handle_n_event_report(event, archive)
+
     return [
         (evt.EVT_N_ACTION, on_n_action),
+        (evt.EVT_N_EVENT_REPORT, on_n_event_report),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, on_store),
         (evt.EVT_C_FIND, on_find),

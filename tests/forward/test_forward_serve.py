@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,8 +26,7 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 
-from engine.synthetic import ct_series, encode
-from tests._helpers import ROOT
+from tests.forward._support import pacs, queue_state, uid_of, wait_for, write_series
 from tests.net._support import (
     Server,
     dcmtk,
@@ -38,8 +36,6 @@ from tests.net._support import (
     run_dcmtk,
     storescu,
 )
-
-WAIT_S = 90.0
 
 
 def _storescp(folder: Path, port: int, aet: str = "DEST") -> subprocess.Popen[bytes]:
@@ -62,41 +58,6 @@ def _received(folder: Path) -> dict[str, Path]:
         if m:
             out[m["uid"]] = f
     return out
-
-
-def _wait(what: str, done: Any, server: Server | None = None) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n" + (
-            server.log()[-4000:] if server else ""
-        )
-        time.sleep(0.2)
-
-
-def _pacs(*args: str) -> subprocess.CompletedProcess[str]:
-    """The `pacs` command of this checkout (never one that happens to be on PATH)."""
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True)  # fmt: skip
-
-
-def _queue(server: Server, *args: str) -> Any:
-    out = _pacs("--config", str(server.config_path), "-A", str(server.archive), "queue", *args,
-                "--json")  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def _series(folder: Path, seed: int, n: int, *, implicit: bool = False) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for i, ds in enumerate(ct_series(seed, n, rows=32, columns=32, implicit=implicit)):
-        files.append(folder / f"{seed}-{i}.dcm")
-        files[-1].write_bytes(encode(ds))
-    return files
-
-
-def _uid(path: Path) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def _same(sent: Path, got: Path) -> None:
@@ -166,24 +127,24 @@ to = "dicom:PACS2"
 """
     server = Server(tmp_path, workers=2, config=config).start()
     try:
-        scanner = _series(tmp_path / "in", 181, 5)  # Explicit VR LE
-        other = _series(tmp_path / "in", 182, 3, implicit=True)
+        scanner = write_series(tmp_path / "in", 181, 5)  # Explicit VR LE
+        other = write_series(tmp_path / "in", 182, 3, implicit=True)
         mr = Path(get_testdata_file("MR_small.dcm"))  # pydicom's: nobody here wrote it
         assert storescu(server.port, scanner, aet="CTSCANNER").returncode == 0
         assert storescu(server.port, other, aet="OTHER").returncode == 0
         assert storescu(server.port, [mr], aet="MRI").returncode == 0
-        ct_uids = {_uid(p): p for p in scanner + other}
-        everything = {**ct_uids, _uid(mr): mr}
+        ct_uids = {uid_of(p): p for p in scanner + other}
+        everything = {**ct_uids, uid_of(mr): mr}
 
-        _wait("storescp", lambda: len(_received(peers["dest"])) >= 5, server)
-        _wait("Orthanc", lambda: len(peers["orthanc"].get("/instances").json()) >= 9, server)
+        wait_for("storescp", lambda: len(_received(peers["dest"])) >= 5, server)
+        wait_for("Orthanc", lambda: len(peers["orthanc"].get("/instances").json()) >= 9, server)
         second = peers["second"]
-        _wait("the second archive", lambda: _count(second) >= 9, server)
+        wait_for("the second archive", lambda: _count(second) >= 9, server)
         time.sleep(1)  # nothing more may come
         got = _received(peers["dest"])
-        assert set(got) == {_uid(p) for p in scanner}  # CT from CT* only
+        assert set(got) == {uid_of(p) for p in scanner}  # CT from CT* only
         for path in scanner:
-            _same(path, got[_uid(path)])
+            _same(path, got[uid_of(path)])
         in_orthanc = {}
         for oid in peers["orthanc"].get("/instances").json():
             tags = peers["orthanc"].get(f"/instances/{oid}/simplified-tags").json()
@@ -196,9 +157,9 @@ to = "dicom:PACS2"
             _same(path, got_path)
         for uid, path in everything.items():  # the second pacs serve, byte for byte
             exported = tmp_path / f"second-{uid}.dcm"
-            assert _pacs("-A", str(second.archive), "export", uid, str(exported)).returncode == 0
+            assert pacs("-A", str(second.archive), "export", uid, str(exported)).returncode == 0
             _same(path, exported)
-        states = {q["rule"]: q for q in _queue(server)}
+        states = {q["rule"]: q for q in queue_state(server)}
         assert {k: (v["sent"], v["behind"], v["dead"]) for k, v in states.items()} == {
             "scanner-ct": (5, 0, 0), "ct-orthanc": (8, 0, 0), "mr-web": (1, 0, 0),
             "replica": (9, 0, 0)}  # fmt: skip
@@ -207,7 +168,7 @@ to = "dicom:PACS2"
 
 
 def _count(server: Server) -> int:
-    out = _pacs("-A", str(server.archive), "stats", "--json")
+    out = pacs("-A", str(server.archive), "stats", "--json")
     return int(json.loads(out.stdout)["instances"]) if out.returncode == 0 else 0
 
 
@@ -226,14 +187,17 @@ def test_the_queue_holds_while_the_destination_is_down_then_drains(tmp_path: Pat
     server = Server(tmp_path, workers=1, config=config).start()
     dest = None
     try:
-        files = _series(tmp_path / "in", 183, 10)
+        files = write_series(tmp_path / "in", 183, 10)
         assert storescu(server.port, files).returncode == 0
-        _wait("the failure to show", lambda: "cannot associate" in _queue(server)[0]["last_error"])
-        (state,) = _queue(server)
+        wait_for(
+            "the failure to show",
+            lambda: "cannot associate" in queue_state(server)[0]["last_error"],
+        )
+        (state,) = queue_state(server)
         assert state["sent"] == 0 and state["behind"] >= 10 and state["dead"] == 0
         dest = _storescp(tmp_path / "dest", port, "LATER")
-        _wait("the queue to drain", lambda: len(_received(tmp_path / "dest")) == 10, server)
-        (state,) = _queue(server)
+        wait_for("the queue to drain", lambda: len(_received(tmp_path / "dest")) == 10, server)
+        (state,) = queue_state(server)
         assert (state["sent"], state["behind"], state["dead"]) == (10, 0, 0)
     finally:
         if dest is not None:
@@ -261,14 +225,14 @@ def test_refused_instances_become_dead_letters_that_can_be_retried(tmp_path: Pat
     config = _one_rule("PICKY", port, 'name = "picky"\nmax_attempts = 2')
     server = Server(tmp_path, workers=1, config=config).start()
     try:
-        files = _series(tmp_path / "in", 184, 3)
+        files = write_series(tmp_path / "in", 184, 3)
         assert storescu(server.port, files).returncode == 0
-        _wait("dead letters", lambda: len(_queue(server, "picky", "--dead")) == 3, server)
-        letters = _queue(server, "picky", "--dead")
-        assert {w["sop_instance_uid"] for w in letters} == {_uid(p) for p in files}
+        wait_for("dead letters", lambda: len(queue_state(server, "picky", "--dead")) == 3, server)
+        letters = queue_state(server, "picky", "--dead")
+        assert {w["sop_instance_uid"] for w in letters} == {uid_of(p) for p in files}
         assert all(w["attempts"] == 2 and "0xA700" in w["error"] for w in letters)
         refuse.clear()
-        out = _pacs(
+        out = pacs(
             "--config",
             str(server.config_path),
             "-A",
@@ -278,9 +242,9 @@ def test_refused_instances_become_dead_letters_that_can_be_retried(tmp_path: Pat
             "--retry",
         )
         assert out.returncode == 0 and "3 dead letters queued again" in out.stdout
-        _wait("the retried letters", lambda: len(taken) == 3, server)
-        assert set(taken) == {_uid(p) for p in files}
-        (state,) = _queue(server)
+        wait_for("the retried letters", lambda: len(taken) == 3, server)
+        assert set(taken) == {uid_of(p) for p in files}
+        (state,) = queue_state(server)
         assert (state["sent"], state["dead"], state["retrying"]) == (3, 0, 0)
     finally:
         assert server.stop() == 0, server.log()
@@ -295,7 +259,7 @@ def _forwarder_pid(server: Server, after: int) -> int:
         found[:] = [int(p) for p in re.findall(r"forwarder \(pid (\d+)\)", server.log())]
         return bool(found) and found[-1] != after
 
-    _wait("the forwarder", started, server)
+    wait_for("the forwarder", started, server)
     return found[-1]
 
 
@@ -306,7 +270,7 @@ def test_sigkill_of_forwarder_and_destination_loses_nothing(tmp_path: Path) -> N
     config = _one_rule("DEST", port, 'name = "all"\nbatch = 20')
     server = Server(tmp_path, workers=2, config=config).start()
     dest = _storescp(tmp_path / "dest", port)
-    series = [_series(tmp_path / "in", 200 + i, 10) for i in range(20)]
+    series = [write_series(tmp_path / "in", 200 + i, 10) for i in range(20)]
     acknowledged: list[Path] = []
 
     def send() -> None:
@@ -328,12 +292,12 @@ def test_sigkill_of_forwarder_and_destination_loses_nothing(tmp_path: Path) -> N
         sender.join()
         _forwarder_pid(server, pid)  # the last one restarted
         assert len(acknowledged) == 200
-        want = {_uid(p) for p in acknowledged}
-        _wait("every instance", lambda: want <= set(_received(tmp_path / "dest")), server)
-        _wait("the queue to drain", lambda: _queue(server)[0]["behind"] == 0, server)
+        want = {uid_of(p) for p in acknowledged}
+        wait_for("every instance", lambda: want <= set(_received(tmp_path / "dest")), server)
+        wait_for("the queue to drain", lambda: queue_state(server)[0]["behind"] == 0, server)
         assert "died with exit code -9; restarting it" in server.log()
         for path in acknowledged[::37]:
-            _same(path, _received(tmp_path / "dest")[_uid(path)])
+            _same(path, _received(tmp_path / "dest")[uid_of(path)])
     finally:
         sender.join()
         dest.terminate()

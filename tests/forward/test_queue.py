@@ -9,7 +9,8 @@ import pytest
 
 from engine.archive import Archive
 from engine.forward.queue import ForwardQueue, Outcome
-from engine.index import changes
+from engine.index import changes, commitments
+from engine.index.commitments import Pending
 from tests._helpers import small_ct_bytes
 
 
@@ -107,3 +108,33 @@ def test_queues_are_independent(tmp_path: Path, name: str) -> None:
         other = "b" if name == "a" else "a"
         assert ForwardQueue(archive.env, other).dead_letters() == []
         assert len(ForwardQueue(archive.env, name).dead_letters()) == 1
+
+
+def test_awaiting_instances_count_once_committed_and_keep_their_attempts(tmp_path: Path) -> None:
+    with Archive(tmp_path / "a") as archive:
+        q = ForwardQueue(archive.env, "r")
+        q.cursor()
+        ok, bad = "1.2.3.1", "1.2.3.2"
+
+        def ask(transaction: str) -> None:
+            pending = Pending(transaction, "r", dict.fromkeys((ok, bad), (0, 0)), 0)
+            q.commit(Outcome(0, [], [], [], awaiting=pending), max_attempts=2)
+
+        ask("9.1")
+        assert q.state().awaiting == 2 and q.state().sent == 0 and q.retries() == []
+        archive.env.write(lambda txn: commitments.record_report(
+            txn, archive.env.db, "9.1", commitments.Report([ok], {bad: 0x0110})))  # fmt: skip
+        assert q.report("9.1") == commitments.Report([ok], {bad: 0x0110})
+        assert q.settle("9.1", [ok], [(bad, "not committed")], max_attempts=2) == []
+        assert q.settle("9.1", [ok], [], max_attempts=2) == []  # settled already: no-op
+        state = q.state()
+        assert (state.sent, state.refused, state.awaiting) == (1, 1, 0)
+        (retry,) = q.retries()
+        assert (retry.sop_uid, retry.attempts) == (bad, 1)
+        ask("9.2")  # sent again: its attempts wait with it, and the second failure buries it
+        assert q.retries() == []
+        assert q.settle("9.2", [ok], [(bad, "not committed")], max_attempts=2) == [bad]
+        (letter,) = q.dead_letters()
+        assert letter.attempts == 2 and "not committed" in letter.error
+        assert not archive.env.write(lambda txn: commitments.record_report(
+            txn, archive.env.db, "9.9", commitments.Report([], {})))  # fmt: skip  # never asked

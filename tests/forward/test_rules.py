@@ -26,6 +26,8 @@ def test_a_rule_with_defaults() -> None:
         (),
     )
     assert rule.matches({}, None)
+    assert (rule.commit, rule.commit_timeout_s) == (False, 600)
+    assert _one(commit=True, commit_timeout_s=30).commit_timeout_s == 30
 
 
 @pytest.mark.parametrize(("table", "message"), [
@@ -41,6 +43,9 @@ def test_a_rule_with_defaults() -> None:
     ({"parallel": 0}, "parallel must be an integer 1..16"),
     ({"colour": "red"}, "unknown keys ['colour']"),
     ({"name": "a b"}, "name must be"),
+    ({"commit": "yes"}, "commit must be true or false"),
+    ({"commit": True, "to": "stow:http://host/dicom-web"}, "needs a dicom: target"),
+    ({"commit": True, "commit_timeout_s": 0}, "commit_timeout_s must be an integer"),
 ])  # fmt: skip
 def test_bad_tables_name_the_problem(table: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as info:
