@@ -294,15 +294,21 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from engine.forward.cli import forward_states, queue_rows, queue_table
+
     with _open(args) as archive:
         s = archive.stats()
+        forward = forward_states(archive)  # the [[forward]] rules of --config, if any
     if args.json:
-        sys.stdout.buffer.write(orjson.dumps(s, option=orjson.OPT_INDENT_2) + b"\n")
+        doc: dict[str, Any] = {**s, "forward": queue_rows(forward)} if forward else s
+        sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         return EXIT_OK
     table = Table("", "", title=f"archive {args.archive}", show_header=False)
     for key, value in s.items():
         table.add_row(key.replace("_", " "), f"{value:,}")
     out.print(table)
+    if forward:
+        out.print(queue_table(forward))
     return EXIT_OK
 
 

@@ -7,12 +7,16 @@ import datetime
 import re
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.table import Table
 
 from engine.config import load_config
+
+if TYPE_CHECKING:
+    from engine.forward.queue import QueueState
+    from engine.forward.rules import Rule
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEND_CHUNK = 100  # instances per step of the progress bar (one association throughout)
@@ -76,20 +80,32 @@ def cmd_queue(args: argparse.Namespace) -> int:
             return _print_dead(queues[rules[0].name], args.json)
         states = [(r, queues[r.name].state()) for r in rules]
     if args.json:
-        rows = [{"rule": r.name, "to": str(r.target), "cursor": s.cursor, "behind": s.behind,
-                 "retrying": s.retries, "dead": s.dead, "sent": s.sent, "refused": s.refused,
-                 "awaiting_commitment": s.awaiting, "last_sent_ns": s.last_sent_ns,
-                 "last_error": s.last_error}
-                for r, s in states]  # fmt: skip
+        rows = queue_rows(states)
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
         return EXIT_OK
-    table = Table("rule", "to", "behind", "retrying", "dead", "sent", "refused", "awaiting commit",
-                  "last sent", "last error", title="forward queues")  # fmt: skip
+    out.print(queue_table(states))
+    return EXIT_OK
+
+
+def queue_rows(states: list[tuple[Rule, QueueState]]) -> list[dict[str, Any]]:
+    """Each rule's queue as ``pacs queue --json`` (and ``pacs stats --json``) give it."""
+    return [{"rule": r.name, "to": str(r.target), "cursor": s.cursor, "behind": s.behind,
+             "retrying": s.retries, "dead": s.dead, "sent": s.sent, "refused": s.refused,
+             "awaiting_commitment": s.awaiting, "lag_s": round(s.lag_s, 3),
+             "rate_per_s": round(s.rate_per_s, 2), "last_sent_ns": s.last_sent_ns,
+             "last_error": s.last_error} for r, s in states]  # fmt: skip
+
+
+def queue_table(states: list[tuple[Rule, QueueState]]) -> Table:
+    table = Table("rule", "to", "behind", "lag", "rate/s", "retrying", "dead", "sent", "refused",
+                  "awaiting commit", "last sent", "last error", title="forward queues")  # fmt: skip
     for r, s in states:
         table.add_row(
             r.name,
             str(r.target),
             f"{s.behind:,}",
+            f"{s.lag_s:.1f} s" if s.behind else "",
+            f"{s.rate_per_s:,.1f}",
             f"{s.retries:,}",
             f"{s.dead:,}",
             f"{s.sent:,}",
@@ -98,8 +114,20 @@ def cmd_queue(args: argparse.Namespace) -> int:
             _when(s.last_sent_ns),
             s.last_error[:80],
         )
-    out.print(table)
-    return EXIT_OK
+    return table
+
+
+def forward_states(archive: Any) -> list[tuple[Rule, QueueState]]:
+    """Every rule of the archive's config with its queue's state (``pacs stats``)."""
+    from engine.forward.queue import ForwardQueue
+    from engine.forward.rules import forward_rules
+    from engine.net.settings import server_settings
+
+    config = archive.config
+    if not config.extra.get("forward"):
+        return []
+    rules = forward_rules(config.extra, server_settings(config).remotes)
+    return [(r, ForwardQueue(archive.env, r.name).state()) for r in rules]
 
 
 def _print_dead(queue: Any, as_json: bool) -> int:

@@ -31,11 +31,13 @@ from typing import Any
 import orjson
 
 from engine.index import changes, commitments
+from engine.index import keys as K
 from engine.index.commitments import Pending
 from engine.index.env import IndexEnv
 
 RETRY_BASE_S = 2.0  # the wait before the first retry of a refused instance; doubles
 RETRY_MAX_S = 600.0
+RATE_WINDOW_S = 60.0  # the send rate shown is over the last window this long that ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,8 @@ class QueueState:
     last_error: str
     last_sent_ns: int
     awaiting: int = 0  # sent, the destination's Storage Commitment report not in yet
+    lag_s: float = 0.0  # how long the oldest change not looked at yet has waited
+    rate_per_s: float = 0.0  # instances delivered per second over the last rate window
 
     @property
     def behind(self) -> int:
@@ -144,10 +148,29 @@ class ForwardQueue:
             counts = orjson.loads(txn.get(_key("s", self.name), db=db) or b"{}")
             head = changes.head(txn, self.db)
             awaiting = sum(len(p.uids) for p in commitments.pending_of(txn, self.db, self.name))
+            lag_s = self._lag_s(txn, cursor, head)
         return QueueState(self.name, cursor, head, self._count("r"), self._count("d"),
                           counts.get("sent", 0), counts.get("refused", 0),
                           counts.get("last_error", ""), counts.get("last_sent_ns", 0),
-                          awaiting)  # fmt: skip
+                          awaiting, lag_s, self._rate(counts))  # fmt: skip
+
+    @staticmethod
+    def _rate(counts: dict[str, Any]) -> float:
+        """The last window's rate; 0 once nothing was sent for a whole window."""
+        idle_ns = time.time_ns() - counts.get("last_sent_ns", 0)
+        return 0.0 if idle_ns > RATE_WINDOW_S * 1e9 else float(counts.get("rate", 0.0))
+
+    def _lag_s(self, txn: Any, cursor: int, head: int) -> float:
+        """Seconds since the oldest store after the cursor (deletions and gone UIDs skipped)."""
+        if head <= cursor:
+            return 0.0
+        for ch in changes.after(txn, self.db, cursor, 16):
+            raw = txn.get(ch.sop_uid.encode(), db=self.db["instances"]) if ch.kind == \
+                changes.STORED else None
+            if raw:
+                stored_ns = K.unpack_location(raw).stored_at_ns
+                return max(0.0, (time.time_ns() - stored_ns) / 1e9)
+        return 0.0
 
     def _count(self, kind: str) -> int:
         prefix = _key(kind, self.name) + b"\x00"
@@ -257,6 +280,11 @@ class ForwardQueue:
         counts = orjson.loads(txn.get(key, db=db) or b"{}")
         counts["sent"] = counts.get("sent", 0) + len(out.sent)
         counts["refused"] = counts.get("refused", 0) + len(out.refused)
+        start = counts.setdefault("window_ns", now)
+        counts["window_sent"] = counts.get("window_sent", 0) + len(out.sent)
+        if now - start >= RATE_WINDOW_S * 1e9:  # a window ended: its rate is the one shown
+            counts["rate"] = counts["window_sent"] / ((now - start) / 1e9)
+            counts["window_ns"], counts["window_sent"] = now, 0
         if out.sent:
             counts["last_sent_ns"] = now
         if out.refused or out.expired:

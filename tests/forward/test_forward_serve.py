@@ -195,6 +195,10 @@ def test_the_queue_holds_while_the_destination_is_down_then_drains(tmp_path: Pat
         )
         (state,) = queue_state(server)
         assert state["sent"] == 0 and state["behind"] >= 10 and state["dead"] == 0
+        stats = pacs("--config", str(server.config_path), "-A", str(server.archive), "stats",
+                     "--json")  # fmt: skip
+        (depth,) = json.loads(stats.stdout)["forward"]  # pacs stats shows the queue too
+        assert depth["behind"] == state["behind"] and depth["lag_s"] > 0
         dest = _storescp(tmp_path / "dest", port, "LATER")
         wait_for("the queue to drain", lambda: len(_received(tmp_path / "dest")) == 10, server)
         (state,) = queue_state(server)
