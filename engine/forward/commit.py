@@ -1,12 +1,17 @@
 """Storage Commitment as SCU for a forward rule with ``commit = true`` (PS3.4 Annex J).
 
 After each batch the destination took, the rule asks it to commit those
-instances: N-ACTION-RQ on an association of its own (the Push Model only),
-kept open while batches keep coming and released once idle, like the
-C-STORE associations. The destination's report may come back on that
-association or on a new one to one of our workers; either way
-:func:`engine.net.commitment.keep_report` keeps it in the index, where the
-rule's next round settles the transaction (:meth:`ForwardQueue.settle`).
+instances: N-ACTION-RQ on a new association (the Push Model only). The
+destination's report may come back on that association or on a new one to
+one of our workers; either way :func:`engine.net.commitment.keep_report`
+keeps it in the index, where the rule's next round settles the transaction
+(:meth:`ForwardQueue.settle`).
+
+One request per association: a report that arrived while a later N-ACTION
+waited for its response would be taken for that response (pynetdicom reads
+the next message). Each association stays open, without blocking the rule,
+until its report is in or for :data:`REPORT_ON_ASSOCIATION_S`, then it is
+released.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pynetdicom import AE, evt
 
+from engine.index import commitments
 from engine.net.commitment import (
     PUSH_MODEL,
     REQUEST_COMMITMENT,
@@ -33,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engine.forward")
 
-IDLE_RELEASE_S = 5.0
+REPORT_ON_ASSOCIATION_S = 10.0  # how long a request's association waits for a report on it
 ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 60.0
 
@@ -60,29 +66,27 @@ class Committer:
         self.archive, self.remote, self.our_ae = archive, remote, settings.ae_title
         self.host, self.port = remote.host, remote.port
         self.tls = tls if remote.tls else None
-        self._assoc: Any = None
-        self._used = time.monotonic()
+        self._open: list[tuple[Any, str, float]] = []  # (association, transaction, release by)
 
     def request(self, transaction: str, pairs: list[tuple[str, str]]) -> str | None:
         """Ask the destination to commit `pairs` (SOP Class, Instance UIDs); None once it
         accepted the request, else why it did not."""
-        self._used = time.monotonic()
-        assoc = self._open()
+        self.idle()
+        assoc = self._associate()
         if assoc is None:
             return f"cannot associate with {self.remote.ae_title} for Storage Commitment"
         status, _ = assoc.send_n_action(request_dataset(transaction, pairs), REQUEST_COMMITMENT,
                                         PUSH_MODEL, WELL_KNOWN_INSTANCE)  # fmt: skip
         code = getattr(status, "Status", None)
-        if code is None:
-            self.close()
-            return f"{self.remote.ae_title} did not answer the Storage Commitment request"
         if code != 0x0000:
+            _release(assoc)
+            if code is None:
+                return f"{self.remote.ae_title} did not answer the Storage Commitment request"
             return f"{self.remote.ae_title} refused the Storage Commitment request: 0x{code:04X}"
+        self._open.append((assoc, transaction, time.monotonic() + REPORT_ON_ASSOCIATION_S))
         return None
 
-    def _open(self) -> Any:
-        if self._assoc is not None and self._assoc.is_established:
-            return self._assoc
+    def _associate(self) -> Any:
         ae = AE(ae_title=self.our_ae)
         ae.acse_timeout, ae.dimse_timeout = ACSE_TIMEOUT_S, DIMSE_TIMEOUT_S
         ae.add_requested_context(PUSH_MODEL)
@@ -90,18 +94,33 @@ class Committer:
         handlers: list[Any] = [(evt.EVT_N_EVENT_REPORT, self._on_report)]  # one sent back here
         assoc = ae.associate(self.host, self.port, ae_title=self.remote.ae_title,
                              evt_handlers=handlers, **connect)  # fmt: skip
-        self._assoc = assoc if assoc.is_established else None
-        return self._assoc
+        return assoc if assoc.is_established else None
 
     def _on_report(self, event: Any) -> tuple[int, None]:
         return keep_report(self.archive, event), None
 
     def idle(self) -> None:
-        if self._assoc is not None and time.monotonic() - self._used >= IDLE_RELEASE_S:
-            self.close()
+        """Release the associations whose report is in, or that waited long enough."""
+        now, kept = time.monotonic(), []
+        for assoc, transaction, until in self._open:
+            if now >= until or not assoc.is_established or self._answered(transaction):
+                _release(assoc)
+            else:
+                kept.append((assoc, transaction, until))
+        self._open = kept
+
+    def _answered(self, transaction: str) -> bool:
+        env = self.archive.env
+        with env.read() as txn:
+            return commitments.get_pending(txn, env.db, transaction) is None or \
+                commitments.get_report(txn, env.db, transaction) is not None
 
     def close(self) -> None:
-        held, self._assoc = self._assoc, None
-        if held is not None:
-            with contextlib.suppress(Exception):
-                held.release()
+        for assoc, _, _ in self._open:
+            _release(assoc)
+        self._open = []
+
+
+def _release(assoc: Any) -> None:
+    with contextlib.suppress(Exception):  # a peer gone meanwhile: nothing left to release
+        assoc.release()
