@@ -23,7 +23,11 @@ Each row gives the rate at which the archive acknowledged the stores, the
 rate end to end (the first store sent to the last file on the destination's
 disk), how long after the last acknowledgement the destination had
 everything, and the archive's CPU per instance (its whole process tree,
-forwarder included, from ``/proc``). Client, archive and destination share
+forwarder included, from ``/proc``). End to end, our forwarding keeps up with
+our ingest, so one more figure measures the forwarder alone: the corpus is
+stored while the destination is down, then ``storescp`` starts on its port
+and the queue drains (first arrival to last). Orthanc's Lua has no queue to
+drain: a send that fails is not tried again. Client, archive and destination share
 the machine's cores, as they would in a site's test rig.
 """
 
@@ -70,6 +74,7 @@ METRICS = {
     "forwarded/s (end to end)": True,
     "last arrival after last ack, s": False,
     "archive CPU ms/instance": False,
+    "queue drained/s (destination back)": True,
 }
 
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -126,6 +131,7 @@ def run_forwarder(name: str, folders: Sequence[Path], instances: int, work: Path
     dest = start_peer(DESTINATION, work / f"{name}-dest")
     try:
         peer = start_peer(name, work, workers=args.workers, forward_to=dest.ae_title,
+                          forward_parallel=args.parallel,
                           move_destinations={dest.ae_title: dest.dicom_port})  # fmt: skip
         try:
             cpu0, t0 = peer.cpu_s(), time.perf_counter()
@@ -149,6 +155,38 @@ def run_forwarder(name: str, folders: Sequence[Path], instances: int, work: Path
     finally:
         dest.stop()
     return result
+
+
+def run_drain(folders: Sequence[Path], instances: int, work: Path,
+              args: argparse.Namespace, result: Result) -> None:  # fmt: skip
+    """Store into pacs while its destination is down, then start it: the drain rate."""
+    from peers import free_port
+
+    port = free_port()
+    peer = start_peer("pacs", work / "drain", workers=args.workers, forward_to="STORESCP",
+                      forward_parallel=args.parallel,
+                      move_destinations={"STORESCP": port})  # fmt: skip
+    try:
+        _, failures = send(peer, folders, processes=args.processes, log_dir=work)
+        result.errors += failures
+        dest = start_peer(DESTINATION, work / "drain-dest", port=port)
+        try:
+            folder = dest.data or work
+            deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+            while _arrived(folder) == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            first = time.perf_counter()
+            done = _wait_arrivals(folder, instances)
+            if done is None or done <= first:
+                result.errors.append(f"the drain delivered {_arrived(folder)} of {instances}")
+            else:
+                result.metrics["queue drained/s (destination back)"] = (instances - 1) / (
+                    done - first
+                )
+        finally:
+            dest.stop()
+    finally:
+        peer.stop()
 
 
 def rows(results: Sequence[Result]) -> tuple[list[str], list[list[str]]]:
@@ -176,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=250, help="slices per series")
     p.add_argument("--rows", type=int, default=512, help="rows and columns of a slice")
     p.add_argument("--processes", type=int, default=2, help="storescu sending at once")
+    p.add_argument("--parallel", type=int, default=2,
+                   help="associations of our rule at once (a study stays on one)")  # fmt: skip
     p.add_argument("--targets", default=",".join(FORWARDERS),
                    help=f"forwarders to measure, of {', '.join(FORWARDERS)}")  # fmt: skip
     p.add_argument("--seed", type=int, default=18)
@@ -212,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in targets:
             err.print(f"{name}: storescu -> {name} -> storescp ...")
             results.append(run_forwarder(name, folders, instances, work, args))
+            if name == "pacs":
+                err.print("pacs: the destination down while storing, then back: the drain ...")
+                run_drain(folders, instances, work, args, results[-1])
         for r in results:
             err.print(f"  {r.target}: " + ("ok" if not r.errors else f"[red]{r.errors}"))
     finally:

@@ -185,13 +185,19 @@ def _python_env() -> dict[str, str]:
 
 
 def _pacs(work: Path, port: int, http_port: int, moves: Mapping[str, int], *,
-          durability: str, workers: int,
-          forward_to: str | None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+          durability: str, workers: int, forward_to: str | None,
+          forward_parallel: int = 1) -> tuple[list[str], dict[str, str]]:  # fmt: skip
     lines = ["[archive]", f'durability = "{durability}"', ""]
     for aet, move_port in moves.items():
         lines += [f"[remotes.{aet}]", 'host = "127.0.0.1"', f"port = {move_port}", ""]
     if forward_to:
-        lines += ["[[forward]]", 'name = "bench"', f'to = "dicom:{forward_to}"', ""]
+        lines += [
+            "[[forward]]",
+            'name = "bench"',
+            f'to = "dicom:{forward_to}"',
+            f"parallel = {forward_parallel}",
+            "",
+        ]
     config = work / "pacs.toml"
     config.write_text("\n".join(lines))
     cmd = [sys.executable, "-m", "engine.cli", "--config", str(config), "serve",
@@ -279,8 +285,8 @@ def _pynetdicom_qrscp(work: Path, port: int,
 
 
 def command(name: str, work: Path, port: int, http_port: int, moves: Mapping[str, int], *,
-            workers: int,
-            forward_to: str | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+            workers: int, forward_to: str | None = None,
+            forward_parallel: int = 1) -> tuple[list[str], dict[str, str]]:  # fmt: skip
     """The command line and environment that start target `name`.
 
     `forward_to` (a key of `moves`): every stored instance is sent on to that
@@ -292,7 +298,7 @@ def command(name: str, work: Path, port: int, http_port: int, moves: Mapping[str
     if name in ("pacs", "pacs-nosync"):
         durability = "fsync" if name == "pacs" else "none"
         return _pacs(work, port, http_port, moves, durability=durability, workers=workers,
-                     forward_to=forward_to)  # fmt: skip
+                     forward_to=forward_to, forward_parallel=forward_parallel)  # fmt: skip
     if name in ("orthanc", "orthanc-zip"):
         return _orthanc(work, port, http_port, moves, compression=name == "orthanc-zip",
                         forward_to=forward_to)  # fmt: skip
@@ -349,7 +355,8 @@ def _port_open(port: int) -> bool:
 
 def start_peer(name: str, work_root: Path, *, workers: int = 2,
                move_destinations: Mapping[str, int] | None = None,
-               keep_data: bool = False, forward_to: str | None = None) -> Peer:  # fmt: skip
+               keep_data: bool = False, forward_to: str | None = None,
+               forward_parallel: int = 1, port: int | None = None) -> Peer:  # fmt: skip
     """Start target `name` under `work_root`/`name`; return once it answers.
 
     Parameters
@@ -367,7 +374,9 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
         instead of an empty one.
     forward_to
         One of `move_destinations`: forward every stored instance to it
-        (pacs and Orthanc only).
+        (pacs and Orthanc only), over `forward_parallel` associations (pacs).
+    port
+        The DICOM port (default: a free one).
 
     Raises
     ------
@@ -384,11 +393,12 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
     if not keep_data:
         shutil.rmtree(work, ignore_errors=True)
     (work / "data").mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     http_port = free_port() if "http" in SERVICES[name] else 0
     while http_port == port:
         http_port = free_port()
-    cmd, env = command(name, work, port, http_port, moves, workers=workers, forward_to=forward_to)
+    cmd, env = command(name, work, port, http_port, moves, workers=workers,
+                       forward_to=forward_to, forward_parallel=forward_parallel)  # fmt: skip
     log_path = work / "server.log"
     log_file = log_path.open("ab")
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL,

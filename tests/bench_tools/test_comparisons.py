@@ -66,11 +66,13 @@ def test_forward_compare_delivers_every_instance_through_us_and_orthanc(tmp_path
     results = {r["target"]: r for r in data["results"]}
     assert list(results) == ["direct", "pacs", "orthanc"]
     assert all(r["errors"] == [] for r in results.values())
+    drain = "queue drained/s (destination back)"  # ours alone: Orthanc's Lua has no queue
     for name in ("pacs", "orthanc"):  # every figure, and the end to end rate cannot beat the acks
         m = results[name]["metrics"]
-        assert set(m) == set(forward_compare.METRICS), name
+        assert set(m) == set(forward_compare.METRICS) - ({drain} if name == "orthanc" else set())
         assert m["archive CPU ms/instance"] > 0
         assert 0 < m["forwarded/s (end to end)"] <= m["acknowledged/s"]
+    assert results["pacs"]["metrics"][drain] > 0
     assert set(results["direct"]["metrics"]) == {"acknowledged/s", "forwarded/s (end to end)"}
     assert not list((tmp_path / "work").iterdir())  # corpus, archives and destinations removed
 
