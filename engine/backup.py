@@ -6,12 +6,13 @@ committed), and the copy holds what that transaction sees:
 
 - the index, copied from that transaction (``mdb_env_copy2`` with
   compaction: only live pages);
-- every segment the index names as sealed or active. Sealed segments never
-  change, so a later backup into the same folder copies only the new ones,
-  and only the tail an active segment has grown by since. An active segment
-  is copied to its length after the point, at least what the index names.
-  A record that is cut short is cut off when the copy is opened (recovery,
-  as after a crash); a whole one is indexed.
+- every segment the index names as sealed or active, up to where the index
+  names it. Sealed segments never change; an active one only grows past
+  what is indexed (its bytes beyond may still be cut back by a failed
+  append, so they are not copied). A later backup into the same folder
+  copies only new segments and what active ones grew by, once the kept
+  copy's last bytes are found the same in the segment; otherwise the
+  segment is copied again under a temporary name and renamed over it.
 
 Compaction may retire a segment while it is being copied. Every segment file
 is opened before the point and read through that descriptor, so an unlink
@@ -20,12 +21,15 @@ named by the copy's index) is not copied at all.
 
 The index goes into place last, renamed over the one of the previous backup
 once every segment is on disk and fsynced. A backup that dies midway leaves
-the previous one whole. A segment of the previous backup that the new index
-no longer names (compacted away since) is removed after that rename.
-``BACKUP.json`` says when the point was and what it holds.
+the previous one whole (one that died between the two renames is put back
+by the next backup or restore). A segment of the previous backup that the
+new index no longer names (compacted away since) is removed after that
+rename. ``BACKUP.json`` says when the point was, what it holds and which
+segments.
 
-:func:`restore` copies a backup into an empty data folder. Opening it runs
-recovery, and ``pacs verify`` checks every record.
+:func:`restore` copies a backup (its index and the segments it names) into
+a folder beside the data folder and renames it into place once whole.
+Opening it runs recovery, and ``pacs verify`` checks every record.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ MANIFEST = "BACKUP.json"
 INDEX_DIR, SEGMENTS_DIR = "index", "segments"
 COPY_CHUNK_BYTES = 64 << 20
 KEPT_STATES = (K.SEG_SEALED, K.SEG_ACTIVE)  # retired and compacting ones hold no live record
+REUSE_CHECK_BYTES = (
+    64 << 10
+)  # a copy kept from an earlier backup must end as the segment does there
+_OURS = {SEGMENTS_DIR, INDEX_DIR, INDEX_DIR + ".partial", INDEX_DIR + ".old", MANIFEST + ".tmp"}
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
@@ -73,6 +81,9 @@ class BackupReport:
     bytes_unchanged: int = 0  # already in the folder from an earlier backup
     segments_removed: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    segment_ids: list[int] = field(
+        default_factory=list
+    )  # what the index names: restore copies these
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,7 @@ def backup(archive: Archive, dest: Path, progress: Progress | None = None) -> Ba
     t0 = time.perf_counter()
     dest = Path(dest)
     check_backup_dest(archive.path, dest)
+    _undo_half_swap(dest)
     (dest / SEGMENTS_DIR).mkdir(parents=True, exist_ok=True)
     staged = dest / (INDEX_DIR + ".partial")
     shutil.rmtree(staged, ignore_errors=True)
@@ -95,7 +107,8 @@ def backup(archive: Archive, dest: Path, progress: Progress | None = None) -> Ba
     rep = BackupReport()
     try:
         named = _snapshot(archive, staged, rep)
-        todo = [_segment(archive.segments_dir, seg_id, fds) for seg_id in sorted(named)]
+        todo = [_segment(archive.segments_dir, seg_id, st, fds)
+                for seg_id, st in sorted(named.items())]  # fmt: skip
         _copy_segments(todo, dest / SEGMENTS_DIR, rep, progress)
     finally:
         for fd in fds.values():
@@ -103,6 +116,7 @@ def backup(archive: Archive, dest: Path, progress: Progress | None = None) -> Ba
     _swap_index(dest, staged)
     rep.segments_removed = _remove_unnamed(dest / SEGMENTS_DIR, named)
     rep.seconds = time.perf_counter() - t0
+    rep.segment_ids = sorted(named)
     _write_manifest(dest, rep)
     return rep
 
@@ -112,8 +126,11 @@ def check_backup_dest(archive_path: Path, dest: Path) -> None:
     here, there = Path(archive_path).resolve(), Path(dest).resolve()
     if there == here or here in there.parents:
         raise BackupError(f"{dest} is inside the archive it would back up")
-    if there.exists() and any(there.iterdir()) and not (there / MANIFEST).is_file():
-        raise BackupError(f"{dest} holds files and no {MANIFEST}: not a backup folder")
+    if there.exists() and not (there / MANIFEST).is_file():
+        strangers = {p.name for p in there.iterdir()} - _OURS
+        if strangers:  # an interrupted first backup leaves only our own names: it may go on
+            raise BackupError(f"{dest} holds files and no {MANIFEST}: not a backup folder "
+                              f"({', '.join(sorted(strangers)[:3])})")  # fmt: skip
 
 
 def _open_all(root: Path) -> dict[int, int]:
@@ -140,7 +157,9 @@ def _snapshot(archive: Archive, staged: Path, rep: BackupReport) -> dict[int, K.
     return {seg_id: st for seg_id, st in states.items() if st.state in KEPT_STATES}
 
 
-def _segment(root: Path, seg_id: int, fds: dict[int, int]) -> _Segment:
+def _segment(root: Path, seg_id: int, st: K.SegmentState, fds: dict[int, int]) -> _Segment:
+    """The segment's descriptor and how much of it the copy holds: what the index names
+    (an active segment's bytes past that may still be cut back by a failed append)."""
     fd = fds.get(seg_id)
     if fd is None:  # created between the listing and the point
         try:
@@ -148,7 +167,11 @@ def _segment(root: Path, seg_id: int, fds: dict[int, int]) -> _Segment:
         except FileNotFoundError:
             raise BackupError(f"segment {seg_id} vanished during the backup (a compaction "
                               "retired it): run the backup again") from None  # fmt: skip
-    return _Segment(seg_id, fd, os.fstat(fd).st_size)
+    size = os.fstat(fd).st_size
+    if size < st.indexed_upto:
+        raise BackupError(f"segment {seg_id} holds {size} bytes, the index names "
+                          f"{st.indexed_upto}: run pacs verify")  # fmt: skip
+    return _Segment(seg_id, fd, size if st.state == K.SEG_SEALED else st.indexed_upto)
 
 
 def _copy_segments(todo: list[_Segment], folder: Path, rep: BackupReport,
@@ -158,10 +181,14 @@ def _copy_segments(todo: list[_Segment], folder: Path, rep: BackupReport,
     for s in todo:
         target = folder / segment_name(s.seg_id)
         have = target.stat().st_size if target.exists() else 0
-        if have > s.length:  # not a prefix of the segment now: not ours to extend
-            have = 0
+        if have > s.length or (have and not _same_end(s.fd, target, have)):
+            have = 0  # not a prefix of the segment now: a new copy, renamed over the old one
+            partial = target.with_name(target.name + ".partial")
+            _copy_range(s.fd, partial, 0, s.length)
+            os.replace(partial, target)
+        elif have < s.length:
+            _copy_range(s.fd, target, have, s.length)  # only appended to since
         if have < s.length:
-            _copy_range(s.fd, target, have, s.length)
             rep.segments_copied += 1
             rep.bytes_copied += s.length - have
         rep.bytes_unchanged += have
@@ -170,6 +197,15 @@ def _copy_segments(todo: list[_Segment], folder: Path, rep: BackupReport,
             progress(done, total)
     rep.segments = len(todo)
     fsync_dir(folder)
+
+
+def _same_end(src_fd: int, target: Path, have: int) -> bool:
+    """Whether the last bytes of the copy in `target` are the source's at the same offsets."""
+    n = min(have, REUSE_CHECK_BYTES)
+    with open(target, "rb") as f:
+        f.seek(have - n)
+        kept = f.read(n)
+    return kept == os.pread(src_fd, n, have - n)
 
 
 def _copy_range(src_fd: int, target: Path, start: int, end: int) -> None:
@@ -188,6 +224,15 @@ def _copy_range(src_fd: int, target: Path, start: int, end: int) -> None:
         os.close(fd)
 
 
+def _undo_half_swap(dest: Path) -> None:
+    """A backup that died between the two renames of :func:`_swap_index` left the previous
+    index as ``index.old``: it is the index again."""
+    index, old = dest / INDEX_DIR, dest / (INDEX_DIR + ".old")
+    if not index.exists() and old.exists():
+        os.rename(old, index)
+        fsync_dir(dest)
+
+
 def _swap_index(dest: Path, staged: Path) -> None:
     index, old = dest / INDEX_DIR, dest / (INDEX_DIR + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -202,6 +247,8 @@ def _remove_unnamed(folder: Path, named: dict[int, K.SegmentState]) -> list[int]
     gone = [seg_id for seg_id in list_segment_ids(folder) if seg_id not in named]
     for seg_id in gone:
         os.unlink(segment_path(folder, seg_id))
+    for left in folder.glob("*.partial"):  # a copy an interrupted backup did not finish
+        left.unlink()
     if gone:
         fsync_dir(folder)
     return gone
@@ -241,32 +288,44 @@ def read_manifest(folder: Path) -> BackupReport:
 def check_restore(src: Path, data_dir: Path) -> BackupReport:
     """The backup's manifest; BackupError if `src` is no backup or `data_dir` is not empty."""
     manifest = read_manifest(src)
+    _undo_half_swap(Path(src))
+    if not (Path(src) / INDEX_DIR).is_dir():
+        raise BackupError(f"{src} has no {INDEX_DIR}/: not a whole backup")
     if Path(data_dir).exists() and any(Path(data_dir).iterdir()):
         raise BackupError(f"{data_dir} is not empty: restore into an empty folder")
     return manifest
 
 
 def restore(src: Path, data_dir: Path, progress: Progress | None = None) -> BackupReport:
-    """Copy the backup in `src` into `data_dir`, which must be empty or absent."""
+    """Copy the backup in `src` into `data_dir`, which must be empty or absent.
+
+    The copy is made in a sibling folder and renamed to `data_dir` once whole, so a restore
+    that dies midway leaves no folder that looks like an archive.
+    """
     src, data_dir = Path(src), Path(data_dir)
     manifest = check_restore(src, data_dir)
     files = sorted((src / INDEX_DIR).iterdir())
-    files += [segment_path(src / SEGMENTS_DIR, i) for i in list_segment_ids(src / SEGMENTS_DIR)]
+    files += [segment_path(src / SEGMENTS_DIR, i) for i in manifest.segment_ids]
     total = sum(p.stat().st_size for p in files)
-    done = 0
+    partial = data_dir.with_name(data_dir.name + ".restoring")
+    shutil.rmtree(partial, ignore_errors=True)
     for sub in (INDEX_DIR, SEGMENTS_DIR):
-        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+        (partial / sub).mkdir(parents=True)
+    done = 0
     for path in files:
-        target = data_dir / path.parent.name / path.name
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _copy_range(fd, target, 0, os.fstat(fd).st_size)
+            _copy_range(fd, partial / path.parent.name / path.name, 0, os.fstat(fd).st_size)
         finally:
             os.close(fd)
         done += path.stat().st_size
         if progress is not None:
             progress(done, total)
     for sub in (INDEX_DIR, SEGMENTS_DIR):
-        fsync_dir(data_dir / sub)
-    fsync_dir(data_dir)
+        fsync_dir(partial / sub)
+    fsync_dir(partial)
+    if data_dir.exists():
+        data_dir.rmdir()  # empty: checked
+    os.rename(partial, data_dir)
+    fsync_dir(data_dir.parent)
     return manifest

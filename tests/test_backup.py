@@ -25,6 +25,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 import engine
 from engine.backup import MANIFEST, BackupError, backup, restore
 from engine.errors import NotFoundError
+from engine.storage.segment import segment_name
 from engine.synthetic import ct_series
 from tests._helpers import ROOT
 from tests.net._support import Server
@@ -173,3 +174,35 @@ def test_backup_and_restore_refuse_folders_that_are_not_theirs(tmp_path: Path) -
     r = _pacs("restore", tmp_path / "archive", tmp_path / "new")
     assert r.returncode == 1 and "not a backup" in r.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_kept_copy_that_differs_is_copied_again_and_a_half_swap_is_undone(tmp_path: Path) -> None:
+    src, dest = tmp_path / "archive", tmp_path / "backup"
+    with engine.open_archive(src) as archive:
+        series = _store(archive, 4, 6)
+        first = backup(archive, dest)
+        (seg_id,) = first.segment_ids
+        copy = dest / "segments" / segment_name(seg_id)
+        with open(copy, "r+b") as f:  # the kept copy's last bytes no longer the archive's
+            f.seek(-10, os.SEEK_END)
+            f.write(b"\xaa" * 10)
+        os.rename(dest / "index", dest / "index.old")  # as if a backup died mid-swap
+        again = backup(archive, dest)
+        assert again.bytes_copied == copy.stat().st_size and again.bytes_unchanged == 0
+        originals = {str(ds.SOPInstanceUID): archive.get(str(ds.SOPInstanceUID)) for ds in series}
+    os.rename(dest / "index", dest / "index.old")
+    restore(dest, tmp_path / "restored")  # the previous index is found again here too
+    assert not (tmp_path / "restored.restoring").exists()
+    with engine.open_archive(tmp_path / "restored") as restored:
+        assert restored.verify().ok
+        assert {uid: restored.get(uid) for uid in originals} == originals
+
+
+def test_an_interrupted_first_backup_can_be_run_again(tmp_path: Path) -> None:
+    dest = tmp_path / "backup"
+    (dest / "segments").mkdir(parents=True)
+    (dest / "index.partial").mkdir()  # what a first backup leaves when it dies
+    with engine.open_archive(tmp_path / "archive") as archive:
+        _store(archive, 5, 3)
+        assert backup(archive, dest).instances == 3
+    assert (dest / MANIFEST).is_file() and not (dest / "index.partial").exists()
