@@ -18,6 +18,9 @@ same file system as the copies; ``--work-dir`` chooses it). Then, in one run:
   ``pacs restore`` runs after it is not counted).
 
 MB/s are of the bytes each step wrote; the ratio is to the disk's rate.
+Put ``--work-dir`` on an ext4 (or another file system without reflinks):
+XFS and btrfs may clone extents on ``copy_file_range`` instead of copying,
+and the figure then says nothing about the disk.
 """
 
 from __future__ import annotations

@@ -298,7 +298,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     with _open(args) as archive:
         s = archive.stats()
-        forward = forward_states(archive)  # the [[forward]] rules of --config, if any
+        try:
+            forward = forward_states(archive)  # the [[forward]] rules of --config, if any
+        except ValueError as exc:
+            err.print(f"[red]error:[/] the config's forward rules: {exc}")
+            return EXIT_USAGE
     if args.json:
         doc: dict[str, Any] = {**s, "forward": queue_rows(forward)} if forward else s
         sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")

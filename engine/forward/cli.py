@@ -127,7 +127,7 @@ def forward_states(archive: Any) -> list[tuple[Rule, QueueState]]:
     if not config.extra.get("forward"):
         return []
     rules = forward_rules(config.extra, server_settings(config).remotes)
-    return [(r, ForwardQueue(archive.env, r.name).state()) for r in rules]
+    return [(r, ForwardQueue(archive.env, r.name).state(start=False)) for r in rules]
 
 
 def _print_dead(queue: Any, as_json: bool) -> int:

@@ -11,7 +11,7 @@ One request per association: a report that arrived while a later N-ACTION
 waited for its response would be taken for that response (pynetdicom reads
 the next message). Each association stays open, without blocking the rule,
 until its report is in or for :data:`REPORT_ON_ASSOCIATION_S`, then it is
-released.
+released (the oldest first once :data:`MAX_OPEN` are open).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("engine.forward")
 
 REPORT_ON_ASSOCIATION_S = 10.0  # how long a request's association waits for a report on it
+MAX_OPEN = 4  # requests' associations open at once; the oldest goes first
 ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 60.0
 
@@ -75,8 +76,13 @@ class Committer:
         assoc = self._associate()
         if assoc is None:
             return f"cannot associate with {self.remote.ae_title} for Storage Commitment"
-        status, _ = assoc.send_n_action(request_dataset(transaction, pairs), REQUEST_COMMITMENT,
-                                        PUSH_MODEL, WELL_KNOWN_INSTANCE)  # fmt: skip
+        try:
+            status, _ = assoc.send_n_action(request_dataset(transaction, pairs),
+                                            REQUEST_COMMITMENT, PUSH_MODEL,
+                                            WELL_KNOWN_INSTANCE)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 -- an odd peer or dataset: this request fails
+            _release(assoc)
+            return f"the Storage Commitment request to {self.remote.ae_title} failed: {exc}"
         code = getattr(status, "Status", None)
         if code != 0x0000:
             _release(assoc)
@@ -84,6 +90,8 @@ class Committer:
                 return f"{self.remote.ae_title} did not answer the Storage Commitment request"
             return f"{self.remote.ae_title} refused the Storage Commitment request: 0x{code:04X}"
         self._open.append((assoc, transaction, time.monotonic() + REPORT_ON_ASSOCIATION_S))
+        while len(self._open) > MAX_OPEN:  # the destination's association limit is not ours
+            _release(self._open.pop(0)[0])
         return None
 
     def _associate(self) -> Any:
@@ -112,8 +120,10 @@ class Committer:
     def _answered(self, transaction: str) -> bool:
         env = self.archive.env
         with env.read() as txn:
-            return commitments.get_pending(txn, env.db, transaction) is None or \
-                commitments.get_report(txn, env.db, transaction) is not None
+            return (
+                commitments.get_pending(txn, env.db, transaction) is None
+                or commitments.get_report(txn, env.db, transaction) is not None
+            )
 
     def close(self) -> None:
         for assoc, _, _ in self._open:

@@ -140,11 +140,15 @@ class ForwardQueue:
                 out.append(Waiting(key[len(prefix) :].decode(), **orjson.loads(value)))
         return out
 
-    def state(self) -> QueueState:
-        self.cursor()  # a queue listed before it ran starts now, as it would
+    def state(self, *, start: bool = True) -> QueueState:
+        """The queue's figures; `start`: a queue listed before it ran starts now, as it would
+        (``pacs queue``); else it is only read (``pacs stats``), as if at the log's head."""
+        if start:
+            self.cursor()
         with self.env.read() as txn:
             db = self.db["forward"]
-            cursor = int(txn.get(_key("c", self.name), db=db) or b"0")
+            raw = txn.get(_key("c", self.name), db=db)
+            cursor = int(raw) if raw is not None else changes.head(txn, self.db)
             counts = orjson.loads(txn.get(_key("s", self.name), db=db) or b"{}")
             head = changes.head(txn, self.db)
             awaiting = sum(len(p.uids) for p in commitments.pending_of(txn, self.db, self.name))
@@ -164,7 +168,7 @@ class ForwardQueue:
         """Seconds since the oldest store after the cursor (deletions and gone UIDs skipped)."""
         if head <= cursor:
             return 0.0
-        for ch in changes.after(txn, self.db, cursor, 16):
+        for ch in changes.after(txn, self.db, cursor, 256):
             raw = txn.get(ch.sop_uid.encode(), db=self.db["instances"]) if ch.kind == \
                 changes.STORED else None
             if raw:
@@ -281,6 +285,8 @@ class ForwardQueue:
         counts["sent"] = counts.get("sent", 0) + len(out.sent)
         counts["refused"] = counts.get("refused", 0) + len(out.refused)
         start = counts.setdefault("window_ns", now)
+        if now - start >= 2 * RATE_WINDOW_S * 1e9:  # idle meanwhile: a window starts now
+            start, counts["window_ns"], counts["window_sent"] = now, now, 0
         counts["window_sent"] = counts.get("window_sent", 0) + len(out.sent)
         if now - start >= RATE_WINDOW_S * 1e9:  # a window ended: its rate is the one shown
             counts["rate"] = counts["window_sent"] / ((now - start) / 1e9)

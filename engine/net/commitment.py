@@ -38,11 +38,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import lmdb
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from engine.errors import CorruptRecordError, NotFoundError, StorageIOError
+from engine.errors import CorruptRecordError, EngineError, NotFoundError, StorageIOError
 from engine.index.commitments import Report, record_report
 from engine.net.settings import Access, Remote
 
@@ -60,6 +61,7 @@ ALL_COMMITTED, FAILURES_EXIST = 1, 2  # Event Type IDs (PS3.4 J.3.3.1)
 SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110
 NO_SUCH_SOP_INSTANCE = 0x0112
+NO_SUCH_EVENT_TYPE = 0x0113
 INVALID_ARGUMENT = 0x0115
 NO_SUCH_SOP_CLASS = 0x0118
 NO_SUCH_ACTION = 0x0123
@@ -127,6 +129,9 @@ def failure_reason(archive: Archive, sop_class: str, sop_instance: str) -> int |
     except (CorruptRecordError, StorageIOError) as exc:
         log.error("storage commitment: %s cannot be read back: %s", sop_instance, exc)
         return REASON_PROCESSING_FAILURE
+    except (EngineError, lmdb.Error) as exc:  # the index failed, the archive is closing, a
+        log.error("storage commitment: %s not checked: %s", sop_instance, exc)  # bad UID
+        return REASON_PROCESSING_FAILURE
     return None if stored_class == sop_class else REASON_CLASS_CONFLICT
 
 
@@ -174,6 +179,9 @@ def report_to(remote: Remote, our_ae: str, verdict: Verdict,
                          ext_neg=[build_role(PUSH_MODEL, scp_role=True)], **connect)  # fmt: skip
     if not assoc.is_established:
         return None
+    if not any(cx.as_scp for cx in assoc.accepted_contexts):  # sent all the same: most take it
+        log.warning("storage commitment: %s did not accept us as SCP of the Push Model "
+                    "(PS3.7 D.3.3.4); reporting anyway", remote.ae_title)  # fmt: skip
     try:
         return report_on(assoc, verdict)
     finally:
@@ -236,6 +244,12 @@ def handle_n_action(event: Any, archive: Archive, access: Access, remotes: dict[
     assoc = event.assoc
 
     def work() -> None:
+        try:
+            report()
+        except Exception:  # a bug must be seen, and must not pass silently with the thread
+            log.exception("storage commitment %s from %s: no report sent", transaction, calling)
+
+    def report() -> None:
         verdict = judge(archive, transaction, pairs, our_ae)
         log.info("storage commitment %s from %s: %d committed, %d failed; reporting %s",
                  transaction, calling, verdict.committed, verdict.failed,
@@ -280,14 +294,15 @@ def keep_report(archive: Archive, event: Any) -> int:
     )
     if str(event.request.AffectedSOPClassUID) != PUSH_MODEL:
         return NO_SUCH_SOP_CLASS
+    if event.event_type not in (ALL_COMMITTED, FAILURES_EXIST):
+        return NO_SUCH_EVENT_TYPE
     try:
         parsed = parse_report(event.event_type, event.event_information)
     except Exception as exc:  # noqa: BLE001 -- an undecodable Event Information
         log.warning("storage commitment report from %s unreadable: %s", calling, exc)
         return INVALID_ARGUMENT
     if parsed is None:
-        log.warning("storage commitment report from %s: no Transaction UID, or event type %s",
-                    calling, event.event_type)  # fmt: skip
+        log.warning("storage commitment report from %s: no Transaction UID", calling)
         return INVALID_ARGUMENT
     transaction, report = parsed
     env = archive.env

@@ -24,7 +24,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
 import engine
-from engine.net.commitment import PUSH_MODEL, WELL_KNOWN_INSTANCE, judge
+from engine.net.commitment import PUSH_MODEL, WELL_KNOWN_INSTANCE, judge, request_dataset
 from engine.storage.segment import segment_path
 from engine.synthetic import ct_series
 from tests.net._support import Server, free_port, orthanc, storescu
@@ -42,18 +42,6 @@ def _stored(server: Server, folder: Path, seed: int, count: int) -> list[Dataset
         ds.save_as(paths[-1], enforce_file_format=True)
     assert storescu(server.port, paths).returncode == 0
     return series
-
-
-def _request(transaction: str, pairs: list[tuple[str, str]]) -> Dataset:
-    info = Dataset()
-    info.TransactionUID = transaction
-    items = []
-    for sop_class, sop_instance in pairs:
-        item = Dataset()
-        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
-        items.append(item)
-    info.ReferencedSOPSequence = items
-    return info
 
 
 def _pairs(series: list[Dataset]) -> list[tuple[str, str]]:
@@ -98,7 +86,7 @@ def test_a_report_on_the_same_association_commits_what_is_stored(tmp_path: Path)
         assert assoc.is_established
         try:
             transaction = generate_uid()
-            request = _request(transaction, [*_pairs(series), unknown, other_class])
+            request = request_dataset(transaction, [*_pairs(series), unknown, other_class])
             status, _ = assoc.send_n_action(request, 1, PUSH_MODEL, WELL_KNOWN_INSTANCE)
             assert status.Status == 0x0000
             event_type, info, mode = reports.next()
@@ -109,7 +97,7 @@ def test_a_report_on_the_same_association_commits_what_is_stored(tmp_path: Path)
             }
             assert _uids(info, "FailedSOPSequence") == {unknown[1]: 0x0112, other_class[1]: 0x0119}
 
-            status, _ = assoc.send_n_action(_request(generate_uid(), _pairs(series)), 1,
+            status, _ = assoc.send_n_action(request_dataset(generate_uid(), _pairs(series)), 1,
                                             PUSH_MODEL, WELL_KNOWN_INSTANCE)  # fmt: skip
             assert status.Status == 0x0000
             event_type, info, _ = reports.next()
@@ -151,7 +139,7 @@ def test_a_configured_requester_gets_its_report_on_a_new_association(
         series = _stored(server, tmp_path / "in", 181, 3)
         assoc = _scu().associate("127.0.0.1", server.port, ae_title="PACS")
         transaction = generate_uid()
-        status, _ = assoc.send_n_action(_request(transaction, _pairs(series)), 1,
+        status, _ = assoc.send_n_action(request_dataset(transaction, _pairs(series)), 1,
                                         PUSH_MODEL, WELL_KNOWN_INSTANCE)  # fmt: skip
         assoc.release()  # at once, as Orthanc and most modalities do
         assert status.Status == 0x0000
@@ -175,14 +163,14 @@ def test_requests_that_cannot_be_judged_get_the_status_ps3_7_names(tmp_path: Pat
         series = _stored(server, tmp_path / "in", 182, 1)
         assoc = _scu().associate("127.0.0.1", server.port, ae_title="PACS")
         try:
-            no_transaction = _request(generate_uid(), _pairs(series))
+            no_transaction = request_dataset(generate_uid(), _pairs(series))
             del no_transaction.TransactionUID
-            empty = _request(generate_uid(), [])
+            empty = request_dataset(generate_uid(), [])
             cases = [
                 (no_transaction, 1, WELL_KNOWN_INSTANCE, 0x0115),  # invalid argument value
                 (empty, 1, WELL_KNOWN_INSTANCE, 0x0115),
-                (_request(generate_uid(), _pairs(series)), 2, WELL_KNOWN_INSTANCE, 0x0123),
-                (_request(generate_uid(), _pairs(series)), 1, generate_uid(), 0x0112),
+                (request_dataset(generate_uid(), _pairs(series)), 2, WELL_KNOWN_INSTANCE, 0x0123),
+                (request_dataset(generate_uid(), _pairs(series)), 1, generate_uid(), 0x0112),
             ]
             for request, action, instance, want in cases:
                 status, _ = assoc.send_n_action(request, action, PUSH_MODEL, instance)
@@ -191,7 +179,7 @@ def test_requests_that_cannot_be_judged_get_the_status_ps3_7_names(tmp_path: Pat
             assoc.release()
         refused = _scu("NOSTORE").associate("127.0.0.1", server.port, ae_title="PACS")
         try:
-            status, _ = refused.send_n_action(_request(generate_uid(), _pairs(series)), 1,
+            status, _ = refused.send_n_action(request_dataset(generate_uid(), _pairs(series)), 1,
                                               PUSH_MODEL, WELL_KNOWN_INSTANCE)  # fmt: skip
             assert status.Status == 0x0124  # refused: not authorised (it may not store)
         finally:
@@ -206,7 +194,7 @@ def test_an_archive_that_does_not_fsync_commits_nothing(tmp_path: Path) -> None:
         series = _stored(server, tmp_path / "in", 183, 1)
         assoc = _scu().associate("127.0.0.1", server.port, ae_title="PACS")
         try:
-            status, _ = assoc.send_n_action(_request(generate_uid(), _pairs(series)), 1,
+            status, _ = assoc.send_n_action(request_dataset(generate_uid(), _pairs(series)), 1,
                                             PUSH_MODEL, WELL_KNOWN_INSTANCE)  # fmt: skip
             assert status.Status == 0x0110
         finally:
