@@ -36,13 +36,15 @@ from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine
 from engine.backup import backup, restore
 from engine.synthetic import ct_series
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import rich_table
 
 CHUNK_BYTES = 64 << 20
 
@@ -130,13 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = measure(work, args.slices, args.more, args.rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = Table(title=f"Backup and restore of {result['instances']:,} CT slices "
-                  f"({result['archive_bytes'] / 1e6:,.0f} MB)")  # fmt: skip
-    for name in ("step", "MB", "MB/s", "of disk"):
-        table.add_column(name, justify="left" if name == "step" else "right")
-    for step, f in result["rows"].items():
-        table.add_row(step, f"{f['MB']:,.1f}", f"{f['MB/s']:,.0f}", f"{f['of disk']:.2f}x")
-    out.print(table)
+    title = (f"Backup and restore of {result['instances']:,} CT slices "
+             f"({result['archive_bytes'] / 1e6:,.0f} MB)")  # fmt: skip
+    cells = [[step, f"{f['MB']:,.1f}", f"{f['MB/s']:,.0f}", f"{f['of disk']:.2f}x"]
+             for step, f in result["rows"].items()]  # fmt: skip
+    out.print(rich_table(["step", "MB", "MB/s", "of disk"], cells, title))
     if args.json:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     return 0

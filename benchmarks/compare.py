@@ -41,7 +41,6 @@ from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -56,6 +55,7 @@ from report import (
     markdown_table,
     now_utc,
     ratio_to_us,
+    rich_table,
     update_section,
     work_dir,
 )
@@ -235,15 +235,6 @@ def rows(results: Sequence[Result],
     cells.append(["status", *("ok" if not r.errors else f"{len(r.errors)} errors, below"
                               for r in results)])  # fmt: skip
     return header, cells
-
-
-def rich_table(header: list[str], cells: list[list[str]], title: str) -> Table:
-    t = Table(title=title)
-    for i, name in enumerate(header):
-        t.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
-    for line in cells:
-        t.add_row(*line)
-    return t
 
 
 # -- entry point --------------------------------------------------------------------------

@@ -44,7 +44,6 @@ from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -60,6 +59,7 @@ from report import (
     markdown_table,
     now_utc,
     ratio_to_us,
+    rich_table,
     update_section,
     work_dir,
 )
@@ -262,12 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header, cells = rows(results)
     title = (f"Forwarding {instances:,} CT slices ({args.series} series, {args.rows}x{args.rows}) "
              "to DCMTK storescp; (ratio) = how many times better we are")  # fmt: skip
-    table = Table(title=title)
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
-    for line in cells:
-        table.add_row(*line)
-    out.print(table)
+    out.print(rich_table(header, cells, title))
     out.print(f"command: {command}")
     ok = all(not r.errors for r in results)
     report = {"date": started, "machine": info, "command": command, "ok": ok,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from peers import REPO, TARGETS, version_of
+from rich.table import Table
 
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 HEADER = """# Side-by-side benchmarks
@@ -159,3 +160,13 @@ def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def rich_table(header: Sequence[str], cells: Sequence[Sequence[str]], title: str) -> Table:
+    """A terminal table: the first column left-aligned, the figures right-aligned."""
+    t = Table(title=title)
+    for i, name in enumerate(header):
+        t.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+    for line in cells:
+        t.add_row(*line)
+    return t

@@ -22,13 +22,14 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom import AE, evt
+from pynetdicom import evt
 
 from engine.index import commitments
 from engine.net.commitment import (
     PUSH_MODEL,
     REQUEST_COMMITMENT,
     WELL_KNOWN_INSTANCE,
+    associate,
     keep_report,
     request_dataset,
 )
@@ -41,8 +42,6 @@ log = logging.getLogger("engine.forward")
 
 REPORT_ON_ASSOCIATION_S = 10.0  # how long a request's association waits for a report on it
 MAX_OPEN = 4  # requests' associations open at once; the oldest goes first
-ACSE_TIMEOUT_S = 30.0
-DIMSE_TIMEOUT_S = 60.0
 
 # Failure Reason (PS3.3 C.14.1.1) as words, for the retry's error and the dead letter
 FAILURE_REASONS = {
@@ -64,9 +63,7 @@ class Committer:
                  tls: ssl.SSLContext | None) -> None:  # fmt: skip
         remote = settings.remotes[ae_title]
         assert remote.host is not None and remote.port is not None  # checked by forward_rules
-        self.archive, self.remote, self.our_ae = archive, remote, settings.ae_title
-        self.host, self.port = remote.host, remote.port
-        self.tls = tls if remote.tls else None
+        self.archive, self.remote, self.our_ae, self.tls = archive, remote, settings.ae_title, tls
         self._open: list[tuple[Any, str, float]] = []  # (association, transaction, release by)
 
     def request(self, transaction: str, pairs: list[tuple[str, str]]) -> str | None:
@@ -95,14 +92,8 @@ class Committer:
         return None
 
     def _associate(self) -> Any:
-        ae = AE(ae_title=self.our_ae)
-        ae.acse_timeout, ae.dimse_timeout = ACSE_TIMEOUT_S, DIMSE_TIMEOUT_S
-        ae.add_requested_context(PUSH_MODEL)
-        connect: dict[str, Any] = {"tls_args": (self.tls, None)} if self.tls else {}
         handlers: list[Any] = [(evt.EVT_N_EVENT_REPORT, self._on_report)]  # one sent back here
-        assoc = ae.associate(self.host, self.port, ae_title=self.remote.ae_title,
-                             evt_handlers=handlers, **connect)  # fmt: skip
-        return assoc if assoc.is_established else None
+        return associate(self.our_ae, self.remote, self.tls, as_scp=False, handlers=handlers)
 
     def _on_report(self, event: Any) -> tuple[int, None]:
         return keep_report(self.archive, event), None

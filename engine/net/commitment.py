@@ -167,17 +167,26 @@ def report_on(assoc: Any, verdict: Verdict) -> int | None:
     return int(code) if code is not None else None
 
 
-def report_to(remote: Remote, our_ae: str, verdict: Verdict,
-              tls: ssl.SSLContext | None) -> int | None:  # fmt: skip
-    """Send the N-EVENT-REPORT on a new association to `remote`, us in the SCP role."""
+def associate(our_ae: str, remote: Remote, tls: ssl.SSLContext | None, *, as_scp: bool,
+              handlers: list[Any] | None = None) -> Any:  # fmt: skip
+    """A new association to `remote` for the Push Model alone (TLS if the remote wants it),
+    proposing us as SCP if `as_scp`; None if it was not established."""
     assert remote.host is not None and remote.port is not None
     ae = AE(ae_title=our_ae)
     ae.acse_timeout, ae.dimse_timeout = ACSE_TIMEOUT_S, DIMSE_TIMEOUT_S
     ae.add_requested_context(PUSH_MODEL)
     connect: dict[str, Any] = {"tls_args": (tls, None)} if remote.tls and tls else {}
-    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title,
-                         ext_neg=[build_role(PUSH_MODEL, scp_role=True)], **connect)  # fmt: skip
-    if not assoc.is_established:
+    roles: list[Any] | None = [build_role(PUSH_MODEL, scp_role=True)] if as_scp else None
+    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, ext_neg=roles,
+                         evt_handlers=handlers, **connect)  # fmt: skip
+    return assoc if assoc.is_established else None
+
+
+def report_to(remote: Remote, our_ae: str, verdict: Verdict,
+              tls: ssl.SSLContext | None) -> int | None:  # fmt: skip
+    """Send the N-EVENT-REPORT on a new association to `remote`, us in the SCP role."""
+    assoc = associate(our_ae, remote, tls, as_scp=True)
+    if assoc is None:
         return None
     if not any(cx.as_scp for cx in assoc.accepted_contexts):  # sent all the same: most take it
         log.warning("storage commitment: %s did not accept us as SCP of the Push Model "
