@@ -37,8 +37,10 @@ from engine.errors import (
     EngineError,
     InvalidInstanceError,
     NotFoundError,
+    ReadOnlyError,
     StorageIOError,
 )
+from engine.index import replica as replica_state
 from engine.index.catalog import ApplyResult, Catalog
 from engine.index.env import IndexEnv
 from engine.index.keys import Location
@@ -49,6 +51,7 @@ from engine.storage.segment import SegmentReader, StoredRecord
 from engine.writer import WritePath, _Pending
 
 log = logging.getLogger("engine.archive")
+ROLE_RECHECK_S = 0.2  # how soon a store sees that `pacs promote` made a replica writable
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | Dataset
 
@@ -85,6 +88,8 @@ class Archive:
         self.writes = WritePath(self.segments_dir, self.catalog, self.config, self._index_batch)
         self._closed = False
         self._maintenance_lock = threading.Lock()
+        self._primary: str | None = None
+        self._role_read_at = float("-inf")
         self.recovery = maintenance.recover(self)
         self._stop = threading.Event()
         self._background: threading.Thread | None = None
@@ -117,6 +122,22 @@ class Archive:
     def _check_open(self) -> None:
         if self._closed:
             raise ArchiveClosedError("the archive is closed")
+
+    def replica_of(self) -> str | None:
+        """The primary this archive follows as a read-only replica, or None (read at most
+        every ROLE_RECHECK_S: `pacs promote` reaches the stores of running workers)."""
+        now = time.monotonic()
+        if now - self._role_read_at >= ROLE_RECHECK_S:
+            with self.env.read() as txn:
+                doc = replica_state.state(txn, self.env.db)
+            self._primary = None if doc is None else str(doc["primary"])
+            self._role_read_at = now
+        return self._primary
+
+    def _check_writable(self) -> None:
+        primary = self.replica_of()
+        if primary is not None:
+            raise ReadOnlyError(f"read-only replica of {primary}; store to the primary")
 
     # -- store ---------------------------------------------------------------------
 
@@ -155,6 +176,7 @@ class Archive:
     ) -> _Pending:
         """Append without waiting: the first half of :meth:`store`, for pipelined callers."""
         self._check_open()
+        self._check_writable()
         data = _load(source)
         prepared = prepare(data, self.config, transfer_syntax, source_ae)
         if self.config.duplicate_policy != "reject":
@@ -354,7 +376,13 @@ class Archive:
 
         Each deletion appends a durable tombstone before the index forgets the
         instance, so a reindex never brings it back.
+
+        Raises
+        ------
+        engine.errors.ReadOnlyError
+            This archive is a replica: delete on its primary.
         """
+        self._check_writable()
         uids = self.instances_of(
             patient_id=patient_id, study_instance_uid=study_instance_uid,
             series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,

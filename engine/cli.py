@@ -295,9 +295,11 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from engine.forward.cli import forward_states, queue_rows, queue_table
+    from engine.replica.cli import replica_status, status_table
 
     with _open(args) as archive:
         s = archive.stats()
+        replica = replica_status(archive)
         try:
             forward = forward_states(archive)  # the [[forward]] rules of --config, if any
         except ValueError as exc:
@@ -305,12 +307,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     if args.json:
         doc: dict[str, Any] = {**s, "forward": queue_rows(forward)} if forward else s
+        if replica is not None:
+            doc = {**doc, "replica": replica}
         sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         return EXIT_OK
     table = Table("", "", title=f"archive {args.archive}", show_header=False)
     for key, value in s.items():
         table.add_row(key.replace("_", " "), f"{value:,}")
     out.print(table)
+    if replica is not None:
+        out.print(status_table(replica))
     if forward:
         out.print(queue_table(forward))
     return EXIT_OK
@@ -342,6 +348,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.getLogger("engine.net").setLevel(logging.INFO)  # say where it listens, what it refuses
     config = load_config(args.config)
+    if args.replica_of:
+        table = {**config.extra.get("replica", {}), "primary": args.replica_of}
+        config = config.updated(extra={**config.extra, "replica": table})
     settings = server_settings(
         config, ae_title=args.ae_title, dicom_port=args.dicom_port, host=args.host,
         workers=args.workers, max_associations=args.max_associations, http_port=args.http_port,
@@ -406,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", help="PEM certificate: the DICOM port speaks TLS, HTTP is HTTPS")
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--tls-ca", help="PEM CA that signs client certificates (then required)")
+    s.add_argument("--replica-of", metavar="URL",
+                   help="follow the primary at this http(s) URL (user:password@ if it asks), "
+                        "read-only, until `pacs promote`")  # fmt: skip
     s.add_argument("--config", dest="config", default=argparse.SUPPRESS, help="TOML config file")
     s.set_defaults(fn=cmd_serve)
 
@@ -419,9 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.backup_cli import add_parsers as add_backup_parsers
     from engine.bench.cli import add_parsers as add_bench_parsers  # a client: needs no Archive
     from engine.forward.cli import add_parsers as add_forward_parsers
+    from engine.replica.cli import add_parsers as add_replica_parsers
 
     add_backup_parsers(sub)
     add_forward_parsers(sub)
+    add_replica_parsers(sub)
     add_bench_parsers(sub)
     return p
 

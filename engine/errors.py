@@ -110,6 +110,14 @@ class ArchiveLockedError(EngineError, RuntimeError):
     """Another process holds an exclusive lock that this operation needs."""
 
 
+class ReadOnlyError(EngineError, PermissionError):
+    """This archive is a read-only replica: stores and deletions go to its primary."""
+
+
+class ReplicaRoleError(EngineError, ValueError):
+    """This archive cannot (or can no longer) follow the primary it was given."""
+
+
 class AuditError(StorageIOError):
     """The audit trail cannot be written; the request it would record is refused.
 

@@ -33,7 +33,10 @@ from typing import Any
 
 from engine.audit import AuditSettings
 from engine.config import Config, is_loopback
+from engine.errors import ReplicaRoleError
+from engine.forward.process import FORWARDER
 from engine.net.settings import ServerSettings
+from engine.replica.process import PROMOTED_EXIT, REPLICA
 
 log = logging.getLogger("engine.net")
 
@@ -200,11 +203,12 @@ class Supervisor:
         self._stop = threading.Event()
 
     def _start(self, index: int) -> None:
-        from engine.forward.process import FORWARDER, run_forwarder
+        from engine.forward.process import run_forwarder
+        from engine.replica.process import run_replica
 
         level = logging.getLogger("engine.net").getEffectiveLevel()
-        target, name = (run_forwarder, "forwarder") if index == FORWARDER else \
-            (run_worker, f"worker-{index}")
+        special = {FORWARDER: (run_forwarder, "forwarder"), REPLICA: (run_replica, "replica")}
+        target, name = special.get(index, (run_worker, f"worker-{index}"))
         p = self._mp.Process(
             target=target, name=name, daemon=False,
             args=(index, self.path, self.config, self.settings, self._ready, level),
@@ -249,12 +253,12 @@ class Supervisor:
         if s.tls is None and not is_loopback(s.host):
             log.warning("DICOM and DICOMweb in clear text on %s: configure [tls]", s.host)
         self._stop = stop_on_signals()
-        if self.config.extra.get("forward"):  # off the store path, in a process of its own;
-            from engine.forward.process import FORWARDER
-
-            # ready before any worker listens: a rule's queue then covers every store
-            self._start(FORWARDER)
-            if not self._wait_ready({FORWARDER}):
+        first = REPLICA if (self.config.extra.get("replica") or {}).get("primary") else FORWARDER
+        if first == REPLICA or self.config.extra.get("forward"):
+            # a replica's follower, or the forwarder (off the store path, in a process of
+            # its own), ready before any worker listens: a rule's queue then covers every store
+            self._start(first)
+            if not self._wait_ready({first}):
                 self._shutdown()
                 return 1
         for i in range(s.workers):
@@ -272,9 +276,21 @@ class Supervisor:
         while not self._stop.is_set():
             wait_for([p.sentinel for p in self._procs.values()], timeout=0.5)
             for index, p in list(self._procs.items()):
-                if not p.is_alive() and not self._stop.is_set():
+                if index == REPLICA and p.exitcode == PROMOTED_EXIT:
+                    self._promoted(p)
+                elif not p.is_alive() and not self._stop.is_set():
                     self._restart(index, p)
         return self._shutdown()
+
+    def _promoted(self, p: Any) -> None:
+        """The follower let go (`pacs promote`): the workers take stores now, and forward."""
+        p.join()
+        del self._procs[REPLICA]
+        log.warning("promoted: this archive is a primary now, the workers take stores")
+        if self.config.extra.get("forward"):
+            self._start(FORWARDER)
+            self._wait_ready({FORWARDER})
+
 
     def _restart(self, index: int, p: Any) -> None:
         if time.monotonic() - self._started.get(index, 0.0) >= RESTART_STABLE_S:
@@ -309,6 +325,26 @@ class Supervisor:
         log.warning("stopped")
         return code
 
+def follow_primary(archive: Any) -> None:
+    """With ``[replica] primary`` set, make `archive` a replica of it (or check it is one).
+
+    Raises
+    ------
+    engine.errors.ReplicaRoleError
+        It was promoted, follows another primary, or holds instances of its own.
+    """
+    from engine.index import replica as role
+    from engine.replica.follower import ReplicaSettings
+
+    try:
+        replica = ReplicaSettings.from_mapping(archive.config.extra.get("replica"))
+    except ValueError as exc:
+        raise ReplicaRoleError(str(exc)) from exc
+    if replica is None:
+        return
+    instances = archive.catalog.counters().get("instances", 0)
+    archive.env.write(lambda txn: role.begin(txn, archive.env.db, replica.primary, instances))
+
 
 def serve(path: str | os.PathLike[str], config: Config, settings: ServerSettings) -> int:
     """Run the DICOM server in the foreground until SIGTERM/SIGINT.
@@ -328,7 +364,11 @@ def serve(path: str | os.PathLike[str], config: Config, settings: ServerSettings
         0 after a clean stop; 1 if the port is taken or a worker failed to start or stop.
     """
     Path(path).mkdir(parents=True, exist_ok=True)
-    _recover_before_workers(path, config)
+    try:
+        _recover_before_workers(path, config)
+    except ReplicaRoleError as exc:
+        log.error("refusing to start: %s", exc)
+        return 1
     return Supervisor(path, config, settings).run()
 
 
@@ -339,6 +379,7 @@ def _recover_before_workers(path: str | os.PathLike[str], config: Config) -> Non
 
     archive = Archive(path, config)
     try:
+        follow_primary(archive)
         report = archive.recovery
         if report.records_replayed or report.truncated or report.rebuilt:
             log.info("recovered %s: %d records replayed, %d torn tails cut%s", path,

@@ -72,6 +72,7 @@ STATUS_TABLE: dict[type[BaseException], Translation] = {
     E.UnsupportedTransferSyntaxError: Translation(406, "Transfer syntax not supported", 0xC122),
     E.DuplicateInstanceError: Translation(409, "Duplicate instance", 0xA900),
     E.NotFoundError: Translation(404, "Not Found", 0x0110),
+    E.ReadOnlyError: Translation(403, "Read-only replica", 0x0124),
     E.StorageFullError: Translation(507, "Insufficient Storage", 0xA700),
     E.StorageIOError: Translation(503, "Storage unavailable", 0xA700),
     E.IndexFailureError: Translation(503, "Index unavailable", 0xA700),
