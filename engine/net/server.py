@@ -291,7 +291,6 @@ class Supervisor:
             self._start(FORWARDER)
             self._wait_ready({FORWARDER})
 
-
     def _restart(self, index: int, p: Any) -> None:
         if time.monotonic() - self._started.get(index, 0.0) >= RESTART_STABLE_S:
             self._restarts[index] = 0  # it had run: a new crash, not a crash loop
@@ -324,6 +323,7 @@ class Supervisor:
         self._ready.close()
         log.warning("stopped")
         return code
+
 
 def follow_primary(archive: Any) -> None:
     """With ``[replica] primary`` set, make `archive` a replica of it (or check it is one).
