@@ -19,6 +19,7 @@ UID and stamp and skipped.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import ssl
 import threading
@@ -324,5 +325,5 @@ def iso_ns(ns: int) -> str:
     """A wall-clock time in nanoseconds as ISO 8601 UTC with milliseconds."""
     if not ns:
         return "never"
-    t = time.gmtime(ns // 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ns // 1_000_000 % 1000:03d}Z"
+    when = datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -71,6 +71,13 @@ def _has_port(host: str) -> bool:
     return ":" in host
 
 
+def non_negative(name: str, text: str) -> int:
+    """A query parameter that must be a whole number of at least 0 (limit, offset, start)."""
+    if not text.isdigit():
+        raise BadRequestError(f"{name}={text!r}: expected a non-negative integer")
+    return int(text)
+
+
 def path_uid(request: Request, name: str) -> str:
     """A UID from the URL path, validated (PS3.5 9.1) before it reaches the index."""
     value = str(request.path_params[name])

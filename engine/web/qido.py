@@ -44,7 +44,14 @@ from starlette.routing import Route
 
 from engine.attributes import BY_KEYWORD, COMPUTED, LEVELS, keywords_at, level_of
 from engine.query import RETURN_ONLY
-from engine.web.context import WebContext, instance_url, path_uid, series_url, study_url
+from engine.web.context import (
+    WebContext,
+    instance_url,
+    non_negative,
+    path_uid,
+    series_url,
+    study_url,
+)
 from engine.web.dicomjson import attrs_to_json
 from engine.web.errors import BadRequestError
 
@@ -92,12 +99,6 @@ def _returnable(keyword: str, level: str) -> bool:
     return bool(lvl) and _RANK[lvl] <= _RANK[level]
 
 
-def _non_negative(name: str, text: str) -> int:
-    if not text.isdigit():
-        raise BadRequestError(f"{name}={text!r}: expected a non-negative integer")
-    return int(text)
-
-
 class QidoQuery:
     """A QIDO-RS request parsed: the C-FIND style query, paging and warnings."""
 
@@ -113,9 +114,9 @@ class QidoQuery:
         for name, value in params:
             if name in _CONTROL:
                 if name == "limit":
-                    self.limit = _non_negative(name, value)
+                    self.limit = non_negative(name, value)
                 elif name == "offset":
-                    self.offset = _non_negative(name, value)
+                    self.offset = non_negative(name, value)
                 elif name == "fuzzymatching":
                     if value.lower() not in ("true", "false"):
                         raise BadRequestError(f"fuzzymatching={value!r}: expected true or false")

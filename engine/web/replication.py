@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.replica import source
-from engine.web.context import WebContext
+from engine.web.context import WebContext, non_negative
 from engine.web.errors import BadRequestError
 
 PREFIX = "/replication/v1"
@@ -37,13 +37,7 @@ def _number(request: Request, name: str, default: int | None = None) -> int:
         if default is None:
             raise BadRequestError(f"the query parameter {name} is required")
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequestError(f"{name}={raw!r}: not a whole number") from None
-    if value < 0:
-        raise BadRequestError(f"{name}={value}: negative")
-    return value
+    return non_negative(name, raw)
 
 
 async def log(request: Request) -> Response:
