@@ -1,4 +1,5 @@
-"""compare.py, web_compare.py, forward_compare.py, backup_bench.py and scale.py run end to end
+"""compare.py, web_compare.py, forward_compare.py, backup_bench.py, replica_bench.py and scale.py
+run end to end
 at tiny sizes, with sane numbers.
 
 ``compare.py`` drives ``pacs bench``; it runs from this tree, or from the
@@ -17,6 +18,7 @@ import forward_compare
 import orjson
 import peers
 import pytest
+import replica_bench
 import report
 import scale
 import web_compare
@@ -88,6 +90,24 @@ def test_backup_bench_gives_every_step_against_the_disk(tmp_path: Path) -> None:
                            "restore"]  # fmt: skip
     assert data["instances"] == 30 and all(f["MB/s"] > 0 for f in steps.values())
     assert 0 < steps["backup (incremental)"]["MB"] < steps["backup (full)"]["MB"]
+    assert not list((tmp_path / "w").iterdir())
+
+
+def test_replica_bench_measures_lag_cost_and_promotion(tmp_path: Path) -> None:
+    out = tmp_path / "replica.json"
+    argv = ["--series", "2", "--slices", "10", "--rows", "32", "--workers", "1", "--rounds", "1",
+            "--promote-instances", "40", "--per-study", "4", "--work-dir", str(tmp_path / "w"),
+            "--json", str(out)]  # fmt: skip
+    assert replica_bench.main(argv) == 0
+    data = orjson.loads(out.read_bytes())
+    assert data["ok"]
+    assert [r["kind"] for r in data["runs"]] == [replica_bench.ALONE, replica_bench.FOLLOWED]
+    alone, followed = data["runs"]
+    assert alone["rate"] > 0 and alone["replica_cpu_ms"] is None
+    assert followed["replica_cpu_ms"] > 0 and followed["lag_p99_s"] >= 0
+    promotion = data["promotion"]
+    assert promotion["errors"] == [] and promotion["promote"]["instances"] == 40
+    assert 0 < promotion["promote_command_s"] <= promotion["first_store_s"]
     assert not list((tmp_path / "w").iterdir())
 
 
