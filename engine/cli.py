@@ -198,12 +198,13 @@ def _local_user() -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from engine import audit
+    from engine.forward.manual import resolve
     from engine.ingest import validate_uid
 
     dest = Path(args.dest)
     _audit_locally(args)
     with _open(args) as archive:
-        uids = _resolve(archive, args.uid)
+        uids = resolve(archive, args.uid)
         if not uids:
             err.print(f"[red]error:[/] no patient, study, series or instance {args.uid!r}")
             return EXIT_USAGE
@@ -227,14 +228,6 @@ def cmd_export(args: argparse.Namespace) -> int:
                 progress.advance(task)
     out.print(f"exported {len(uids)} instances ({decimal(nbytes)}) to {dest}")
     return EXIT_OK
-
-
-def _resolve(archive: Archive, uid: str) -> list[str]:
-    for key in ("sop_instance_uid", "series_instance_uid", "study_instance_uid", "patient_id"):
-        found = archive.instances_of(**{key: uid})
-        if found:
-            return found
-    return []
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from engine.config import is_loopback
 
 AUTH_KEYS = ("anonymous", "jwt_key", "jwks", "jwt_algorithms", "issuer", "audience",
              "roles_claim", "users")  # fmt: skip
-ROLES = ("read", "write", "delete", "replicate")
+ROLES = ("read", "write", "delete", "replicate", "admin")
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                          "ES256", "ES384", "ES512", "EdDSA")  # fmt: skip
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1  # 16 MiB, ~50 ms: costly to guess offline

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -19,8 +18,6 @@ if TYPE_CHECKING:
     from engine.forward.rules import Rule
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-SEND_CHUNK = 100  # instances per step of the progress bar (one association throughout)
-_AD_HOC = re.compile(r"(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})")
 
 
 def add_parsers(sub: Any) -> None:
@@ -155,59 +152,39 @@ def _when(ns: int) -> str:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from engine.cli import _open, _progress, _resolve, err, out
-    from engine.forward.runner import stored_match
-    from engine.forward.senders import Delivery, DicomSender, StowSender
-    from engine.net.settings import Remote
+    from engine import audit
+    from engine.cli import _audit_locally, _local_user, _open, _progress, err, out
+    from engine.errors import NotFoundError
+    from engine.forward import manual
+    from engine.net.settings import server_settings
 
-    settings, _ = _rules(args)
-    target = args.to
+    settings = server_settings(load_config(args.config))
+    _audit_locally(args)
     with _open(args) as archive:
-        uids = _resolve(archive, args.uid)
-        if not uids:
-            err.print(f"[red]error:[/] no patient, study, series or instance {args.uid!r}")
+        try:
+            plan = manual.plan(archive, args.uid)
+            sender = manual.sender(archive, settings, args.to, args.parallel, ad_hoc=True)
+        except (NotFoundError, manual.SendTargetError) as exc:
+            err.print(f"[red]error:[/] {exc}")
             return EXIT_USAGE
-        if target.startswith("stow:"):
-            sender: Any = StowSender(archive, target[5:], args.parallel)
-        else:
-            ad_hoc = _AD_HOC.fullmatch(target)
-            if ad_hoc:
-                remote = Remote(ad_hoc["aet"], ad_hoc["host"], int(ad_hoc["port"]))
-                settings = settings.with_remote(remote)
-                target = remote.ae_title
-            elif target not in settings.remotes or settings.remotes[target].host is None:
-                err.print(f"[red]error:[/] {target!r} is not a [remotes] entry with host and "
-                          "port; or give AET@host:port")  # fmt: skip
-                return EXIT_USAGE
-            sender = DicomSender(archive, settings, target, args.parallel)
-        matches, study_of = [], {}
-        with archive.env.read() as txn:
-            for uid in uids:
-                found = stored_match(txn, archive.catalog, uid)
-                if found is not None:
-                    matches.append(found[0])
-                    study_of[uid] = found[1]["study"]
-        total, t0 = Delivery(), time.perf_counter()
+        t0 = time.perf_counter()
         try:
             with _progress() as progress:
-                task = progress.add_task(f"send to {args.to}", total=len(matches))
-                for i in range(0, len(matches), SEND_CHUNK):
-                    chunk = matches[i : i + SEND_CHUNK]
-                    d = sender.send(chunk, lambda m: study_of[m.sop_instance])
-                    total.add(d)
-                    progress.advance(task, len(d.sent) + len(d.refused))
-                    if d.unsent:
-                        total.unsent += [m.sop_instance for m in matches[i + SEND_CHUNK :]]
-                        break
+                task = progress.add_task(f"send to {args.to}", total=len(plan.matches))
+                total = manual.send(sender, plan, lambda n: progress.advance(task, n))
         finally:
             sender.close()
     elapsed = time.perf_counter() - t0
+    outcome = audit.SUCCESS if len(total.sent) == len(plan.matches) else audit.MINOR_FAILURE
+    audit.emit(audit.Event.INSTANCES_TRANSFERRED, outcome, user=_local_user(), address=None,
+               description=f"sent to {args.to}", selector=args.uid,
+               instances=len(total.sent))  # fmt: skip
     out.print(
-        f"sent {len(total.sent)} of {len(matches)} instances to {args.to} in "
+        f"sent {len(total.sent)} of {len(plan.matches)} instances to {args.to} in "
         f"{elapsed:.1f} s; {len(total.refused)} refused, {len(total.unsent)} not sent"
     )
     for uid, why in total.refused[:10]:
         out.print(f"[red]refused:[/] {uid}: {why}")
     if total.error:
         out.print(f"[red]error:[/] {total.error}")
-    return EXIT_OK if len(total.sent) == len(matches) else EXIT_FAILED
+    return EXIT_OK if len(total.sent) == len(plan.matches) else EXIT_FAILED

@@ -5,7 +5,8 @@ last saw), then for each of its segments fetches the committed bytes past our
 cursor, checks every record (header, metadata and pixel checksums), appends
 the records as they are (compressed parts, stamps and all) through this
 archive's own write path (group commit, fsync), and once they are durable and
-indexed moves the cursor, in the index. The index is kept up to date from the
+indexed moves the cursor, saved in the index with the round's end (and at
+least every SAVE_EVERY_S while catching up). The index is kept up to date from the
 records as they come, never rebuilt; our segments are our own, so recovery,
 recompression and compaction work here as on any archive.
 

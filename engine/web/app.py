@@ -4,8 +4,9 @@ Routes live under ``web.base_path`` (``/dicom-web``): QIDO-RS
 (:mod:`engine.web.qido`), WADO-RS (:mod:`engine.web.wado`, rendered and
 thumbnails in :mod:`engine.web.render`), STOW-RS (:mod:`engine.web.stow`), DELETE
 (:mod:`engine.web.delete`); WADO-URI (:mod:`engine.web.uri`) answers at ``/wado`` as
-well, and the primary's replication endpoints at ``/replication/v1``
-(:mod:`engine.web.replication`). Every error goes through
+well, the primary's replication endpoints at ``/replication/v1``
+(:mod:`engine.web.replication`) and the admin endpoints at ``/admin/v1``
+(:mod:`engine.web.admin`). Every error goes through
 :mod:`engine.web.errors` and comes out as an RFC 9457 problem.
 
 Middleware, outermost first: CORS when ``web.cors_origins`` is set (for a
@@ -37,7 +38,7 @@ from starlette.routing import Route
 from engine.archive import Archive
 from engine.credentials import AuthSettings, auth_settings
 from engine.errors import EngineError
-from engine.web import delete, qido, render, replication, stow, uri, wado
+from engine.web import admin, delete, qido, render, replication, stow, uri, wado
 from engine.web.auth import AuthMiddleware
 from engine.web.context import WebContext
 from engine.web.errors import problem, problem_body
@@ -119,7 +120,7 @@ def create_app(
                                 Exception: _unexpected}  # fmt: skip
     # outermost, so that a refused request costs nothing of the stack below
     middleware.insert(0, Middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests))
-    routes = [*_prefixed(base, api), *uri.routes(), *replication.routes()]
+    routes = [*_prefixed(base, api), *uri.routes(), *replication.routes(), *admin.routes()]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
     app.state.ctx = WebContext(archive, settings)
     return app

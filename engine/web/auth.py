@@ -21,7 +21,8 @@ The ``[auth]`` table::
 Roles: ``read`` for QIDO-RS, WADO-RS and WADO-URI (GET), ``write`` for
 STOW-RS (POST), ``delete`` for DELETE, ``replicate`` for a replica's requests
 to ``/replication/`` (the whole log; refusals audited, successes not: a
-replica polls many times a second). No credentials and anonymous off: 401
+replica polls many times a second), ``admin`` for ``/admin/`` (sending
+studies to other nodes, :mod:`engine.web.admin`). No credentials and anonymous off: 401
 with a ``WWW-Authenticate`` challenge per configured scheme; bad credentials:
 401; a valid identity without the role: 403; all as problem+json, and all
 audited (User Authentication, Security Alert).
@@ -126,11 +127,14 @@ class Authenticator:
 
 
 REPLICATION_PREFIX = "/replication/"
+ADMIN_PREFIX = "/admin/"
 
 
 def _required_role(method: str, path: str) -> str:
     if path.startswith(REPLICATION_PREFIX):
         return "replicate"  # the whole log, deleted records included: a role of its own
+    if path.startswith(ADMIN_PREFIX):
+        return "admin"  # sends images to other nodes: not what a viewer's "read" allows
     # any other method (PUT, PATCH...) needs write: nothing is reachable by an unlisted verb
     return {"GET": "read", "HEAD": "read", "POST": "write", "DELETE": "delete"}.get(method, "write")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import pydicom
 
 from engine.synthetic import ct_series, encode
 from tests._helpers import ROOT
-from tests.net._support import Server
+from tests.net._support import Server, dcmtk, dcmtk_env, run_dcmtk
 
 WAIT_S = 90.0
 
@@ -51,3 +52,33 @@ def write_series(folder: Path, seed: int, n: int, *, implicit: bool = False) -> 
 
 def uid_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def storescp(folder: Path, port: int, aet: str = "DEST") -> subprocess.Popen[bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([dcmtk("storescp"), "-aet", aet, "+xa", "-od", str(folder), str(port)],
+                            env=dcmtk_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while run_dcmtk("echoscu", "-aec", aet, "127.0.0.1", str(port)).returncode != 0:
+        assert proc.poll() is None and time.monotonic() < deadline, "storescp did not start"
+        time.sleep(0.1)
+    return proc
+
+
+def received(folder: Path) -> dict[str, Path]:
+    """SOP Instance UID -> file storescp wrote (named MODALITY.UID), whole files only."""
+    out = {}
+    for f in folder.iterdir():
+        m = re.fullmatch(r"[A-Z]{2}\.(?P<uid>[0-9.]+)", f.name)
+        if m:
+            out[m["uid"]] = f
+    return out
+
+
+def same(sent: Path, got: Path) -> None:
+    a, b = pydicom.dcmread(sent), pydicom.dcmread(got)
+    assert b.file_meta.TransferSyntaxUID == a.file_meta.TransferSyntaxUID, got.name
+    assert b.PixelData == a.PixelData
+    padding = 0xFFFCFFFC  # Data Set Trailing Padding: DCMTK-based peers drop it (PS3.5 7.8.3)
+    assert [e.tag for e in b] == [e.tag for e in a if e.tag != padding]

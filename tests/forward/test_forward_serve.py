@@ -13,60 +13,33 @@ import json
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 
-from tests.forward._support import pacs, queue_state, uid_of, wait_for, write_series
+from tests.forward._support import (
+    pacs,
+    queue_state,
+    received,
+    same,
+    storescp,
+    uid_of,
+    wait_for,
+    write_series,
+)
 from tests.net._support import (
     Server,
-    dcmtk,
-    dcmtk_env,
     free_port,
     orthanc,
-    run_dcmtk,
     storescu,
 )
-
-
-def _storescp(folder: Path, port: int, aet: str = "DEST") -> subprocess.Popen[bytes]:
-    folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([dcmtk("storescp"), "-aet", aet, "+xa", "-od", str(folder), str(port)],
-                            env=dcmtk_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 10
-    while run_dcmtk("echoscu", "-aec", aet, "127.0.0.1", str(port)).returncode != 0:
-        assert proc.poll() is None and time.monotonic() < deadline, "storescp did not start"
-        time.sleep(0.1)
-    return proc
-
-
-def _received(folder: Path) -> dict[str, Path]:
-    """SOP Instance UID -> file storescp wrote (named MODALITY.UID), whole files only."""
-    out = {}
-    for f in folder.iterdir():
-        m = re.fullmatch(r"[A-Z]{2}\.(?P<uid>[0-9.]+)", f.name)
-        if m:
-            out[m["uid"]] = f
-    return out
-
-
-def _same(sent: Path, got: Path) -> None:
-    a, b = pydicom.dcmread(sent), pydicom.dcmread(got)
-    assert b.file_meta.TransferSyntaxUID == a.file_meta.TransferSyntaxUID, got.name
-    assert b.PixelData == a.PixelData
-    padding = 0xFFFCFFFC  # Data Set Trailing Padding: DCMTK-based peers drop it (PS3.5 7.8.3)
-    assert [e.tag for e in b] == [e.tag for e in a if e.tag != padding]
-
 
 # -- rules to four peers ----------------------------------------------------------
 
@@ -79,7 +52,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     (tmp / "orthanc").mkdir()
     second = Server(tmp / "second", workers=1,
                     config='[dicom]\nae_titles = ["PACS2"]\n').start()  # fmt: skip
-    dest = _storescp(tmp / "dest", dest_port)
+    dest = storescp(tmp / "dest", dest_port)
     with orthanc(tmp / "orthanc", orthanc_port, {}, dicomweb=True) as client:
         yield {"dest": tmp / "dest", "dest_port": dest_port, "orthanc": client,
                "orthanc_port": orthanc_port, "second": second}  # fmt: skip
@@ -136,15 +109,15 @@ to = "dicom:PACS2"
         ct_uids = {uid_of(p): p for p in scanner + other}
         everything = {**ct_uids, uid_of(mr): mr}
 
-        wait_for("storescp", lambda: len(_received(peers["dest"])) >= 5, server)
+        wait_for("storescp", lambda: len(received(peers["dest"])) >= 5, server)
         wait_for("Orthanc", lambda: len(peers["orthanc"].get("/instances").json()) >= 9, server)
         second = peers["second"]
         wait_for("the second archive", lambda: _count(second) >= 9, server)
         time.sleep(1)  # nothing more may come
-        got = _received(peers["dest"])
+        got = received(peers["dest"])
         assert set(got) == {uid_of(p) for p in scanner}  # CT from CT* only
         for path in scanner:
-            _same(path, got[uid_of(path)])
+            same(path, got[uid_of(path)])
         in_orthanc = {}
         for oid in peers["orthanc"].get("/instances").json():
             tags = peers["orthanc"].get(f"/instances/{oid}/simplified-tags").json()
@@ -154,11 +127,11 @@ to = "dicom:PACS2"
             data = peers["orthanc"].get(f"/instances/{in_orthanc[uid]}/file").content
             got_path = tmp_path / f"orthanc-{uid}.dcm"
             got_path.write_bytes(data)
-            _same(path, got_path)
+            same(path, got_path)
         for uid, path in everything.items():  # the second pacs serve, byte for byte
             exported = tmp_path / f"second-{uid}.dcm"
             assert pacs("-A", str(second.archive), "export", uid, str(exported)).returncode == 0
-            _same(path, exported)
+            same(path, exported)
         states = {q["rule"]: q for q in queue_state(server)}
         assert {k: (v["sent"], v["behind"], v["dead"]) for k, v in states.items()} == {
             "scanner-ct": (5, 0, 0), "ct-orthanc": (8, 0, 0), "mr-web": (1, 0, 0),
@@ -199,8 +172,8 @@ def test_the_queue_holds_while_the_destination_is_down_then_drains(tmp_path: Pat
                      "--json")  # fmt: skip
         (depth,) = json.loads(stats.stdout)["forward"]  # pacs stats shows the queue too
         assert depth["behind"] == state["behind"] and depth["lag_s"] > 0
-        dest = _storescp(tmp_path / "dest", port, "LATER")
-        wait_for("the queue to drain", lambda: len(_received(tmp_path / "dest")) == 10, server)
+        dest = storescp(tmp_path / "dest", port, "LATER")
+        wait_for("the queue to drain", lambda: len(received(tmp_path / "dest")) == 10, server)
         (state,) = queue_state(server)
         assert (state["sent"], state["behind"], state["dead"]) == (10, 0, 0)
     finally:
@@ -273,7 +246,7 @@ def test_sigkill_of_forwarder_and_destination_loses_nothing(tmp_path: Path) -> N
     port = free_port()
     config = _one_rule("DEST", port, 'name = "all"\nbatch = 20')
     server = Server(tmp_path, workers=2, config=config).start()
-    dest = _storescp(tmp_path / "dest", port)
+    dest = storescp(tmp_path / "dest", port)
     series = [write_series(tmp_path / "in", 200 + i, 10) for i in range(20)]
     acknowledged: list[Path] = []
 
@@ -292,16 +265,16 @@ def test_sigkill_of_forwarder_and_destination_loses_nothing(tmp_path: Path) -> N
             os.kill(pid, signal.SIGKILL)
             dest.kill()
             dest.wait(10)
-            dest = _storescp(tmp_path / "dest", port)
+            dest = storescp(tmp_path / "dest", port)
         sender.join()
         _forwarder_pid(server, pid)  # the last one restarted
         assert len(acknowledged) == 200
         want = {uid_of(p) for p in acknowledged}
-        wait_for("every instance", lambda: want <= set(_received(tmp_path / "dest")), server)
+        wait_for("every instance", lambda: want <= set(received(tmp_path / "dest")), server)
         wait_for("the queue to drain", lambda: queue_state(server)[0]["behind"] == 0, server)
         assert "died with exit code -9; restarting it" in server.log()
         for path in acknowledged[::37]:
-            _same(path, _received(tmp_path / "dest")[uid_of(path)])
+            same(path, received(tmp_path / "dest")[uid_of(path)])
     finally:
         sender.join()
         dest.terminate()

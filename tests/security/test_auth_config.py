@@ -83,7 +83,7 @@ def test_loopback_without_auth_is_anonymous_but_other_hosts_must_say_so() -> Non
     ({"jwt_algorithms": ["HS256"]}, "not allowed"),
     ({"jwt_algorithms": ["none"]}, "not allowed"),
     ({"users": {"u": {"password": "plain-text", "roles": ["read"]}}}, "hash-password"),
-    ({"users": {"u": {"password": "scrypt$1", "roles": ["admin"]}}}, "roles must be"),
+    ({"users": {"u": {"password": "scrypt$1", "roles": ["superuser"]}}}, "roles must be"),
     ({"anonymus": True}, "unknown keys"),
     ({"jwt_key": "/nonexistent.pem"}, "cannot load"),
 ])  # fmt: skip

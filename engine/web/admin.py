@@ -1,0 +1,100 @@
+"""The admin endpoints beside DICOMweb (the ``admin`` role guards them).
+
+::
+
+    POST /admin/v1/send   {"uid": UID, "to": AE_TITLE, "parallel": 1}
+        Send a patient (its PatientID), a study, a series or an instance to a
+        [remotes] entry now, each instance in its stored transfer syntax:
+        what ``pacs send`` does. Answered once the send is over: 200 with
+        {"to", "requested", "sent", "refused": [{"uid", "reason"}],
+        "unsent", "seconds"} when the destination took every instance; 502
+        problem+json with the same members when it refused some or could not
+        be reached (``error`` says why); 404 when nothing is stored under the
+        UID; 400 for a bad body or a destination that is not a [remotes]
+        entry with host and port. Unlike the command line, it takes no ad hoc
+        ``AET@host:port`` or STOW-RS URL: only the destinations the site
+        configured can be reached through the HTTP port.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from engine import audit
+from engine.forward import manual
+from engine.net.settings import server_settings
+from engine.web.context import WebContext
+from engine.web.errors import BadRequestError, problem_body
+
+PREFIX = "/admin/v1"
+PARALLEL_MAX = 8  # associations one request may open
+
+
+def _body(raw: bytes) -> tuple[str, str, int]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"the body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequestError('the body must be a JSON object: {"uid": ..., "to": ...}')
+    unknown = set(doc) - {"uid", "to", "parallel"}
+    if unknown:
+        raise BadRequestError(f"unknown members {sorted(unknown)}; known: uid, to, parallel")
+    uid, to, parallel = doc.get("uid"), doc.get("to"), doc.get("parallel", 1)
+    if not isinstance(uid, str) or not uid:
+        raise BadRequestError("uid: a Study, Series or SOP Instance UID, or a PatientID")
+    if not isinstance(to, str) or not to:
+        raise BadRequestError("to: the AE title of a [remotes] entry")
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or not (
+        1 <= parallel <= PARALLEL_MAX
+    ):
+        raise BadRequestError(f"parallel: a whole number from 1 to {PARALLEL_MAX}")
+    return uid, to, parallel
+
+
+def _send_now(ctx: WebContext, uid: str, to: str, parallel: int) -> dict[str, Any]:
+    archive = ctx.archive
+    try:
+        sender = manual.sender(archive, server_settings(archive.config), to, parallel,
+                               ad_hoc=False)  # fmt: skip
+    except manual.SendTargetError as exc:
+        raise BadRequestError(str(exc)) from None
+    try:
+        plan = manual.plan(archive, uid)
+        t0 = time.perf_counter()
+        d = manual.send(sender, plan)
+    finally:
+        sender.close()
+    return {"to": to, "requested": len(plan.matches), "sent": len(d.sent),
+            "refused": [{"uid": u, "reason": why} for u, why in d.refused],
+            "unsent": len(d.unsent), "error": d.error or None,
+            "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+
+
+async def send(request: Request) -> Response:
+    ctx: WebContext = request.app.state.ctx
+    uid, to, parallel = _body(await request.body())
+    result = await ctx.call(_send_now, ctx, uid, to, parallel)
+    # beside the request's own record: what went where (the body is not in the path)
+    outcome = audit.SUCCESS if result["sent"] == result["requested"] else audit.MINOR_FAILURE
+    audit.emit(audit.Event.INSTANCES_TRANSFERRED, outcome,
+               user=request.scope.get("state", {}).get("audit_user"),
+               address=request.client.host if request.client else None,
+               description=f"sent to {to}", selector=uid, instances=result["sent"])  # fmt: skip
+    if result["sent"] == result["requested"]:
+        return Response(orjson.dumps(result), media_type="application/json")
+    detail = (f"{to} took {result['sent']} of {result['requested']} instances: "
+              f"{len(result['refused'])} refused, {result['unsent']} not sent"
+              + (f" ({result['error']})" if result["error"] else ""))  # fmt: skip
+    return Response(problem_body(502, "Send incomplete", detail, **result), status_code=502,
+                    media_type="application/problem+json")  # fmt: skip
+
+
+def routes() -> list[Route]:
+    return [Route(f"{PREFIX}/send", send, methods=["POST"])]
