@@ -334,8 +334,16 @@ class Follower:
                 loc = Location(0, 0, len(r.data), r.meta_span, r.stamp)
                 entry = entry_from_meta(bytes(r.meta), loc)
                 pending.append(writes.submit(Prepared(entry, [r.data], len(r.data))))
+        # every one waited for, even after a failure: they hold views of the span's buffer,
+        # which the next fetch overwrites
+        failed: EngineError | None = None
         for p in pending:
-            writes.wait(p)
+            try:
+                writes.wait(p)
+            except EngineError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def _save(self) -> None:
         """Write our document, keeping a promotion asked for meanwhile by `pacs promote`."""
