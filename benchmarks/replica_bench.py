@@ -3,7 +3,7 @@ and promotion at a million instances.
 
 Usage (from the repository root)::
 
-    # the default: 4 CT series of 250 slices of 512x512, three times each way
+    # the default: 8 CT series of 500 slices of 512x512 (2 GB), three times each way
     python benchmarks/replica_bench.py
 
     # the run: promotion at a million small instances too (about an hour)
@@ -366,8 +366,8 @@ def summary_rows(runs: Sequence[Run], promotion: dict[str, Any] | None) -> list[
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="replica_bench.py", description=__doc__.split("\n")[0])
-    p.add_argument("--series", type=int, default=4, help="CT series in the corpus")
-    p.add_argument("--slices", type=int, default=250, help="slices per series")
+    p.add_argument("--series", type=int, default=8, help="CT series in the corpus")
+    p.add_argument("--slices", type=int, default=500, help="slices per series")
     p.add_argument("--rows", type=int, default=512, help="rows and columns of a slice")
     p.add_argument("--processes", type=int, default=2, help="storescu sending at once")
     p.add_argument("--rounds", type=int, default=3, help="ingests each way, alternating")
