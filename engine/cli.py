@@ -287,7 +287,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from engine.forward.cli import forward_states, queue_rows, queue_table
+    from engine.forward.cli import queue_table
+    from engine.forward.status import forward_states, queue_rows
     from engine.replica.cli import replica_status, status_table
 
     with _open(args) as archive:

@@ -12,6 +12,7 @@ import orjson
 from rich.table import Table
 
 from engine.config import load_config
+from engine.forward.status import dead_rows, queue_rows
 
 if TYPE_CHECKING:
     from engine.forward.queue import QueueState
@@ -84,15 +85,6 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def queue_rows(states: list[tuple[Rule, QueueState]]) -> list[dict[str, Any]]:
-    """Each rule's queue as ``pacs queue --json`` (and ``pacs stats --json``) give it."""
-    return [{"rule": r.name, "to": str(r.target), "cursor": s.cursor, "behind": s.behind,
-             "retrying": s.retries, "dead": s.dead, "sent": s.sent, "refused": s.refused,
-             "awaiting_commitment": s.awaiting, "lag_s": round(s.lag_s, 3),
-             "rate_per_s": round(s.rate_per_s, 2), "last_sent_ns": s.last_sent_ns,
-             "last_error": s.last_error} for r, s in states]  # fmt: skip
-
-
 def queue_table(states: list[tuple[Rule, QueueState]]) -> Table:
     table = Table("rule", "to", "behind", "lag", "rate/s", "retrying", "dead", "sent", "refused",
                   "awaiting commit", "last sent", "last error", title="forward queues")  # fmt: skip
@@ -114,26 +106,12 @@ def queue_table(states: list[tuple[Rule, QueueState]]) -> Table:
     return table
 
 
-def forward_states(archive: Any) -> list[tuple[Rule, QueueState]]:
-    """Every rule of the archive's config with its queue's state (``pacs stats``)."""
-    from engine.forward.queue import ForwardQueue
-    from engine.forward.rules import forward_rules
-    from engine.net.settings import server_settings
-
-    config = archive.config
-    if not config.extra.get("forward"):
-        return []
-    rules = forward_rules(config.extra, server_settings(config).remotes)
-    return [(r, ForwardQueue(archive.env, r.name).state(start=False)) for r in rules]
-
-
 def _print_dead(queue: Any, as_json: bool) -> int:
     from engine.cli import out
 
     letters = queue.dead_letters()
     if as_json:
-        rows = [{"sop_instance_uid": w.sop_uid, "attempts": w.attempts, "error": w.error,
-                 "first_ns": w.first_ns} for w in letters]  # fmt: skip
+        rows = dead_rows(letters)
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
         return EXIT_OK
     table = Table("SOP Instance UID", "attempts", "since", "why", title=f"dead letters of "

@@ -109,3 +109,13 @@ def lag(doc: dict[str, Any]) -> dict[str, Any]:
     seconds = max(0.0, (doc["seen_ns"] - doc["applied_ns"]) / 1e9) if behind else 0.0
     return {"records": records, "bytes": doc["behind_bytes"], "seconds": seconds,
             "point_ns": doc["applied_ns"]}  # fmt: skip
+
+
+def summary(txn: Any, dbs: dict[str, Any]) -> dict[str, Any] | None:
+    """Whom this replica follows and how far behind it is (``pacs stats``, the admin API);
+    None when it is a primary."""
+    doc = state(txn, dbs)
+    if doc is None:
+        return None
+    return {"primary": doc["primary"], **lag(doc), "records_applied": doc.get("records", 0),
+            "contact_ns": doc["contact_ns"], "error": doc["error"]}  # fmt: skip

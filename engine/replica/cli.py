@@ -26,13 +26,9 @@ def add_parsers(sub: Any) -> None:
 
 
 def replica_status(archive: Any) -> dict[str, Any] | None:
-    """What `pacs stats` shows of a replica: whom it follows and how far behind; None: primary."""
+    """What `pacs stats` shows of a replica (:func:`engine.index.replica.summary`)."""
     with archive.env.read() as txn:
-        doc = role.state(txn, archive.env.db)
-    if doc is None:
-        return None
-    return {"primary": doc["primary"], **role.lag(doc), "records_applied": doc.get("records", 0),
-            "contact_ns": doc["contact_ns"], "error": doc["error"]}  # fmt: skip
+        return role.summary(txn, archive.env.db)
 
 
 def status_table(status: dict[str, Any]) -> Table:

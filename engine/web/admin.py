@@ -1,4 +1,4 @@
-"""The admin endpoints beside DICOMweb (the ``admin`` role guards them).
+"""The admin endpoints beside DICOMweb (the ``admin`` role guards them): sends, queues, replica.
 
 ::
 
@@ -14,6 +14,15 @@
         entry with host and port. Unlike the command line, it takes no ad hoc
         ``AET@host:port`` or STOW-RS URL: only the destinations the site
         configured can be reached through the HTTP port.
+    GET /admin/v1/queues
+        Each [[forward]] rule's queue, as ``pacs queue --json``: behind, lag,
+        rate, retrying, dead, sent, refused, awaiting commitment, last error.
+    GET /admin/v1/queues/{rule}/dead
+        Its dead letters (``pacs queue RULE --dead --json``).
+    POST /admin/v1/queues/{rule}/retry, POST /admin/v1/queues/{rule}/purge
+        Send its dead letters again, or forget them: {"rule", "count"}.
+    GET /admin/v1/replica
+        A replica's primary and lag (as ``pacs stats``); 404 on a primary.
 """
 
 from __future__ import annotations
@@ -27,7 +36,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine import audit
+from engine.errors import NotFoundError
 from engine.forward import manual
+from engine.forward.queue import ForwardQueue
+from engine.forward.status import dead_rows, forward_states, queue_rows
+from engine.index import replica as role
 from engine.net.settings import server_settings
 from engine.web.context import WebContext
 from engine.web.errors import BadRequestError, problem_body
@@ -88,7 +101,7 @@ async def send(request: Request) -> Response:
                address=request.client.host if request.client else None,
                description=f"sent to {to}", selector=uid, instances=result["sent"])  # fmt: skip
     if result["sent"] == result["requested"]:
-        return Response(orjson.dumps(result), media_type="application/json")
+        return _json(result)
     detail = (f"{to} took {result['sent']} of {result['requested']} instances: "
               f"{len(result['refused'])} refused, {result['unsent']} not sent"
               + (f" ({result['error']})" if result["error"] else ""))  # fmt: skip
@@ -96,5 +109,57 @@ async def send(request: Request) -> Response:
                     media_type="application/problem+json")  # fmt: skip
 
 
+def _json(doc: Any) -> Response:
+    return Response(orjson.dumps(doc), media_type="application/json")
+
+
+def _rule_queue(ctx: WebContext, name: str) -> ForwardQueue:
+    names = [r.name for r, _ in forward_states(ctx.archive)]
+    if name not in names:
+        raise NotFoundError(f"no [[forward]] rule named {name!r}; the rules: {names}")
+    return ForwardQueue(ctx.archive.env, name)
+
+
+async def queues(request: Request) -> Response:
+    ctx: WebContext = request.app.state.ctx
+    return _json(queue_rows(await ctx.call(forward_states, ctx.archive)))
+
+
+async def dead(request: Request) -> Response:
+    ctx: WebContext = request.app.state.ctx
+    queue = await ctx.call(_rule_queue, ctx, request.path_params["rule"])
+    return _json(dead_rows(await ctx.call(queue.dead_letters)))
+
+
+async def retry(request: Request) -> Response:
+    ctx: WebContext = request.app.state.ctx
+    queue = await ctx.call(_rule_queue, ctx, request.path_params["rule"])
+    return _json({"rule": queue.name, "count": await ctx.call(queue.retry_dead)})
+
+
+async def purge(request: Request) -> Response:
+    ctx: WebContext = request.app.state.ctx
+    queue = await ctx.call(_rule_queue, ctx, request.path_params["rule"])
+    return _json({"rule": queue.name, "count": await ctx.call(queue.purge_dead)})
+
+
+async def replica(request: Request) -> Response:
+    ctx: WebContext = request.app.state.ctx
+
+    def read() -> dict[str, Any] | None:
+        with ctx.archive.env.read() as txn:
+            return role.summary(txn, ctx.archive.env.db)
+
+    doc = await ctx.call(read)
+    if doc is None:
+        raise NotFoundError("this archive is a primary: it follows no one")
+    return _json(doc)
+
+
 def routes() -> list[Route]:
-    return [Route(f"{PREFIX}/send", send, methods=["POST"])]
+    return [Route(f"{PREFIX}/send", send, methods=["POST"]),
+            Route(f"{PREFIX}/queues", queues, methods=["GET"]),
+            Route(f"{PREFIX}/queues/{{rule}}/dead", dead, methods=["GET"]),
+            Route(f"{PREFIX}/queues/{{rule}}/retry", retry, methods=["POST"]),
+            Route(f"{PREFIX}/queues/{{rule}}/purge", purge, methods=["POST"]),
+            Route(f"{PREFIX}/replica", replica, methods=["GET"])]  # fmt: skip

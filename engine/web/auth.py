@@ -140,7 +140,9 @@ def _required_role(method: str, path: str) -> str:
 
 
 def _event(method: str, path: str) -> audit.Event:
-    if method == "POST":
+    if path.startswith(ADMIN_PREFIX) and method in ("GET", "HEAD"):
+        return audit.Event.QUERY  # the queues, the replica's state: no instance is read
+    if method == "POST":  # STOW-RS, and the admin API's sends
         return audit.Event.INSTANCES_TRANSFERRED
     if method == "DELETE":
         return audit.Event.INSTANCES_DELETED

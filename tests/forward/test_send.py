@@ -1,4 +1,5 @@
-"""Sending by hand (issue 18): ``pacs send`` and ``POST /admin/v1/send`` to DCMTK storescp.
+"""Sending by hand (issue 18): ``pacs send`` and ``POST /admin/v1/send`` to DCMTK storescp, and
+the admin API's view of the forward queues and their dead letters.
 
 What arrives must be each instance as stored; the REST endpoint needs the
 ``admin`` role, reaches only [remotes] entries, and answers a destination that
@@ -8,18 +9,34 @@ is down or a UID that is not stored with a problem saying so.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
 
 from engine.credentials import hash_password
-from tests.forward._support import pacs, received, same, storescp, uid_of, write_series
+from tests.forward._support import (
+    pacs,
+    received,
+    same,
+    storescp,
+    uid_of,
+    wait_for,
+    write_series,
+)
 from tests.net._support import Server, free_port, storescu
 
 USERS = {"ops": ("ops-secret", ["read", "admin"]), "viewer": ("view-secret", ["read", "write"])}
+
+
+def _users() -> str:
+    return "".join(f'[auth.users.{u}]\npassword = "{hash_password(p)}"\nroles = {json.dumps(r)}\n'
+                   for u, (p, r) in USERS.items())  # fmt: skip
 
 
 @pytest.fixture
@@ -27,10 +44,8 @@ def sending(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A server with two remotes (DEST: a storescp; DOWN: nobody) and two stored studies."""
     dest_port = free_port()
     dest = storescp(tmp_path / "dest", dest_port)
-    users = "".join(f'[auth.users.{u}]\npassword = "{hash_password(p)}"\nroles = {json.dumps(r)}\n'
-                    for u, (p, r) in USERS.items())  # fmt: skip
     config = (f'[remotes.DEST]\nhost = "127.0.0.1"\nport = {dest_port}\n\n'
-              f'[remotes.DOWN]\nhost = "127.0.0.1"\nport = {free_port()}\n\n{users}')  # fmt: skip
+              f'[remotes.DOWN]\nhost = "127.0.0.1"\nport = {free_port()}\n\n') + _users()
     server = Server(tmp_path, workers=1, http=True, config=config).start()
     first = write_series(tmp_path / "in", 301, 4)
     second = write_series(tmp_path / "in", 302, 3, implicit=True)
@@ -43,9 +58,12 @@ def sending(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _post(server: Server, body: object, user: str = "ops") -> httpx.Response:
-    password = USERS[user][0]
-    return httpx.post(f"http://127.0.0.1:{server.http_port}/admin/v1/send", json=body,
-                      auth=(user, password), timeout=60)  # fmt: skip
+    return _admin(server, "POST", "send", user, json=body)
+
+
+def _admin(server: Server, method: str, path: str, user: str = "ops", **kw: Any) -> httpx.Response:
+    return httpx.request(method, f"http://127.0.0.1:{server.http_port}/admin/v1/{path}",
+                         auth=(user, USERS[user][0]), timeout=60, **kw)  # fmt: skip
 
 
 def _study(path: Path) -> str:
@@ -121,3 +139,59 @@ def test_rest_send_says_what_is_wrong(sending: dict[str, Any]) -> None:
     assert received(sending["dest"]) == {}
     still = pacs("-A", str(server.archive), "stats", "--json")
     assert json.loads(still.stdout)["instances"] == 7  # nothing lost by the failed sends
+    assert _admin(server, "GET", "replica").status_code == 404  # a primary follows no one
+
+
+def test_the_admin_api_shows_the_queues_and_retries_and_purges_dead_letters(
+    tmp_path: Path,
+) -> None:
+    refuse = threading.Event()
+    refuse.set()
+    taken: list[str] = []
+
+    def on_store(event: Any) -> int:
+        if refuse.is_set():
+            return 0xA700  # Refused: Out of Resources
+        taken.append(str(event.request.AffectedSOPInstanceUID))
+        return 0
+
+    ae = AE(ae_title="PICKY")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False,
+                          evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    config = (f'[remotes.PICKY]\nhost = "127.0.0.1"\nport = {port}\n\n[[forward]]\n'
+              f'name = "picky"\nto = "dicom:PICKY"\nmax_attempts = 1\n\n{_users()}')  # fmt: skip
+    server = Server(tmp_path, workers=1, http=True, config=config).start()
+
+    def dead() -> int:
+        return len(_admin(server, "GET", "queues/picky/dead").json())
+
+    try:
+        first = write_series(tmp_path / "in", 303, 3)
+        assert storescu(server.port, first).returncode == 0
+        wait_for("dead letters", lambda: dead() == 3, server)
+        assert _admin(server, "GET", "queues", user="viewer").status_code == 403
+        (queue,) = _admin(server, "GET", "queues").json()
+        assert (queue["rule"], queue["to"], queue["dead"]) == ("picky", "dicom:PICKY", 3)
+        assert "0xA700" in queue["last_error"]
+        letters = _admin(server, "GET", "queues/picky/dead").json()
+        assert {w["sop_instance_uid"] for w in letters} == {uid_of(p) for p in first}
+        assert _admin(server, "GET", "queues/nope/dead").status_code == 404
+
+        refuse.clear()
+        assert _admin(server, "POST", "queues/picky/retry").json() == {"rule": "picky", "count": 3}
+        wait_for("the retried letters", lambda: len(taken) == 3, server)
+        assert set(taken) == {uid_of(p) for p in first}
+
+        refuse.set()
+        later = write_series(tmp_path / "in", 304, 2)
+        assert storescu(server.port, later).returncode == 0
+        wait_for("dead letters", lambda: dead() == 2, server)
+        assert _admin(server, "POST", "queues/picky/purge").json() == {"rule": "picky", "count": 2}
+        (queue,) = _admin(server, "GET", "queues").json()
+        assert (queue["sent"], queue["dead"], queue["behind"]) == (3, 0, 0)
+        assert len(taken) == 3  # purged letters are not sent
+    finally:
+        assert server.stop() == 0, server.log()
+        scp.shutdown()

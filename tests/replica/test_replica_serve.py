@@ -183,6 +183,12 @@ def test_a_replica_follows_stores_and_deletions_bit_for_bit_and_refuses_writes(
         assert status["primary"] == f"http://127.0.0.1:{primary.http_port}"
         assert status["records"] == 0 and status["error"] is None
         assert stats["duplicates"] == 0
+        admin = httpx.get(f"http://127.0.0.1:{replica.http_port}/admin/v1/replica")
+        assert admin.status_code == 200  # the admin API says the same (no [auth] here)
+        assert {k: admin.json()[k] for k in ("primary", "records", "error")} == {
+            "primary": status["primary"], "records": 0, "error": None}  # fmt: skip
+        on_primary = f"http://127.0.0.1:{primary.http_port}/admin/v1/replica"
+        assert httpx.get(on_primary, auth=viewer).status_code == 403  # no admin role
 
         # read-only: DIMSE stores are refused with 0x0124, STOW-RS and DELETE with 403
         refused = storescu(replica.port, later[:1], "-v")
