@@ -40,6 +40,7 @@ from engine.errors import (
     ReadOnlyError,
     StorageIOError,
 )
+from engine.index import changes
 from engine.index import replica as replica_state
 from engine.index.catalog import ApplyResult, Catalog
 from engine.index.env import IndexEnv
@@ -413,10 +414,21 @@ class Archive:
             return maintenance.compact(self, max_segments=max_segments, progress=progress)
 
     def _recompress_when_idle(self) -> None:
-        """Background thread: one sealed segment at a time, only while no store comes in."""
+        """Background thread: one sealed segment at a time, only while no store comes in.
+
+        Idle means no store or deletion by any process of this archive: the change
+        log's head has not moved (another worker's stores, a replica's follower),
+        and none of ours is being written.
+        """
         idle_ns = int(self.config.idle_recompress_s * 1e9)
+        head, moved_ns = -1, time.monotonic_ns()
         while not self._stop.wait(min(self.config.idle_recompress_s, 5.0)):
-            if time.monotonic_ns() - self.writes.last_write_ns < idle_ns:
+            with self.env.read() as txn:
+                now_head = changes.head(txn, self.env.db)
+            now_ns = time.monotonic_ns()
+            if now_head != head:
+                head, moved_ns = now_head, now_ns
+            if now_ns - max(moved_ns, self.writes.last_write_ns) < idle_ns:
                 continue
             with self._maintenance_lock:
                 try:

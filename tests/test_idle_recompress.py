@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,3 +35,38 @@ def test_recompression_is_off_by_default_for_embedders(tmp_path: Path) -> None:
         time.sleep(0.5)
         assert archive.stats()["cold_segments"] == 0
         assert archive._background is None
+
+
+_WRITER = """
+import sys, time
+import engine
+from engine.synthetic import ct_series, encode
+with engine.open_archive(sys.argv[1], segment_max_bytes=1 << 20) as archive:
+    for data in (encode(ds) for ds in ct_series(10, 40, rows=128, columns=128)):
+        archive.store(data)
+        time.sleep(0.1)
+"""
+
+
+def test_stores_by_another_process_keep_the_archive_from_being_idle(tmp_path: Path) -> None:
+    """One worker gets no stores while another (or a replica's follower) is busy: it must
+    not recompress under them."""
+    with engine.open_archive(tmp_path, segment_max_bytes=1 << 20) as archive:
+        for data in (encode(ds) for ds in ct_series(9, 12, rows=256, columns=256)):
+            archive.store(data)  # sealed segments to recompress
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)])
+    try:
+        with engine.open_archive(tmp_path, idle_recompress_s=0.5,
+                                 segment_max_bytes=1 << 20) as archive:  # fmt: skip
+            while writer.poll() is None:  # ~4 s of a store every 0.1 s from the other process
+                assert archive.stats()["cold_segments"] == 0, "recompressed while stores came"
+                time.sleep(0.05)
+            assert writer.returncode == 0
+            deadline = time.monotonic() + 60
+            while archive.stats()["cold_segments"] == 0:  # idle now: it recompresses
+                assert time.monotonic() < deadline, "no background recompression within 60 s"
+                time.sleep(0.1)
+            assert archive.verify().ok
+    finally:
+        writer.kill()
+        writer.wait()
