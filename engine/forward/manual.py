@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import EngineError, NotFoundError
-from engine.forward.runner import stored_match
+from engine.forward.runner import client_tls, stored_match
 from engine.forward.senders import Delivery, DicomSender, StowSender
 from engine.net.settings import Remote, ServerSettings
 
@@ -49,8 +49,6 @@ def sender(archive: Archive, settings: ServerSettings, to: str, parallel: int, *
     SendTargetError
         `to` is none of these (or an ad hoc one where those are not allowed).
     """
-    from engine.net.tls import client_context
-
     if to.startswith("stow:"):
         if not ad_hoc:
             raise SendTargetError("a STOW-RS URL is taken from the command line only; "
@@ -64,8 +62,7 @@ def sender(archive: Archive, settings: ServerSettings, to: str, parallel: int, *
     if remote is None or remote.host is None or remote.port is None:
         hint = "; or give AET@host:port" if ad_hoc else ""
         raise SendTargetError(f"{to!r} is not a [remotes] entry with host and port{hint}")
-    tls = client_context(settings.tls) if remote.tls else None
-    return DicomSender(archive, settings, to, parallel, tls)
+    return DicomSender(archive, settings, to, parallel, client_tls(settings, to))
 
 
 @dataclass(slots=True)

@@ -72,20 +72,22 @@ class _Item:
 def sender_for(archive: Archive, rule: Rule, settings: ServerSettings) -> Sender:
     if rule.target.kind == "dicom":
         return DicomSender(archive, settings, rule.target.address, rule.parallel,
-                           _client_tls(rule, settings))  # fmt: skip
+                           client_tls(settings, rule.target.address))  # fmt: skip
     return StowSender(archive, rule.target.address, rule.parallel)
 
 
 def committer_for(archive: Archive, rule: Rule, settings: ServerSettings) -> Committer | None:
     if not rule.commit:
         return None
-    return Committer(archive, settings, rule.target.address, _client_tls(rule, settings))
+    address = rule.target.address
+    return Committer(archive, settings, address, client_tls(settings, address))
 
 
-def _client_tls(rule: Rule, settings: ServerSettings) -> Any:
+def client_tls(settings: ServerSettings, ae_title: str) -> Any:
+    """The client TLS context for [remotes] entry `ae_title`; None when it is plain TCP."""
     from engine.net.tls import client_context
 
-    return client_context(settings.tls) if settings.remotes[rule.target.address].tls else None
+    return client_context(settings.tls) if settings.remotes[ae_title].tls else None
 
 
 class RuleRunner:

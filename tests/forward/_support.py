@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pydicom
 
 from engine.synthetic import ct_series, encode
 from tests._helpers import ROOT
-from tests.net._support import Server, dcmtk, dcmtk_env, run_dcmtk
+from tests.net._support import Server, dcmtk, dcmtk_env, free_port, run_dcmtk
 
 WAIT_S = 90.0
 
@@ -82,3 +83,27 @@ def same(sent: Path, got: Path) -> None:
     assert b.PixelData == a.PixelData
     padding = 0xFFFCFFFC  # Data Set Trailing Padding: DCMTK-based peers drop it (PS3.5 7.8.3)
     assert [e.tag for e in b] == [e.tag for e in a if e.tag != padding]
+
+
+class Picky:
+    """A pynetdicom Storage SCP (AE PICKY) that refuses every store (0xA700) while `refuse`
+    is set, and notes the SOP Instance UIDs it takes once it is cleared."""
+
+    def __init__(self) -> None:
+        from pynetdicom import AE, evt
+        from pynetdicom.presentation import AllStoragePresentationContexts
+
+        self.refuse = threading.Event()
+        self.refuse.set()
+        self.taken: list[str] = []
+        ae = AE(ae_title="PICKY")
+        ae.supported_contexts = AllStoragePresentationContexts
+        self.port = free_port()
+        self.scp = ae.start_server(("127.0.0.1", self.port), block=False,
+                                   evt_handlers=[(evt.EVT_C_STORE, self._on_store)])  # fmt: skip
+
+    def _on_store(self, event: Any) -> int:
+        if self.refuse.is_set():
+            return 0xA700  # Refused: Out of Resources
+        self.taken.append(str(event.request.AffectedSOPInstanceUID))
+        return 0

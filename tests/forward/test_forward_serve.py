@@ -21,10 +21,9 @@ from typing import Any
 
 import pytest
 from pydicom.data import get_testdata_file
-from pynetdicom import AE, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
 
 from tests.forward._support import (
+    Picky,
     pacs,
     queue_state,
     received,
@@ -184,21 +183,8 @@ def test_the_queue_holds_while_the_destination_is_down_then_drains(tmp_path: Pat
 
 
 def test_refused_instances_become_dead_letters_that_can_be_retried(tmp_path: Path) -> None:
-    refuse = threading.Event()
-    refuse.set()
-    taken: list[str] = []
-
-    def on_store(event: Any) -> int:
-        if refuse.is_set():
-            return 0xA700  # Refused: Out of Resources
-        taken.append(str(event.request.AffectedSOPInstanceUID))
-        return 0
-
-    ae = AE(ae_title="PICKY")
-    ae.supported_contexts = AllStoragePresentationContexts
-    port = free_port()
-    scp = ae.start_server(("127.0.0.1", port), block=False,
-                          evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    picky = Picky()
+    refuse, taken, port, scp = picky.refuse, picky.taken, picky.port, picky.scp
     config = _one_rule("PICKY", port, 'name = "picky"\nmax_attempts = 2')
     server = Server(tmp_path, workers=1, config=config).start()
     try:

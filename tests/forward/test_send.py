@@ -9,18 +9,16 @@ is down or a UID that is not stored with a problem saying so.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pynetdicom import AE, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
 
 from engine.credentials import hash_password
 from tests.forward._support import (
+    Picky,
     pacs,
     received,
     same,
@@ -145,21 +143,8 @@ def test_rest_send_says_what_is_wrong(sending: dict[str, Any]) -> None:
 def test_the_admin_api_shows_the_queues_and_retries_and_purges_dead_letters(
     tmp_path: Path,
 ) -> None:
-    refuse = threading.Event()
-    refuse.set()
-    taken: list[str] = []
-
-    def on_store(event: Any) -> int:
-        if refuse.is_set():
-            return 0xA700  # Refused: Out of Resources
-        taken.append(str(event.request.AffectedSOPInstanceUID))
-        return 0
-
-    ae = AE(ae_title="PICKY")
-    ae.supported_contexts = AllStoragePresentationContexts
-    port = free_port()
-    scp = ae.start_server(("127.0.0.1", port), block=False,
-                          evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    picky = Picky()
+    refuse, taken, port, scp = picky.refuse, picky.taken, picky.port, picky.scp
     config = (f'[remotes.PICKY]\nhost = "127.0.0.1"\nport = {port}\n\n[[forward]]\n'
               f'name = "picky"\nto = "dicom:PICKY"\nmax_attempts = 1\n\n{_users()}')  # fmt: skip
     server = Server(tmp_path, workers=1, http=True, config=config).start()
