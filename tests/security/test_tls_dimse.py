@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -28,7 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from engine.part10 import IMPLEMENTATION_VERSION_NAME
-from tests._helpers import small_ct
+from tests._helpers import ROOT, small_ct
 from tests.net._support import Server, dcmtk, dcmtk_env, run_dcmtk
 from tests.security._pki import Pki
 from tests.security.conftest import TlsServer, client_context, tls_echo
@@ -169,14 +170,8 @@ def test_c_move_to_a_tls_remote_reaches_dcmtk_storescp(secure_server: TlsServer,
     ds = small_ct(55)
     received = tmp_path / "received"
     received.mkdir()
-    port = secure_server.storescp_port  # type: ignore[attr-defined]
-    # DCMTK's storescp requires and verifies the archive's client certificate (-rc)
-    scp = subprocess.Popen([dcmtk("storescp"), "-aet", "STORESCP", "+tls", pki.server.key,
-                            pki.server.cert, "+cf", pki.ca.path, "-rc", "-od", str(received),
-                            str(port)], env=dcmtk_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT)  # fmt: skip
+    scp = _tls_storescp(secure_server, pki, received)
     try:
-        _wait_listening(port)
         ae = AE(ae_title="MOVESCU")
         ae.add_requested_context(CTImageStorage)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
@@ -200,6 +195,42 @@ def test_c_move_to_a_tls_remote_reaches_dcmtk_storescp(secure_server: TlsServer,
     assert len(files) == 1 and ds.SOPInstanceUID in files[0].name
     moves = [a for a in secure_server.audit() if a["event"] == "Begin Transferring DICOM Instances"]
     assert moves[-1]["detail"]["destination"] == "STORESCP" and moves[-1]["user"] == "MOVESCU"
+
+
+def test_pacs_send_to_a_tls_remote_goes_over_tls(secure_server: TlsServer, pki: Pki,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    files = _files(tmp_path, range(57, 59))
+    stored = run_dcmtk("storescu", "-aet", "STORESCU", "-aec", "PACS", *_tls_args(pki),
+                       "127.0.0.1", str(secure_server.port), *map(str, files))  # fmt: skip
+    assert stored.returncode == 0, stored.stderr
+    received = tmp_path / "received"
+    received.mkdir()
+    study = str(small_ct(57).StudyInstanceUID)
+    scp = _tls_storescp(secure_server, pki, received)
+    try:  # a send in clear would not get past the handshake
+        sent = subprocess.run([sys.executable, "-m", "engine.cli", "--config",
+                               str(secure_server.config_path), "-A", str(secure_server.archive),
+                               "send", study, "--to", "STORESCP"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        scp.terminate()
+        out = scp.communicate(timeout=30)[0].decode(errors="replace")
+    assert sent.returncode == 0, (sent.stdout, sent.stderr, out)
+    assert "sent 1 of 1 instances to STORESCP" in " ".join(sent.stdout.split())
+    got = list(received.iterdir())
+    assert len(got) == 1 and str(small_ct(57).SOPInstanceUID) in got[0].name
+
+
+def _tls_storescp(server: TlsServer, pki: Pki, received: Path) -> subprocess.Popen[bytes]:
+    """DCMTK's storescp as [remotes.STORESCP] over TLS, listening; it requires and verifies
+    the archive's client certificate (-rc)."""
+    port = server.storescp_port  # type: ignore[attr-defined]
+    scp = subprocess.Popen([dcmtk("storescp"), "-aet", "STORESCP", "+tls", pki.server.key,
+                            pki.server.cert, "+cf", pki.ca.path, "-rc", "-od", str(received),
+                            str(port)], env=dcmtk_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)  # fmt: skip
+    _wait_listening(port)
+    return scp
 
 
 def _assert_refused(port: int, ctx: ssl.SSLContext) -> None:
