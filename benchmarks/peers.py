@@ -362,7 +362,7 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
                move_destinations: Mapping[str, int] | None = None,
                keep_data: bool = False, forward_to: str | None = None,
                forward_parallel: int = 1, port: int | None = None,
-               config_extra: str = "") -> Peer:  # fmt: skip
+               config_extra: str = "", cpus: set[int] | None = None) -> Peer:  # fmt: skip
     """Start target `name` under `work_root`/`name`; return once it answers.
 
     Parameters
@@ -385,6 +385,9 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
         The DICOM port (default: a free one).
     config_extra
         TOML added to a pacs target's config (``[auth]``, ``[replica]``).
+    cpus
+        The cores the server and every process it starts may run on (all of
+        this process's if None).
 
     Raises
     ------
@@ -410,8 +413,9 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
                        config_extra=config_extra)  # fmt: skip
     log_path = work / "server.log"
     log_file = log_path.open("ab")
+    pin = None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL,
-                            stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
+                            stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=pin)  # fmt: skip
     http_url = f"http://127.0.0.1:{http_port}/dicom-web" if http_port else None
     rest_url = f"http://127.0.0.1:{http_port}" if name.startswith("orthanc") else None
     peer = Peer(name, AE_TITLES[name], port, http_url, work, proc, log_path, log_file,

@@ -97,14 +97,17 @@ def test_replica_bench_measures_lag_cost_and_promotion(tmp_path: Path) -> None:
     out = tmp_path / "replica.json"
     argv = ["--series", "2", "--slices", "10", "--rows", "32", "--workers", "1", "--rounds", "1",
             "--promote-instances", "40", "--per-study", "4", "--work-dir", str(tmp_path / "w"),
-            "--json", str(out)]  # fmt: skip
+            "--replica-cores", "1", "--json", str(out)]  # fmt: skip
+    ours = os.sched_getaffinity(0)
     assert replica_bench.main(argv) == 0
+    assert os.sched_getaffinity(0) == ours  # given back
     data = orjson.loads(out.read_bytes())
     assert data["ok"]
     assert [r["kind"] for r in data["runs"]] == [replica_bench.ALONE, replica_bench.FOLLOWED]
     alone, followed = data["runs"]
     assert alone["rate"] > 0 and alone["replica_cpu_ms"] is None
-    assert followed["replica_cpu_ms"] > 0 and followed["lag_p99_s"] >= 0
+    # 20 tiny slices may cost the replica less than a clock tick (10 ms) on a core of its own
+    assert followed["replica_cpu_ms"] >= 0 and followed["lag_p99_s"] >= 0
     promotion = data["promotion"]
     assert promotion["errors"] == [] and promotion["promote"]["instances"] == 40
     assert 0 < promotion["promote_command_s"] <= promotion["first_store_s"]
