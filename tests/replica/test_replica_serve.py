@@ -311,9 +311,11 @@ def _store_timed(port: int, files: list[Path], acked: list[tuple[str, int]],
         if assoc.is_established:
             assoc.release()
         else:  # the primary was killed under it: pynetdicom leaves our end open
+            raw = getattr(getattr(assoc.dul, "socket", None), "socket", None)  # gone after abort
             assoc.abort()
-            with contextlib.suppress(AttributeError, OSError):
-                assoc.dul.socket.socket.close()
+            if raw is not None:
+                with contextlib.suppress(OSError):
+                    raw.close()
         gc.collect()
 
 
@@ -360,8 +362,21 @@ def test_the_primary_killed_the_promoted_replica_holds_all_acknowledged_before_i
     finally:
         stop.set()
         sender.join()
+        _collect_pynetdicom_leftovers()
         if replica.proc is not None and replica.proc.poll() is None:
             replica.stop()
+
+
+def _collect_pynetdicom_leftovers(timeout_s: float = 10.0) -> None:
+    """Collect the aborted association's socket while this test's warning filter holds: left
+    to the collector, it was found at the end of the session and failed the run there."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(
+        type(t).__module__.startswith("pynetdicom") and t.is_alive()
+        for t in threading.enumerate()
+    ):
+        time.sleep(0.05)
+    gc.collect()
 
 
 def test_a_replica_refuses_an_archive_with_instances_of_its_own(tmp_path: Path) -> None:
