@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -29,7 +28,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from engine.part10 import IMPLEMENTATION_VERSION_NAME
-from tests._helpers import ROOT, small_ct
+from tests._helpers import small_ct
+from tests.forward._support import pacs
 from tests.net._support import Server, dcmtk, dcmtk_env, run_dcmtk
 from tests.security._pki import Pki
 from tests.security.conftest import TlsServer, client_context, tls_echo
@@ -205,20 +205,18 @@ def test_pacs_send_to_a_tls_remote_goes_over_tls(secure_server: TlsServer, pki: 
     assert stored.returncode == 0, stored.stderr
     received = tmp_path / "received"
     received.mkdir()
-    study = str(small_ct(57).StudyInstanceUID)
+    ds = small_ct(57)
     scp = _tls_storescp(secure_server, pki, received)
     try:  # a send in clear would not get past the handshake
-        sent = subprocess.run([sys.executable, "-m", "engine.cli", "--config",
-                               str(secure_server.config_path), "-A", str(secure_server.archive),
-                               "send", study, "--to", "STORESCP"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        sent = pacs("--config", str(secure_server.config_path), "-A", str(secure_server.archive),
+                    "send", str(ds.StudyInstanceUID), "--to", "STORESCP")  # fmt: skip
     finally:
         scp.terminate()
         out = scp.communicate(timeout=30)[0].decode(errors="replace")
     assert sent.returncode == 0, (sent.stdout, sent.stderr, out)
     assert "sent 1 of 1 instances to STORESCP" in " ".join(sent.stdout.split())
     got = list(received.iterdir())
-    assert len(got) == 1 and str(small_ct(57).SOPInstanceUID) in got[0].name
+    assert len(got) == 1 and str(ds.SOPInstanceUID) in got[0].name
 
 
 def _tls_storescp(server: TlsServer, pki: Pki, received: Path) -> subprocess.Popen[bytes]:
