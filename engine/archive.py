@@ -416,6 +416,8 @@ class Archive:
     def _recompress_when_idle(self) -> None:
         """Background thread: one sealed segment at a time, only while no store comes in.
 
+        The active segment is sealed first once it holds ``idle_seal_min_bytes``.
+
         Idle means no store or deletion by any process of this archive: the change
         log's head has not moved (another worker's stores, a replica's follower),
         and none of ours is being written.
@@ -432,6 +434,8 @@ class Archive:
                 continue
             with self._maintenance_lock:
                 try:
+                    # what came in the last burst is compressed too, not only full segments
+                    self.writes.seal_active(self.config.idle_seal_min_bytes)
                     report = maintenance.compact(self, max_segments=1)
                 except EngineError as exc:  # never kill the thread; say it and retry later
                     log.error("background recompression failed: %s", exc)

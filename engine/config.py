@@ -43,6 +43,11 @@ class Config:
         sealed segments once no store has come for this many seconds: the
         hot tier stays fast, the cold tier small. Off in the library by
         default (no surprise threads for embedders); ``pacs serve`` turns it on.
+    idle_seal_min_bytes
+        With ``idle_recompress_s`` on, an idle archive also seals its active
+        segment once that holds at least this many bytes, so that a burst of
+        stores is compressed at rest minutes later rather than once a whole
+        segment fills; a trickle of small stores does not make a segment each.
     """
 
     durability: str = "fsync"
@@ -53,6 +58,7 @@ class Config:
     case_sensitive_pn: bool = False
     index_map_bytes: int = 1 << 30
     idle_recompress_s: float = 0.0
+    idle_seal_min_bytes: int = 64 << 20
     # network and web settings live here too, under their own tables in TOML
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -64,6 +70,8 @@ class Config:
             raise ValueError("segment_max_bytes must be at least 65536")
         if not 1 <= self.cold_zstd_level <= 22:
             raise ValueError("cold_zstd_level must be 1..22")
+        if self.idle_seal_min_bytes < 0:
+            raise ValueError("idle_seal_min_bytes must be at least 0")
 
     def updated(self, **changes: Any) -> Config:
         """A copy with `changes` applied (None values ignored, as unset flags)."""

@@ -225,6 +225,16 @@ class WritePath:
     def active_segment_id(self) -> int | None:
         return self._writer.segment_id if self._writer else None
 
+    def seal_active(self, min_bytes: int) -> bool:
+        """Seal the active segment if it holds at least `min_bytes` (the next store opens
+        another); whether it did."""
+        with self._append_lock:
+            w = self._writer
+            if w is None or w.end < min_bytes:
+                return False
+            self._drain_and_seal()
+            return True
+
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """Inside, every record is durable, indexed and sealed, and no store can append."""
