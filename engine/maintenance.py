@@ -24,6 +24,7 @@ from engine.index import keys as K
 from engine.index.catalog import ApplyResult, Catalog
 from engine.index.env import IndexEnv
 from engine.ingest import entry_from_meta
+from engine.scan import scan
 from engine.storage import _io
 from engine.storage.format import (
     CODEC_RAW,
@@ -36,6 +37,7 @@ from engine.storage.format import (
 from engine.storage.segment import (
     RecoveredRecord,
     SegmentWriter,
+    StoredRecord,
     fsync_dir,
     list_segment_ids,
     recover_segment,
@@ -342,14 +344,24 @@ def verify(archive: Archive, progress: Progress | None = None) -> VerifyReport:
 Parts = list[bytes | memoryview]
 
 
+def _cold_pixel_codec(transfer_syntax: str, rec: StoredRecord) -> int:
+    """How a record's pixel part is recompressed: BitsAllocated is read from its metadata
+    (the index keeps it only at series level)."""
+    if not rec.pixel or not codec.pixels_compressible(transfer_syntax):
+        return CODEC_RAW
+    bits = dict(scan(rec.meta).attributes).get("BitsAllocated")
+    return codec.cold_pixel_codec(transfer_syntax, bits, len(rec.pixel))
+
+
 def _recode(rec_meta: bytes | memoryview, rec_pixel: bytes | memoryview, h: RecordHeader,
-            uid: str, compress_pixel: bool, level: int) -> tuple[Parts, RecordHeader]:  # fmt: skip
+            uid: str, pixel_codec: int, level: int) -> tuple[Parts, RecordHeader]:  # fmt: skip
     meta = codec.encode(rec_meta, CODEC_ZSTD, level) if rec_meta else b""
     meta_codec = CODEC_ZSTD if rec_meta else CODEC_RAW
     pixel: bytes | memoryview = rec_pixel
-    pixel_codec = CODEC_RAW
-    if compress_pixel and rec_pixel:
-        pixel, pixel_codec = codec.encode(rec_pixel, CODEC_ZSTD, level), CODEC_ZSTD
+    if pixel_codec != CODEC_RAW and rec_pixel:
+        pixel = codec.encode(rec_pixel, pixel_codec, level)
+    else:
+        pixel_codec = CODEC_RAW
     if len(pixel) >= len(rec_pixel):
         pixel, pixel_codec = rec_pixel, CODEC_RAW  # zstd did not pay
     new = RecordHeader(
@@ -406,7 +418,7 @@ def _compact_one(archive: Archive, seg_id: int, rep: CompactReport) -> None:
         for rec in scanned.records:
             h = rec.header
             if h.kind == KIND_TOMBSTONE:
-                parts, _ = _recode(b"", b"", h, rec.uid, False, level)
+                parts, _ = _recode(b"", b"", h, rec.uid, CODEC_RAW, level)
                 writer.append(parts)  # tombstones outlive the records they delete
                 continue
             with archive.env.read() as txn:
@@ -415,8 +427,8 @@ def _compact_one(archive: Archive, seg_id: int, rep: CompactReport) -> None:
                 continue  # dead: deleted or superseded
             loc, doc = found
             full = archive.reader.read_record(seg_id, rec.offset, h.total)
-            compressible = codec.pixels_compressible(str(doc["a"].get("TransferSyntaxUID", "")))
-            parts, nh = _recode(full.meta, full.pixel, h, rec.uid, compressible, level)
+            pixel_codec = _cold_pixel_codec(str(doc["a"].get("TransferSyntaxUID", "")), full)
+            parts, nh = _recode(full.meta, full.pixel, h, rec.uid, pixel_codec, level)
             offset = writer.append(parts)
             new_loc = K.Location(new_id, offset, nh.total, nh.meta_span, h.stored_at_ns)
             moves.append((rec.uid, loc, new_loc))

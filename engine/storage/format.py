@@ -18,7 +18,7 @@ Record::
       version        1  u8
       kind           1  u8  KIND_INSTANCE | KIND_TOMBSTONE
       meta_codec     1  u8  CODEC_RAW | CODEC_ZSTD
-      pixel_codec    1  u8
+      pixel_codec    1  u8  CODEC_RAW | CODEC_ZSTD | CODEC_ZSTD_PLANES16
       uid_len        1  u8  1..64 (PS3.5 9.1)
       flags          1  u8  FLAG_DEFLATED: the dataset is deflated, kept whole in meta
       reserved       2  zero
@@ -63,7 +63,10 @@ KIND_TOMBSTONE = 2
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
-CODECS = (CODEC_RAW, CODEC_ZSTD)
+# zstd of 16-bit samples as two byte planes (every even byte, then every odd one): the
+# high bytes of CT and MR vary little, and zstd finds that once they are side by side
+CODEC_ZSTD_PLANES16 = 2
+CODECS = (CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_PLANES16)
 
 FLAG_DEFLATED = 0x01
 
