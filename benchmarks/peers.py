@@ -186,8 +186,9 @@ def _python_env() -> dict[str, str]:
 
 def _pacs(work: Path, port: int, http_port: int, moves: Mapping[str, int], *,
           durability: str, workers: int, forward_to: str | None, forward_parallel: int = 1,
-          config_extra: str = "") -> tuple[list[str], dict[str, str]]:  # fmt: skip
-    lines = ["[archive]", f'durability = "{durability}"', "", config_extra]
+          config_extra: str = "",
+          archive_extra: str = "") -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    lines = ["[archive]", f'durability = "{durability}"', archive_extra, "", config_extra]
     for aet, move_port in moves.items():
         lines += [f"[remotes.{aet}]", 'host = "127.0.0.1"', f"port = {move_port}", ""]
     if forward_to:
@@ -286,24 +287,25 @@ def _pynetdicom_qrscp(work: Path, port: int,
 
 def command(name: str, work: Path, port: int, http_port: int, moves: Mapping[str, int], *,
             workers: int, forward_to: str | None = None, forward_parallel: int = 1,
-            config_extra: str = "") -> tuple[list[str], dict[str, str]]:  # fmt: skip
+            config_extra: str = "",
+          archive_extra: str = "") -> tuple[list[str], dict[str, str]]:  # fmt: skip
     """The command line and environment that start target `name`.
 
     `forward_to` (a key of `moves`): every stored instance is sent on to that
     peer, by a ``[[forward]]`` rule or Orthanc's ``OnStoredInstance`` Lua.
     `config_extra`: TOML tables added to a pacs target's config (``[auth]``,
-    ``[replica]``).
+    ``[replica]``); `archive_extra`: settings added to its ``[archive]`` table.
     """
     data = work / "data"
     if forward_to is not None and not name.startswith(("pacs", "orthanc")):
         raise ValueError(f"{name} cannot forward")
-    if config_extra and not name.startswith("pacs"):
+    if (config_extra or archive_extra) and not name.startswith("pacs"):
         raise ValueError(f"{name} takes no pacs config")
     if name in ("pacs", "pacs-nosync"):
         durability = "fsync" if name == "pacs" else "none"
         return _pacs(work, port, http_port, moves, durability=durability, workers=workers,
                      forward_to=forward_to, forward_parallel=forward_parallel,
-                     config_extra=config_extra)  # fmt: skip
+                     config_extra=config_extra, archive_extra=archive_extra)  # fmt: skip
     if name in ("orthanc", "orthanc-zip"):
         return _orthanc(work, port, http_port, moves, compression=name == "orthanc-zip",
                         forward_to=forward_to)  # fmt: skip
@@ -362,7 +364,8 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
                move_destinations: Mapping[str, int] | None = None,
                keep_data: bool = False, forward_to: str | None = None,
                forward_parallel: int = 1, port: int | None = None,
-               config_extra: str = "", cpus: set[int] | None = None) -> Peer:  # fmt: skip
+               config_extra: str = "", archive_extra: str = "",
+               cpus: set[int] | None = None) -> Peer:  # fmt: skip
     """Start target `name` under `work_root`/`name`; return once it answers.
 
     Parameters
@@ -385,6 +388,8 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
         The DICOM port (default: a free one).
     config_extra
         TOML added to a pacs target's config (``[auth]``, ``[replica]``).
+    archive_extra
+        Settings added to a pacs target's ``[archive]`` table.
     cpus
         The cores the server and every process it starts may run on (all of
         this process's if None).
@@ -410,7 +415,7 @@ def start_peer(name: str, work_root: Path, *, workers: int = 2,
         http_port = free_port()
     cmd, env = command(name, work, port, http_port, moves, workers=workers,
                        forward_to=forward_to, forward_parallel=forward_parallel,
-                       config_extra=config_extra)  # fmt: skip
+                       config_extra=config_extra, archive_extra=archive_extra)  # fmt: skip
     log_path = work / "server.log"
     log_file = log_path.open("ab")
     pin = None if cpus is None else lambda: os.sched_setaffinity(0, cpus)

@@ -157,6 +157,51 @@ def test_compare_runs_every_target_through_pacs_bench(tmp_path: Path) -> None:
     assert all("x)" in cell for cell in rate[2:])  # every other target has its ratio to us
 
 
+def test_compare_ingest_alone_at_two_association_counts_with_the_storage_at_rest(
+    tmp_path: Path,
+) -> None:
+    """Issue 17's run: storescu at 1 and 2 associations, 2 rounds each on a fresh server,
+    the median kept, then what the corpus takes on disk once the target is at rest."""
+    out = tmp_path / "ingest.json"
+    argv = ["--targets", "pacs,storescp", "--studies", "1", "--small", "--slices", "8",
+            "--phases", "ingest,storage", "--associations", "1,2", "--rounds", "2",
+            "--sender", "storescu", "--workers", "1", "--work-dir", str(tmp_path / "work"),
+            "--json", str(out)]  # fmt: skip
+
+    code = compare.main(argv)
+
+    data = orjson.loads(out.read_bytes())
+    results = {r["target"]: r for r in data["results"]}
+    assert code == 0, {t: r["errors"] for t, r in results.items() if r["errors"]}
+    assert data["settings"]["rounds"] == 2 and data["settings"]["associations"] == [1, 2]
+    for name, r in results.items():
+        m = r["metrics"]
+        for n in (1, 2):
+            assert m[f"ingest.x{n}.instances"] == 8 and m[f"ingest.x{n}.failures"] == 0, name
+            assert m[f"ingest.x{n}.server_cpu_ms_per_instance"] >= 0, name
+        assert "ingest.instances_per_s" not in m  # named per association count
+        assert not any(k.startswith(("query.", "retrieve.")) for k in m), name
+        assert 0 < m["storage.at_rest_mb"] <= m["storage.after_ingest_mb"], name
+        assert m["storage.ratio"] == pytest.approx(m["storage.corpus_mb"] / m["storage.at_rest_mb"])
+    summary = compare.headline([compare.Result(t, r["metrics"]) for t, r in results.items()])
+    assert summary[:3] == ["ingest.x1.instances_per_s", "ingest.x1.server_cpu_ms_per_instance",
+                           "ingest.x1.latency_p50_ms"]  # fmt: skip
+    assert "ingest.x2.instances_per_s" in summary and "storage.ratio" in summary
+
+
+def test_compare_keeps_the_round_of_median_rate() -> None:
+    rounds = [{"instances_per_s": (v, True), "seconds": (1 / v, False)} for v in (300, 100, 200)]
+    assert compare._median_round(rounds)["instances_per_s"][0] == 200
+    assert compare._median_round(rounds[:2])["instances_per_s"][0] == 100  # the lower middle
+
+
+@pytest.mark.parametrize("argv", [["--associations", "0"], ["--associations", "1,x"],
+                                  ["--phases", "query"], ["--phases", "ingest,nothing"]])
+def test_compare_refuses_bad_counts_and_phases(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        compare.build_parser().parse_args(argv)
+
+
 def test_scale_reaches_the_target_count_and_resumes(tmp_path: Path) -> None:
     state = tmp_path / "state"
     argv = ["--target-count", "40", "--checkpoints", "20", "--chunk", "20", "--per-study", "10",
