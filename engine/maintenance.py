@@ -346,10 +346,13 @@ Parts = list[bytes | memoryview]
 
 def _cold_pixel_codec(transfer_syntax: str, rec: StoredRecord) -> int:
     """How a record's pixel part is recompressed: BitsAllocated is read from its metadata
-    (the index keeps it only at series level)."""
+    (the index does not keep it); plain zstd when that cannot be read."""
     if not rec.pixel or not codec.pixels_compressible(transfer_syntax):
         return CODEC_RAW
-    bits = dict(scan(rec.meta).attributes).get("BitsAllocated")
+    try:
+        bits = dict(scan(rec.meta).attributes).get("BitsAllocated")
+    except EngineError:  # it was scanned when stored; whatever it says now, zstd is safe
+        bits = None
     return codec.cold_pixel_codec(transfer_syntax, bits, len(rec.pixel))
 
 
